@@ -1,0 +1,386 @@
+//! A virtual host: its exchanges, queues and bindings, with RabbitMQ's
+//! declare / delete / bind rules and reply texts. Routing walks
+//! exchange-to-exchange bindings and alternate exchanges with a seen-set and
+//! returns each queue once.
+
+use crate::error::{AmqpError, AmqpResult, rs};
+use crate::exchange::{Destination, Exchange, Kind};
+use crate::protocol::FieldTable;
+use crate::queue::sink::Outbox;
+use crate::queue::{Consumer, Queue, args};
+use dashmap::DashMap;
+use std::sync::Arc;
+
+/// The predeclared exchanges of every vhost.
+const SYSTEM_EXCHANGES: &[(&str, Kind, bool)] = &[
+    ("", Kind::Direct, false),
+    ("amq.direct", Kind::Direct, false),
+    ("amq.fanout", Kind::Fanout, false),
+    ("amq.topic", Kind::Topic, false),
+    ("amq.headers", Kind::Headers, false),
+    ("amq.match", Kind::Headers, false),
+    ("amq.rabbitmq.trace", Kind::Topic, true),
+];
+
+pub struct QueueDeclare<'a> {
+    pub name: &'a str,
+    pub passive: bool,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+    pub conn_id: u64,
+}
+
+#[derive(Debug)]
+pub struct VHost {
+    pub name: String,
+    pub exchanges: DashMap<String, Arc<Exchange>>,
+    pub queues: DashMap<String, Arc<Queue>>,
+}
+
+/// A random server-generated name: prefix + 22 chars of base64url (16 bytes).
+pub fn generated_name(prefix: &str) -> String {
+    use base64::Engine;
+    let bytes: [u8; 16] = rand::random();
+    format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+fn bool_str(b: bool) -> &'static str {
+    if b { "true" } else { "false" }
+}
+
+impl VHost {
+    pub fn new(name: &str) -> Self {
+        let v = VHost { name: name.to_string(), exchanges: DashMap::new(), queues: DashMap::new() };
+        for (x, kind, internal) in SYSTEM_EXCHANGES {
+            let ex = Exchange::new(x.to_string(), name.to_string(), *kind, true, false, *internal, FieldTable::default());
+            v.exchanges.insert(x.to_string(), Arc::new(ex));
+        }
+        v
+    }
+
+    fn no_exchange(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no {}", rs("exchange", name, &self.name)))
+    }
+
+    fn no_queue(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no {}", rs("queue", name, &self.name)))
+    }
+
+    pub fn exchange(&self, name: &str) -> AmqpResult<Arc<Exchange>> {
+        self.exchanges.get(name).map(|e| e.clone()).ok_or_else(|| self.no_exchange(name))
+    }
+
+    pub fn queue(&self, name: &str) -> AmqpResult<Arc<Queue>> {
+        self.queues.get(name).map(|q| q.clone()).ok_or_else(|| self.no_queue(name))
+    }
+
+    /// 405 unless `conn_id` may use the queue (RabbitMQ's exclusive check).
+    pub fn check_exclusive(&self, q: &Queue, conn_id: u64) -> AmqpResult<()> {
+        match q.exclusive_owner {
+            Some(owner) if owner != conn_id => Err(AmqpError::locked(format!(
+                "cannot obtain exclusive access to locked {}. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                q.resource()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// A queue the connection may use, or 404 / 405.
+    pub fn usable_queue(&self, name: &str, conn_id: u64) -> AmqpResult<Arc<Queue>> {
+        let q = self.queue(name)?;
+        self.check_exclusive(&q, conn_id)?;
+        Ok(q)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn declare_exchange(
+        &self,
+        name: &str,
+        kind: &str,
+        passive: bool,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    ) -> AmqpResult<()> {
+        if name.is_empty() {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        if passive {
+            return self.exchange(name).map(|_| ());
+        }
+        let Some(kind_v) = Kind::parse(kind) else {
+            return Err(AmqpError::command_invalid(format!("unknown exchange type '{kind}'")));
+        };
+        if let Some(x) = self.exchanges.get(name) {
+            let ineq = |what: &str, received: &str, current: &str| {
+                Err(AmqpError::precondition(format!(
+                    "inequivalent arg '{what}' for {}: received '{received}' but current is '{current}'",
+                    rs("exchange", name, &self.name)
+                )))
+            };
+            if x.kind != kind_v {
+                return ineq("type", kind, x.kind.as_str());
+            }
+            if x.durable != durable {
+                return ineq("durable", bool_str(durable), bool_str(x.durable));
+            }
+            if x.auto_delete != auto_delete {
+                return ineq("auto_delete", bool_str(auto_delete), bool_str(x.auto_delete));
+            }
+            if x.internal != internal {
+                return ineq("internal", bool_str(internal), bool_str(x.internal));
+            }
+            let ae = arguments.inner().get("alternate-exchange").and_then(args::as_str);
+            if ae != x.alternate {
+                let show = |v: &Option<String>| match v {
+                    Some(s) => format!("the value '{s}' of type 'longstr'"),
+                    None => "none".to_string(),
+                };
+                return Err(AmqpError::precondition(format!(
+                    "inequivalent arg 'alternate-exchange' for {}: received {} but current is {}",
+                    rs("exchange", name, &self.name),
+                    show(&ae),
+                    show(&x.alternate)
+                )));
+            }
+            return Ok(());
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!("exchange name '{name}' contains reserved prefix 'amq.*'")));
+        }
+        let x = Exchange::new(name.to_string(), self.name.clone(), kind_v, durable, auto_delete, internal, arguments);
+        self.exchanges.entry(name.to_string()).or_insert_with(|| Arc::new(x));
+        Ok(())
+    }
+
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> AmqpResult<()> {
+        if name.is_empty() {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        if name.starts_with("amq.") && self.exchanges.contains_key(name) {
+            return Err(AmqpError::access_refused(format!(
+                "deletion of system {} not allowed",
+                rs("exchange", name, &self.name)
+            )));
+        }
+        let Some(x) = self.exchanges.get(name).map(|x| x.clone()) else {
+            return Ok(()); // deleting a missing exchange is not an error in 3.x
+        };
+        if if_unused && x.binding_count() > 0 {
+            return Err(AmqpError::precondition(format!("{} in use", rs("exchange", name, &self.name))));
+        }
+        self.exchanges.remove(name);
+        self.drop_bindings_to(&Destination::Exchange(name.to_string()));
+        Ok(())
+    }
+
+    /// Removes every binding to `dest`, then auto-deletes exchanges left with none.
+    fn drop_bindings_to(&self, dest: &Destination) {
+        let mut emptied = Vec::new();
+        for x in self.exchanges.iter() {
+            if x.unbind_all(dest) > 0 && x.auto_delete && x.binding_count() == 0 {
+                emptied.push(x.name.clone());
+            }
+        }
+        for name in emptied {
+            let _ = self.delete_exchange(&name, true);
+        }
+    }
+
+    pub fn declare_queue(&self, d: QueueDeclare<'_>) -> AmqpResult<(Arc<Queue>, bool)> {
+        if d.passive {
+            return Ok((self.usable_queue(d.name, d.conn_id)?, false));
+        }
+        let name = if d.name.is_empty() { generated_name("amq.gen-") } else { d.name.to_string() };
+        if let Some(q) = self.queues.get(&name).map(|q| q.clone()) {
+            self.check_exclusive(&q, d.conn_id)?;
+            if q.exclusive_owner.is_some() != d.exclusive {
+                return Err(AmqpError::locked(format!(
+                    "cannot obtain exclusive access to locked {}. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                    q.resource()
+                )));
+            }
+            let ineq = |what: &str, received: bool, current: bool| {
+                Err(AmqpError::precondition(format!(
+                    "inequivalent arg '{what}' for {}: received '{}' but current is '{}'",
+                    q.resource(),
+                    bool_str(received),
+                    bool_str(current)
+                )))
+            };
+            if q.durable != d.durable {
+                return ineq("durable", d.durable, q.durable);
+            }
+            if q.auto_delete != d.auto_delete {
+                return ineq("auto_delete", d.auto_delete, q.auto_delete);
+            }
+            args::check_equivalent(&q.arguments, &d.arguments, &name, &self.name)?;
+            return Ok((q, false));
+        }
+        if name.starts_with("amq.") && !d.name.is_empty() {
+            return Err(AmqpError::access_refused(format!("queue name '{name}' contains reserved prefix 'amq.*'")));
+        }
+        let parsed = args::parse(&d.arguments, &name, &self.name)?;
+        let owner = d.exclusive.then_some(d.conn_id);
+        let q = Arc::new(Queue::new(name.clone(), self.name.clone(), d.durable, d.auto_delete, owner, d.arguments, parsed));
+        let q = self.queues.entry(name).or_insert(q).clone();
+        Ok((q, true))
+    }
+
+    /// Deletes a queue; returns the ready messages dropped. Consumers are
+    /// told with `basic.cancel` where their client asked for it.
+    pub fn delete_queue(&self, name: &str, if_unused: bool, if_empty: bool, conn_id: u64) -> AmqpResult<u32> {
+        let Some(q) = self.queues.get(name).map(|q| q.clone()) else { return Ok(0) };
+        self.check_exclusive(&q, conn_id)?;
+        if if_unused && q.consumer_count() > 0 {
+            return Err(AmqpError::precondition(format!("{} in use", q.resource())));
+        }
+        if if_empty && q.message_count() > 0 {
+            return Err(AmqpError::precondition(format!("{} not empty", q.resource())));
+        }
+        Ok(self.remove_queue(&q))
+    }
+
+    /// Unconditional removal (also used for exclusive and auto-delete queues).
+    pub fn remove_queue(&self, q: &Arc<Queue>) -> u32 {
+        self.queues.remove_if(&q.name, |_, v| Arc::ptr_eq(v, q));
+        self.drop_bindings_to(&Destination::Queue(q.clone()));
+        let (consumers, n) = q.mark_deleted();
+        for c in consumers {
+            notify_cancel(&c);
+        }
+        n
+    }
+
+    pub fn bind_queue(&self, queue: &str, exchange: &str, key: &str, arguments: FieldTable, conn_id: u64) -> AmqpResult<()> {
+        if exchange.is_empty() {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        let x = self.exchange(exchange)?;
+        let q = self.usable_queue(queue, conn_id)?;
+        x.bind(Destination::Queue(q), key, arguments).map_err(bad_x_match)
+    }
+
+    pub fn unbind_queue(&self, queue: &str, exchange: &str, key: &str, arguments: &FieldTable, conn_id: u64) -> AmqpResult<()> {
+        if exchange.is_empty() {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        let x = self.exchange(exchange)?;
+        let q = self.usable_queue(queue, conn_id)?;
+        if x.unbind(&Destination::Queue(q), key, arguments) && x.auto_delete && x.binding_count() == 0 {
+            let _ = self.delete_exchange(exchange, true);
+        }
+        Ok(())
+    }
+
+    pub fn bind_exchange(&self, destination: &str, source: &str, key: &str, arguments: FieldTable) -> AmqpResult<()> {
+        if destination.is_empty() || source.is_empty() {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        let src = self.exchange(source)?;
+        self.exchange(destination)?;
+        src.bind(Destination::Exchange(destination.to_string()), key, arguments).map_err(bad_x_match)
+    }
+
+    pub fn unbind_exchange(&self, destination: &str, source: &str, key: &str, arguments: &FieldTable) -> AmqpResult<()> {
+        if destination.is_empty() || source.is_empty() {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        let src = self.exchange(source)?;
+        self.exchange(destination)?;
+        if src.unbind(&Destination::Exchange(destination.to_string()), key, arguments) && src.auto_delete && src.binding_count() == 0 {
+            let _ = self.delete_exchange(source, true);
+        }
+        Ok(())
+    }
+
+    /// Queues a message published to `x` reaches through `keys` (the routing
+    /// key plus CC/BCC), each once, following exchange-to-exchange bindings
+    /// and, when nothing matched, the alternate-exchange chain.
+    pub fn route(&self, x: &Arc<Exchange>, keys: &[&[u8]], headers: Option<&FieldTable>, out: &mut Vec<Arc<Queue>>) {
+        let mut seen: Vec<String> = Vec::new();
+        let mut start = Some(x.clone());
+        while let Some(x) = start.take() {
+            self.route_graph(&x, keys, headers, &mut seen, out);
+            if !out.is_empty() {
+                return;
+            }
+            if let Some(ae) = &x.alternate
+                && !seen.iter().any(|s| s == ae)
+                && let Some(next) = self.exchanges.get(ae.as_str()).map(|e| e.clone())
+            {
+                start = Some(next);
+            }
+        }
+    }
+
+    fn route_graph(&self, x: &Arc<Exchange>, keys: &[&[u8]], headers: Option<&FieldTable>, seen: &mut Vec<String>, out: &mut Vec<Arc<Queue>>) {
+        let mut work = vec![x.clone()];
+        seen.push(x.name.clone());
+        let mut dests = Vec::new();
+        while let Some(x) = work.pop() {
+            dests.clear();
+            if x.name.is_empty() {
+                for k in keys {
+                    if let Some(q) = std::str::from_utf8(k).ok().and_then(|k| self.queues.get(k)) {
+                        push_unique(out, q.clone());
+                    }
+                }
+                continue;
+            }
+            for k in keys {
+                x.route(k, headers, &mut dests);
+            }
+            for d in dests.drain(..) {
+                match d {
+                    Destination::Queue(q) => push_unique(out, q),
+                    Destination::Exchange(name) => {
+                        if !seen.contains(&name) {
+                            if let Some(next) = self.exchanges.get(&name).map(|e| e.clone()) {
+                                seen.push(name);
+                                work.push(next);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn push_unique(out: &mut Vec<Arc<Queue>>, q: Arc<Queue>) {
+    if !out.iter().any(|x| Arc::ptr_eq(x, &q)) {
+        out.push(q);
+    }
+}
+
+fn bad_x_match(value: String) -> AmqpError {
+    AmqpError::precondition(format!(
+        "Invalid x-match field value <<\"{value}\">>; expected all, any, all-with-x, or any-with-x"
+    ))
+}
+
+/// Removes a consumer from its channel's bookkeeping and, if the client
+/// announced `consumer_cancel_notify`, sends it `basic.cancel`.
+pub fn notify_cancel(c: &Consumer) {
+    cancel_in_outbox(&c.outbox, c.channel, &c.tag);
+}
+
+fn cancel_in_outbox(outbox: &Outbox, channel: u16, tag: &bytes::Bytes) {
+    use crate::protocol::{AMQPClass, short};
+    use amq_protocol::protocol::basic;
+    outbox.with(|st| {
+        let Some(ch) = st.channels.get_mut(&channel) else { return };
+        if ch.consumers.remove(tag).is_none() || !st.cancel_notify || st.shutdown {
+            return;
+        }
+        let m = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+            consumer_tag: short(&String::from_utf8_lossy(tag)),
+            nowait: true,
+        }));
+        crate::protocol::frame::encode_method(&mut st.buf, channel, &m);
+    });
+}

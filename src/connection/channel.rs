@@ -1,0 +1,687 @@
+//! Channel methods: the publish-side state a channel keeps in its connection's
+//! reader (content assembly, confirms, transactions, last declared queue), and
+//! the dispatch of every class-20..90 method with RabbitMQ's checks and texts.
+
+use super::{Conn, decode_method, requeue_all};
+use crate::error::{AmqpError, AmqpResult, code, rs};
+use crate::message::{self, Message};
+use crate::protocol::fast::{self, BASIC_ACK, BASIC_PUBLISH, CLASS_BASIC};
+use crate::protocol::properties::{self, Scanned};
+use crate::protocol::{AMQPClass, short};
+use crate::queue::sink::{ConsumerCredit, ConsumerEntry, Unacked};
+use crate::queue::{Consumer, Queue, args::as_int};
+use amq_protocol::protocol::{basic, channel as chm, confirm, exchange, queue as qm, tx};
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// Content assembly (`rabbit_command_assembler`): method → header → body.
+enum Content {
+    Idle,
+    Header(fast::Publish),
+    Body { publish: fast::Publish, properties: Bytes, scanned: Scanned, size: u64, first: Option<Bytes>, rest: BytesMut },
+}
+
+/// A publish waiting for `tx.commit`.
+struct TxPublish {
+    publish: fast::Publish,
+    msg: Arc<Message>,
+}
+
+#[derive(Default)]
+struct TxState {
+    publishes: Vec<TxPublish>,
+    /// (delivery tag, multiple, kind) settlements in order.
+    settles: Vec<(u64, bool, Settle)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Ack,
+    Requeue,
+    Drop,
+}
+
+pub struct Channel {
+    /// `channel.close` sent by the broker; waiting for close-ok.
+    pub closing: bool,
+    content: Content,
+    confirm: bool,
+    /// Sequence number of the last publish in confirm mode.
+    publish_seq: u64,
+    /// Highest sequence number confirmed but not yet sent (coalesced per batch).
+    confirm_pending: Option<u64>,
+    tx: Option<TxState>,
+    last_queue: Option<String>,
+    /// `basic.qos(global=false)`: the limit given to consumers created later.
+    consumer_prefetch: u16,
+    /// Scratch for routing results (reused to avoid an allocation per publish).
+    routed: Vec<Arc<Queue>>,
+}
+
+impl Channel {
+    pub fn new() -> Self {
+        Channel {
+            closing: false,
+            content: Content::Idle,
+            confirm: false,
+            publish_seq: 0,
+            confirm_pending: None,
+            tx: None,
+            last_queue: None,
+            consumer_prefetch: 0,
+            routed: Vec::new(),
+        }
+    }
+
+    pub fn discard_pending(&mut self) {
+        self.content = Content::Idle;
+        self.tx = None;
+        self.confirm_pending = None;
+    }
+
+    pub fn flush_confirms(&mut self, ch: u16, outbox: &crate::queue::sink::Outbox) {
+        if let Some(seq) = self.confirm_pending.take() {
+            outbox.send(|b| fast::encode_confirm(b, ch, seq, true, true));
+        }
+    }
+}
+
+fn ok_or_nowait(nowait: bool, m: AMQPClass) -> Option<AMQPClass> {
+    (!nowait).then_some(m)
+}
+
+impl Conn {
+    fn chan(&mut self, ch: u16) -> &mut Channel {
+        // The caller checked the channel is open; a missing entry would be a
+        // broker bug, so fall back to a fresh one rather than panic.
+        self.channels.entry(ch).or_insert_with(Channel::new)
+    }
+
+    /// Resolves `""` to the channel's last declared queue.
+    fn queue_name(&mut self, ch: u16, name: &str) -> AmqpResult<String> {
+        if !name.is_empty() {
+            return Ok(name.to_string());
+        }
+        self.chan(ch).last_queue.clone().ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+    }
+
+    pub(super) fn channel_method(&mut self, ch: u16, payload: Bytes) -> AmqpResult<()> {
+        if !matches!(self.chan(ch).content, Content::Idle) {
+            return Err(AmqpError::unexpected_frame(
+                "expected content header for class 60, got non content header frame instead",
+            )
+            .on(CLASS_BASIC, BASIC_PUBLISH));
+        }
+        // The per-message methods skip amq-protocol.
+        if let Some((CLASS_BASIC, id)) = fast::method_ids(&payload) {
+            if id == BASIC_PUBLISH {
+                let p = fast::parse_publish(&payload)
+                    .ok_or_else(|| AmqpError::frame_error("cannot decode method class 60, method 40").on(60, 40))?;
+                if p.immediate {
+                    return Err(AmqpError::not_implemented("immediate=true").on(60, 40));
+                }
+                self.chan(ch).content = Content::Header(p);
+                return Ok(());
+            }
+            if id == 10 && payload.len() >= 8 {
+                // amq-protocol drops basic.qos prefetch_size; RabbitMQ refuses non-zero.
+                let size = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                if size != 0 {
+                    return Err(AmqpError::not_implemented(format!("prefetch_size!=0 ({size})")).on(60, 10));
+                }
+            }
+            if id == BASIC_ACK {
+                let a = fast::parse_ack(&payload)
+                    .ok_or_else(|| AmqpError::frame_error("cannot decode method class 60, method 80").on(60, 80))?;
+                return self.settle(ch, a.delivery_tag, a.multiple, Settle::Ack).map_err(|e| e.on(60, 80));
+            }
+        }
+        let m = decode_method(&payload)?;
+        let (cid, mid) = (m.get_amqp_class_id(), m.get_amqp_method_id());
+        self.method(ch, m).map_err(|e| e.on(cid, mid))
+    }
+
+    fn method(&mut self, ch: u16, m: AMQPClass) -> AmqpResult<()> {
+        let reply = match m {
+            AMQPClass::Channel(c) => self.channel_class(ch, c)?,
+            AMQPClass::Exchange(x) => self.exchange_class(x)?,
+            AMQPClass::Queue(q) => self.queue_class(ch, q)?,
+            AMQPClass::Basic(b) => self.basic_class(ch, b)?,
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
+                let c = self.chan(ch);
+                if c.tx.is_some() {
+                    return Err(AmqpError::precondition("cannot switch from tx to confirm mode"));
+                }
+                c.confirm = true;
+                ok_or_nowait(s.nowait, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})))
+            }
+            AMQPClass::Tx(t) => self.tx_class(ch, t)?,
+            AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::Request(_)) => Some(AMQPClass::Access(
+                amq_protocol::protocol::access::AMQPMethod::RequestOk(amq_protocol::protocol::access::RequestOk {}),
+            )),
+            AMQPClass::Connection(_) => {
+                return Err(AmqpError::command_invalid("connection methods are only valid on channel 0"));
+            }
+            other => {
+                return Err(AmqpError::command_invalid(format!(
+                    "method {}.{} cannot be sent by a client",
+                    other.get_amqp_class_id(),
+                    other.get_amqp_method_id()
+                )));
+            }
+        };
+        if let Some(r) = reply {
+            self.send_method(ch, &r);
+        }
+        Ok(())
+    }
+
+    fn channel_class(&mut self, ch: u16, m: chm::AMQPMethod) -> AmqpResult<Option<AMQPClass>> {
+        match m {
+            chm::AMQPMethod::Open(_) => Err(AmqpError::channel_error("second 'channel.open' seen")),
+            chm::AMQPMethod::Close(_) => {
+                self.release_channel(ch);
+                self.channels.remove(&ch);
+                Ok(Some(AMQPClass::Channel(chm::AMQPMethod::CloseOk(chm::CloseOk {}))))
+            }
+            chm::AMQPMethod::CloseOk(_) => Ok(None),
+            chm::AMQPMethod::Flow(f) => {
+                if !f.active {
+                    return Err(AmqpError::not_implemented("active=false"));
+                }
+                Ok(Some(AMQPClass::Channel(chm::AMQPMethod::FlowOk(chm::FlowOk { active: true }))))
+            }
+            chm::AMQPMethod::FlowOk(_) => Ok(None),
+            _ => Err(AmqpError::command_invalid("method cannot be sent by a client")),
+        }
+    }
+
+    fn exchange_class(&mut self, m: exchange::AMQPMethod) -> AmqpResult<Option<AMQPClass>> {
+        let v = self.vhost.clone();
+        match m {
+            exchange::AMQPMethod::Declare(d) => {
+                v.declare_exchange(
+                    d.exchange.as_str(),
+                    d.kind.as_str(),
+                    d.passive,
+                    d.durable,
+                    d.auto_delete,
+                    d.internal,
+                    d.arguments,
+                )?;
+                Ok(ok_or_nowait(d.nowait, AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {}))))
+            }
+            exchange::AMQPMethod::Delete(d) => {
+                v.delete_exchange(d.exchange.as_str(), d.if_unused)?;
+                Ok(ok_or_nowait(d.nowait, AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {}))))
+            }
+            exchange::AMQPMethod::Bind(b) => {
+                v.bind_exchange(b.destination.as_str(), b.source.as_str(), b.routing_key.as_str(), b.arguments)?;
+                Ok(ok_or_nowait(b.nowait, AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {}))))
+            }
+            exchange::AMQPMethod::Unbind(b) => {
+                v.unbind_exchange(b.destination.as_str(), b.source.as_str(), b.routing_key.as_str(), &b.arguments)?;
+                Ok(ok_or_nowait(b.nowait, AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {}))))
+            }
+            _ => Err(AmqpError::command_invalid("method cannot be sent by a client")),
+        }
+    }
+
+    fn queue_class(&mut self, ch: u16, m: qm::AMQPMethod) -> AmqpResult<Option<AMQPClass>> {
+        let v = self.vhost.clone();
+        match m {
+            qm::AMQPMethod::Declare(d) => {
+                let name = if d.passive { self.queue_name(ch, d.queue.as_str())? } else { d.queue.to_string() };
+                let (q, created) = v.declare_queue(crate::broker::vhost::QueueDeclare {
+                    name: &name,
+                    passive: d.passive,
+                    durable: d.durable,
+                    exclusive: d.exclusive,
+                    auto_delete: d.auto_delete,
+                    arguments: d.arguments,
+                    conn_id: self.id,
+                })?;
+                if created && q.exclusive_owner.is_some() {
+                    self.exclusive_queues.push(q.clone());
+                }
+                self.chan(ch).last_queue = Some(q.name.clone());
+                let (ready, _, consumers, _) = q.counts();
+                Ok(ok_or_nowait(
+                    d.nowait,
+                    AMQPClass::Queue(qm::AMQPMethod::DeclareOk(qm::DeclareOk {
+                        queue: short(&q.name),
+                        message_count: ready as u32,
+                        consumer_count: consumers as u32,
+                    })),
+                ))
+            }
+            qm::AMQPMethod::Bind(b) => {
+                let name = self.queue_name(ch, b.queue.as_str())?;
+                v.bind_queue(&name, b.exchange.as_str(), b.routing_key.as_str(), b.arguments, self.id)?;
+                Ok(ok_or_nowait(b.nowait, AMQPClass::Queue(qm::AMQPMethod::BindOk(qm::BindOk {}))))
+            }
+            qm::AMQPMethod::Unbind(b) => {
+                let name = self.queue_name(ch, b.queue.as_str())?;
+                v.unbind_queue(&name, b.exchange.as_str(), b.routing_key.as_str(), &b.arguments, self.id)?;
+                Ok(Some(AMQPClass::Queue(qm::AMQPMethod::UnbindOk(qm::UnbindOk {}))))
+            }
+            qm::AMQPMethod::Purge(p) => {
+                let name = self.queue_name(ch, p.queue.as_str())?;
+                let q = v.usable_queue(&name, self.id)?;
+                let n = q.purge();
+                Ok(ok_or_nowait(p.nowait, AMQPClass::Queue(qm::AMQPMethod::PurgeOk(qm::PurgeOk { message_count: n }))))
+            }
+            qm::AMQPMethod::Delete(d) => {
+                let name = self.queue_name(ch, d.queue.as_str())?;
+                let n = v.delete_queue(&name, d.if_unused, d.if_empty, self.id)?;
+                self.exclusive_queues.retain(|q| q.name != name);
+                Ok(ok_or_nowait(d.nowait, AMQPClass::Queue(qm::AMQPMethod::DeleteOk(qm::DeleteOk { message_count: n }))))
+            }
+            _ => Err(AmqpError::command_invalid("method cannot be sent by a client")),
+        }
+    }
+
+    fn basic_class(&mut self, ch: u16, m: basic::AMQPMethod) -> AmqpResult<Option<AMQPClass>> {
+        match m {
+            basic::AMQPMethod::Qos(q) => {
+                if q.global {
+                    let limit = q.prefetch_count as u32;
+                    self.outbox.with(|st| {
+                        if let Some(d) = st.channels.get_mut(&ch) {
+                            d.global_limit = limit;
+                        }
+                    });
+                    for queue in self.outbox.consumer_queues() {
+                        queue.dispatch();
+                    }
+                } else {
+                    self.chan(ch).consumer_prefetch = q.prefetch_count;
+                }
+                Ok(Some(AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {}))))
+            }
+            basic::AMQPMethod::Consume(c) => self.consume(ch, c),
+            basic::AMQPMethod::Cancel(c) => {
+                let tag = Bytes::copy_from_slice(c.consumer_tag.as_str().as_bytes());
+                let entry = self.outbox.with(|st| st.channels.get_mut(&ch).and_then(|d| d.consumers.remove(&tag)));
+                if let Some(e) = entry
+                    && e.queue.remove_consumer(self.id, ch, &tag)
+                {
+                    self.vhost.remove_queue(&e.queue);
+                }
+                Ok(ok_or_nowait(
+                    c.nowait,
+                    AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk { consumer_tag: c.consumer_tag })),
+                ))
+            }
+            basic::AMQPMethod::Get(g) => {
+                let name = self.queue_name(ch, g.queue.as_str())?;
+                let q = self.vhost.usable_queue(&name, self.id)?;
+                if q.get(&self.outbox, ch, g.no_ack) {
+                    Ok(None)
+                } else {
+                    Ok(Some(AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {}))))
+                }
+            }
+            basic::AMQPMethod::Ack(a) => self.settle(ch, a.delivery_tag, a.multiple, Settle::Ack).map(|_| None),
+            basic::AMQPMethod::Nack(n) => {
+                let kind = if n.requeue { Settle::Requeue } else { Settle::Drop };
+                self.settle(ch, n.delivery_tag, n.multiple, kind).map(|_| None)
+            }
+            basic::AMQPMethod::Reject(r) => {
+                let kind = if r.requeue { Settle::Requeue } else { Settle::Drop };
+                self.settle(ch, r.delivery_tag, false, kind).map(|_| None)
+            }
+            basic::AMQPMethod::Recover(r) => {
+                if !r.requeue {
+                    return Err(AmqpError::not_implemented("requeue=false"));
+                }
+                self.recover(ch);
+                Ok(Some(AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {}))))
+            }
+            basic::AMQPMethod::RecoverAsync(r) => {
+                if !r.requeue {
+                    return Err(AmqpError::not_implemented("requeue=false"));
+                }
+                self.recover(ch);
+                Ok(None)
+            }
+            _ => Err(AmqpError::command_invalid("method cannot be sent by a client")),
+        }
+    }
+
+    fn recover(&mut self, ch: u16) {
+        let all = self.outbox.with(|st| st.channels.get_mut(&ch).map(|d| d.take_all()).unwrap_or_default());
+        requeue_all(all);
+    }
+
+    fn consume(&mut self, ch: u16, c: basic::Consume) -> AmqpResult<Option<AMQPClass>> {
+        let name = self.queue_name(ch, c.queue.as_str())?;
+        let q = self.vhost.usable_queue(&name, self.id)?;
+        let tag_str = if c.consumer_tag.as_str().is_empty() {
+            crate::broker::vhost::generated_name("amq.ctag-")
+        } else {
+            c.consumer_tag.to_string()
+        };
+        let tag = Bytes::from(tag_str.clone().into_bytes());
+        let priority = match c.arguments.inner().get("x-priority") {
+            None => 0,
+            Some(v) => match as_int(v) {
+                Some(p) if (i32::MIN as i128..=i32::MAX as i128).contains(&p) => p as i32,
+                _ => {
+                    return Err(AmqpError::precondition(format!(
+                        "invalid arg 'x-priority' for {}: {{unacceptable_type,{}}}",
+                        q.resource(),
+                        crate::queue::args::type_name(v)
+                    )));
+                }
+            },
+        };
+        let credit = Arc::new(ConsumerCredit::default());
+        credit.limit.store(if c.no_ack { 0 } else { self.chan(ch).consumer_prefetch as u32 }, Ordering::Relaxed);
+        let reused = self.outbox.with(|st| {
+            st.channels.get(&ch).map(|d| d.consumers.contains_key(&tag)).unwrap_or(false)
+        });
+        if reused {
+            return Err(AmqpError::not_allowed(format!("attempt to reuse consumer tag '{tag_str}'")));
+        }
+        let consumer = Consumer {
+            tag: tag.clone(),
+            outbox: self.outbox.clone(),
+            channel: ch,
+            no_ack: c.no_ack,
+            exclusive: c.exclusive,
+            priority,
+            credit: credit.clone(),
+        };
+        // consume-ok must reach the client before the first delivery: it is
+        // written while the queue is locked, before the queue dispatches.
+        let outbox = self.outbox.clone();
+        let ok = AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk { consumer_tag: short(&tag_str) }));
+        let entry = ConsumerEntry { queue: q.clone(), credit, no_ack: c.no_ack };
+        let nowait = c.nowait;
+        q.add_consumer(consumer, move || {
+            outbox.with(|st| {
+                if let Some(d) = st.channels.get_mut(&ch) {
+                    d.consumers.insert(tag, entry);
+                }
+                if !nowait {
+                    crate::protocol::frame::encode_method(&mut st.buf, ch, &ok);
+                }
+            });
+        })?;
+        Ok(None)
+    }
+
+    /// ack / nack / reject (`multiple` where allowed), or buffered under tx.
+    fn settle(&mut self, ch: u16, tag: u64, multiple: bool, kind: Settle) -> AmqpResult<()> {
+        if self.chan(ch).tx.is_some() {
+            // Validate now (RabbitMQ checks the tag at ack time), apply at commit.
+            let known = self.outbox.with(|st| {
+                st.channels.get(&ch).map(|d| multiple || d.unacked.contains_key(&tag)).unwrap_or(false)
+            });
+            if !known {
+                return Err(AmqpError::precondition(format!("unknown delivery tag {tag}")));
+            }
+            if let Some(tx) = self.chan(ch).tx.as_mut() {
+                tx.settles.push((tag, multiple, kind));
+            }
+            return Ok(());
+        }
+        self.apply_settle(ch, tag, multiple, kind)
+    }
+
+    fn apply_settle(&mut self, ch: u16, tag: u64, multiple: bool, kind: Settle) -> AmqpResult<()> {
+        let taken = self.outbox.with(|st| st.channels.get_mut(&ch).and_then(|d| d.settle(tag, multiple)));
+        let Some(taken) = taken else {
+            return Err(AmqpError::precondition(format!("unknown delivery tag {tag}")));
+        };
+        match kind {
+            Settle::Requeue => requeue_all(taken),
+            Settle::Ack | Settle::Drop => settle_all(taken),
+        }
+        // Credit freed on the channel may unblock other queues' consumers.
+        if multiple || self.outbox.with(|st| st.channels.get(&ch).map(|d| d.global_limit != 0).unwrap_or(false)) {
+            for q in self.outbox.consumer_queues() {
+                q.dispatch();
+            }
+        }
+        Ok(())
+    }
+
+    fn tx_class(&mut self, ch: u16, m: tx::AMQPMethod) -> AmqpResult<Option<AMQPClass>> {
+        match m {
+            tx::AMQPMethod::Select(_) => {
+                let c = self.chan(ch);
+                if c.confirm {
+                    return Err(AmqpError::precondition("cannot switch from confirm to tx mode"));
+                }
+                if c.tx.is_none() {
+                    c.tx = Some(TxState::default());
+                }
+                Ok(Some(AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {}))))
+            }
+            tx::AMQPMethod::Commit(_) => {
+                let Some(state) = self.chan(ch).tx.replace(TxState::default()) else {
+                    return Err(AmqpError::precondition("channel is not transactional"));
+                };
+                for p in state.publishes {
+                    self.route_and_enqueue(ch, &p.publish, p.msg)?;
+                }
+                for (tag, multiple, kind) in state.settles {
+                    // A tag settled twice inside one transaction is ignored at commit.
+                    let _ = self.apply_settle(ch, tag, multiple, kind);
+                }
+                Ok(Some(AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {}))))
+            }
+            tx::AMQPMethod::Rollback(_) => {
+                let c = self.chan(ch);
+                if c.tx.is_none() {
+                    return Err(AmqpError::precondition("channel is not transactional"));
+                }
+                c.tx = Some(TxState::default());
+                Ok(Some(AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {}))))
+            }
+            _ => Err(AmqpError::command_invalid("method cannot be sent by a client")),
+        }
+    }
+
+    pub(super) fn content_header(&mut self, ch: u16, payload: Bytes) -> AmqpResult<()> {
+        let max = self.broker.config.amqp.max_message_size;
+        let c = self.chan(ch);
+        let publish = match std::mem::replace(&mut c.content, Content::Idle) {
+            Content::Header(p) => p,
+            Content::Idle => {
+                return Err(AmqpError::unexpected_frame("expected method frame, got non method frame instead"));
+            }
+            Content::Body { .. } => {
+                return Err(AmqpError::unexpected_frame(
+                    "expected content body, got non content body frame instead",
+                )
+                .on(CLASS_BASIC, BASIC_PUBLISH));
+            }
+        };
+        if payload.len() < 14 {
+            return Err(AmqpError::frame_error("cannot decode content header").on(CLASS_BASIC, BASIC_PUBLISH));
+        }
+        let class = u16::from_be_bytes([payload[0], payload[1]]);
+        if class != CLASS_BASIC {
+            return Err(AmqpError::unexpected_frame(format!(
+                "expected content header for class 60, got one for class {class} instead"
+            ))
+            .on(CLASS_BASIC, BASIC_PUBLISH));
+        }
+        let mut size_bytes = [0u8; 8];
+        size_bytes.copy_from_slice(&payload[4..12]);
+        let size = u64::from_be_bytes(size_bytes);
+        let properties = payload.slice(12..);
+        let scanned = properties::scan(&properties)
+            .ok_or_else(|| AmqpError::frame_error("cannot decode content properties").on(CLASS_BASIC, BASIC_PUBLISH))?;
+        if size > max {
+            return Err(AmqpError::precondition(format!(
+                "message size {size} is larger than configured max size {max}"
+            ))
+            .on(CLASS_BASIC, BASIC_PUBLISH));
+        }
+        if size == 0 {
+            return self.publish_complete(ch, publish, properties, scanned, Bytes::new());
+        }
+        self.chan(ch).content = Content::Body { publish, properties, scanned, size, first: None, rest: BytesMut::new() };
+        Ok(())
+    }
+
+    pub(super) fn content_body(&mut self, ch: u16, payload: Bytes) -> AmqpResult<()> {
+        let c = self.chan(ch);
+        let Content::Body { size, first, rest, .. } = &mut c.content else {
+            return Err(match c.content {
+                Content::Header(_) => AmqpError::unexpected_frame(
+                    "expected content header for class 60, got non content header frame instead",
+                )
+                .on(CLASS_BASIC, BASIC_PUBLISH),
+                _ => AmqpError::unexpected_frame("expected method frame, got non method frame instead"),
+            });
+        };
+        let have = first.as_ref().map(|b| b.len()).unwrap_or(0) + rest.len();
+        let total = have + payload.len();
+        if total as u64 > *size {
+            return Err(AmqpError::frame_error(format!(
+                "received {} bytes of content body, expected {size}",
+                total
+            ))
+            .on(CLASS_BASIC, BASIC_PUBLISH));
+        }
+        if first.is_none() && rest.is_empty() {
+            *first = Some(payload);
+        } else {
+            if let Some(f) = first.take() {
+                rest.reserve(*size as usize);
+                rest.extend_from_slice(&f);
+            }
+            rest.extend_from_slice(&payload);
+        }
+        if (total as u64) < *size {
+            return Ok(());
+        }
+        let Content::Body { publish, properties, scanned, first, rest, .. } = std::mem::replace(&mut c.content, Content::Idle)
+        else {
+            return Ok(());
+        };
+        let body = first.unwrap_or_else(|| rest.freeze());
+        self.publish_complete(ch, publish, properties, scanned, body)
+    }
+
+    fn publish_complete(&mut self, ch: u16, p: fast::Publish, properties: Bytes, scanned: Scanned, body: Bytes) -> AmqpResult<()> {
+        let err = |e: AmqpError| e.on(CLASS_BASIC, BASIC_PUBLISH);
+        let x_name = std::str::from_utf8(&p.exchange).unwrap_or("");
+        let x = self.vhost.exchange(x_name).map_err(err)?;
+        if x.internal {
+            return Err(err(AmqpError::access_refused(format!(
+                "cannot publish to internal {}",
+                rs("exchange", x_name, &self.vhost.name)
+            ))));
+        }
+        let msg = Message::new(p.exchange.clone(), p.routing_key.clone(), properties, body, scanned);
+        if let Some(uid) = msg.user_id()
+            && uid != self.user.as_bytes()
+        {
+            return Err(err(AmqpError::precondition(format!(
+                "user_id property set to '{}' but authenticated user was '{}'",
+                String::from_utf8_lossy(uid),
+                self.user
+            ))));
+        }
+        if let Some(e) = msg.expiration() {
+            validate_expiration(e).map_err(err)?;
+        }
+        if let Some(dm) = msg.scanned.delivery_mode
+            && dm != 1
+            && dm != 2
+        {
+            return Err(err(AmqpError::precondition(format!("invalid message: {{delivery_mode_unknown,{dm}}}"))));
+        }
+        self.broker.counters.published.fetch_add(1, Ordering::Relaxed);
+        let msg = Arc::new(msg);
+        let c = self.chan(ch);
+        if c.confirm {
+            c.publish_seq += 1;
+        }
+        if let Some(tx) = c.tx.as_mut() {
+            tx.publishes.push(TxPublish { publish: p, msg });
+            return Ok(());
+        }
+        self.route_and_enqueue(ch, &p, msg).map_err(err)
+    }
+
+    fn route_and_enqueue(&mut self, ch: u16, p: &fast::Publish, msg: Arc<Message>) -> AmqpResult<()> {
+        let x_name = std::str::from_utf8(&p.exchange).unwrap_or("");
+        let x = self.vhost.exchange(x_name)?;
+        let headers = msg.headers();
+        let mut extra = Vec::new();
+        if let Some(h) = &headers {
+            extra = message::cc_bcc(h).map_err(|name| {
+                AmqpError::precondition(format!("invalid message: {{unacceptable_type_in_header,\"{name}\",longstr}}"))
+            })?;
+        }
+        let mut keys: Vec<&[u8]> = Vec::with_capacity(1 + extra.len());
+        keys.push(&p.routing_key);
+        keys.extend(extra.iter().map(|k| &k[..]));
+        let mut routed = std::mem::take(&mut self.chan(ch).routed);
+        routed.clear();
+        self.vhost.route(&x, &keys, headers.as_ref(), &mut routed);
+        if routed.is_empty() {
+            if p.mandatory {
+                self.broker.counters.unroutable_returned.fetch_add(1, Ordering::Relaxed);
+                let m = msg.clone();
+                self.outbox.send(|b| {
+                    fast::encode_return(b, ch, code::NO_ROUTE, "NO_ROUTE", &m.exchange, &m.routing_key);
+                    crate::protocol::frame::encode_content_header(b, ch, m.body_size(), &m.properties);
+                    crate::protocol::frame::encode_body(b, ch, &m.body, self.frame_max);
+                });
+            } else {
+                self.broker.counters.unroutable_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for q in routed.drain(..) {
+            q.publish(msg.clone());
+        }
+        let c = self.chan(ch);
+        c.routed = routed;
+        if c.confirm {
+            c.confirm_pending = Some(c.publish_seq);
+            self.broker.counters.confirmed.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// Deliveries settled without requeue: one call per queue.
+fn settle_all(taken: Vec<Unacked>) {
+    let mut by_queue: Vec<(Arc<Queue>, u64)> = Vec::new();
+    for u in taken {
+        match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+            Some((_, n)) => *n += 1,
+            None => by_queue.push((u.queue, 1)),
+        }
+    }
+    for (q, n) in by_queue {
+        q.settled(n);
+    }
+}
+
+/// RabbitMQ's check of the `expiration` property (`rabbit_basic:parse_expiration`).
+fn validate_expiration(raw: &[u8]) -> AmqpResult<()> {
+    let s = String::from_utf8_lossy(raw);
+    let digits_end = s.char_indices().find(|(i, ch)| !(ch.is_ascii_digit() || (*i == 0 && *ch == '-'))).map(|(i, _)| i).unwrap_or(s.len());
+    let (num, rest) = s.split_at(digits_end);
+    if num.is_empty() || num == "-" {
+        return Err(AmqpError::precondition(format!("invalid expiration '{s}': no_integer")));
+    }
+    if !rest.is_empty() {
+        return Err(AmqpError::precondition(format!("invalid expiration '{s}': {{leftover_string,\"{rest}\"}}")));
+    }
+    match num.parse::<i128>() {
+        Ok(v) if v < 0 => Err(AmqpError::precondition(format!("invalid expiration '{s}': {{value_negative,{v}}}"))),
+        Ok(_) => Ok(()),
+        Err(_) => Err(AmqpError::precondition(format!("invalid expiration '{s}': no_integer"))),
+    }
+}

@@ -1,0 +1,408 @@
+//! One client connection: the reader (this task) owns the read half and the
+//! channels' publish-side state; a writer task owns the write half and drains
+//! the outbox. The reader reads a batch, handles every frame in it, then
+//! releases what the batch produced (coalesced publisher confirms).
+
+mod channel;
+mod handshake;
+mod writer;
+
+use crate::broker::Broker;
+use crate::broker::vhost::VHost;
+use crate::error::{AmqpError, Scope, code};
+use crate::protocol::frame::{self, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, Frame};
+use crate::protocol::{AMQPClass, FieldTable, short};
+use crate::queue::Queue;
+use crate::queue::sink::{ChannelDeliveries, Outbox, Unacked};
+use amq_protocol::protocol::{channel as chm, connection as conm};
+use bytes::BytesMut;
+use channel::Channel;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::watch;
+
+/// Read buffer size: how much one read can bring in (many frames at once).
+const READ_CHUNK: usize = 64 * 1024;
+/// How long to wait for `connection.close-ok` after sending `connection.close`.
+const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Everything channel methods need from their connection.
+pub struct Conn {
+    pub broker: Arc<Broker>,
+    pub vhost: Arc<VHost>,
+    pub outbox: Arc<Outbox>,
+    pub id: u64,
+    pub user: String,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub client_properties: FieldTable,
+    /// Exclusive queues this connection declared (deleted when it closes).
+    pub exclusive_queues: Vec<Arc<Queue>>,
+    channels: HashMap<u16, Channel>,
+    /// Connection-level close sent; waiting for close-ok.
+    closing: bool,
+}
+
+/// Serves one accepted socket until it closes.
+pub async fn serve(broker: Arc<Broker>, mut sock: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+    let _ = sock.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let timeout = Duration::from_millis(broker.config.amqp.handshake_timeout_ms);
+    let loopback = peer.ip().is_loopback();
+    let neg = match tokio::time::timeout(timeout, handshake::run(&broker, &mut sock, loopback, &mut buf)).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(handshake::Failed::Close(e))) => {
+            tracing::info!(%peer, error = %e, "handshake refused");
+            handshake::refuse(&mut sock, &e).await;
+            return;
+        }
+        Ok(Err(handshake::Failed::Silent)) => {
+            tracing::debug!(%peer, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "handshake timed out");
+            return;
+        }
+    };
+    let id = broker.next_connection_id();
+    tracing::info!(%peer, conn = id, user = %neg.user, vhost = %neg.vhost.name, "connection opened");
+    broker.counters.connections.fetch_add(1, Ordering::Relaxed);
+    broker.counters.connections_opened.fetch_add(1, Ordering::Relaxed);
+
+    let outbox = Arc::new(Outbox::new(id, broker.config.amqp.write_buffer_high_water));
+    outbox.with(|st| {
+        st.frame_max = neg.frame_max;
+        st.cancel_notify = neg.cancel_notify;
+    });
+    let (rd, wr) = sock.into_split();
+    let writer = tokio::spawn(writer::run(outbox.clone(), wr, neg.heartbeat));
+    let mut conn = Conn {
+        broker: broker.clone(),
+        vhost: neg.vhost,
+        outbox: outbox.clone(),
+        id,
+        user: neg.user,
+        frame_max: neg.frame_max,
+        channel_max: neg.channel_max,
+        client_properties: neg.client_properties,
+        exclusive_queues: Vec::new(),
+        channels: HashMap::new(),
+        closing: false,
+    };
+    let reason = conn.read_loop(rd, buf, neg.heartbeat, &mut shutdown).await;
+    tracing::info!(%peer, conn = id, reason, "connection closed");
+    conn.teardown();
+    outbox.with(|st| {
+        st.closed = true;
+        st.shutdown = true;
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    broker.counters.connections.fetch_sub(1, Ordering::Relaxed);
+    broker.counters.connections_closed.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Conn {
+    async fn read_loop(
+        &mut self,
+        mut rd: OwnedReadHalf,
+        mut buf: BytesMut,
+        heartbeat: u16,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> &'static str {
+        // RabbitMQ gives up after two missed heartbeat intervals.
+        let idle_limit = (heartbeat > 0).then(|| Duration::from_secs(heartbeat as u64 * 2));
+        let mut close_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            // Handle every complete frame already buffered.
+            loop {
+                match frame::decode(&mut buf, self.frame_max) {
+                    Ok(Some(f)) => match self.handle_frame(f) {
+                        Flow::Continue => {}
+                        Flow::Stop(why) => return why,
+                    },
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.close_connection(e);
+                        return "frame error";
+                    }
+                }
+            }
+            self.end_of_batch();
+            if self.closing && close_deadline.is_none() {
+                close_deadline = Some(tokio::time::Instant::now() + CLOSE_OK_TIMEOUT);
+            }
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(READ_CHUNK);
+            }
+            let read = rd.read_buf(&mut buf);
+            let outcome = tokio::select! {
+                r = async {
+                    match (close_deadline, idle_limit) {
+                        (Some(d), _) => tokio::time::timeout_at(d, read).await.map_err(|_| "close-ok timeout"),
+                        (None, Some(limit)) => tokio::time::timeout(limit, read).await.map_err(|_| "missed heartbeats from client"),
+                        (None, None) => Ok(read.await),
+                    }
+                } => r,
+                _ = shutdown.changed(), if !self.closing => {
+                    self.close_connection(AmqpError::new(code::CONNECTION_FORCED, "broker forced connection closure with reason 'shutdown'"));
+                    continue;
+                }
+            };
+            match outcome {
+                Ok(Ok(0)) => return "client closed the socket",
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return "socket error",
+                Err(why) => {
+                    if why.starts_with("missed") {
+                        tracing::warn!(conn = self.id, "missed heartbeats from client, timeout: {}s", heartbeat);
+                    }
+                    return why;
+                }
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, f: Frame) -> Flow {
+        if self.closing {
+            // After connection.close only close / close-ok matter.
+            if f.kind == FRAME_METHOD && f.channel == 0 {
+                if let Ok((_, AMQPClass::Connection(m))) = crate::protocol::parse_class(&f.payload[..]) {
+                    match m {
+                        conm::AMQPMethod::CloseOk(_) => return Flow::Stop("closed by broker"),
+                        conm::AMQPMethod::Close(_) => {
+                            self.send_method(0, &AMQPClass::Connection(conm::AMQPMethod::CloseOk(conm::CloseOk {})));
+                            return Flow::Stop("closed by broker");
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            return Flow::Continue;
+        }
+        let result = match (f.kind, f.channel) {
+            (FRAME_HEARTBEAT, 0) => Ok(Flow::Continue),
+            (FRAME_HEARTBEAT, _) => Err(AmqpError::unexpected_frame("heartbeat frame on non-zero channel")),
+            (FRAME_METHOD, 0) => self.connection_method(&f),
+            (_, 0) => Err(AmqpError::unexpected_frame("content frame on channel 0")),
+            (_, ch) => self.channel_frame(ch, f),
+        };
+        match result {
+            Ok(flow) => flow,
+            // Channel-scoped errors were handled in `channel_frame`; what
+            // reaches here closes the connection.
+            Err(e) => {
+                self.close_connection(e);
+                Flow::Continue
+            }
+        }
+    }
+
+    fn connection_method(&mut self, f: &Frame) -> Result<Flow, AmqpError> {
+        let m = decode_method(&f.payload)?;
+        match m {
+            AMQPClass::Connection(conm::AMQPMethod::Close(c)) => {
+                tracing::debug!(conn = self.id, code = c.reply_code, text = %c.reply_text, "client closed connection");
+                self.release_all_channels();
+                self.send_method(0, &AMQPClass::Connection(conm::AMQPMethod::CloseOk(conm::CloseOk {})));
+                Ok(Flow::Stop("client closed the connection"))
+            }
+            AMQPClass::Connection(conm::AMQPMethod::CloseOk(_)) => Ok(Flow::Stop("closed")),
+            AMQPClass::Connection(conm::AMQPMethod::UpdateSecret(_)) => {
+                self.send_method(0, &AMQPClass::Connection(conm::AMQPMethod::UpdateSecretOk(conm::UpdateSecretOk {})));
+                Ok(Flow::Continue)
+            }
+            AMQPClass::Connection(conm::AMQPMethod::Blocked(_) | conm::AMQPMethod::Unblocked(_)) => Ok(Flow::Continue),
+            other => Err(AmqpError::command_invalid(format!(
+                "method {}.{} is not valid on channel 0",
+                other.get_amqp_class_id(),
+                other.get_amqp_method_id()
+            ))
+            .on(other.get_amqp_class_id(), other.get_amqp_method_id())),
+        }
+    }
+
+    fn channel_frame(&mut self, ch: u16, f: Frame) -> Result<Flow, AmqpError> {
+        if let Some(chan) = self.channels.get_mut(&ch) {
+            if chan.closing {
+                // Waiting for channel.close-ok: everything else is dropped.
+                if f.kind == FRAME_METHOD {
+                    if let Ok(AMQPClass::Channel(m)) = decode_method(&f.payload) {
+                        match m {
+                            chm::AMQPMethod::CloseOk(_) => {
+                                self.channels.remove(&ch);
+                            }
+                            chm::AMQPMethod::Close(_) => {
+                                self.channels.remove(&ch);
+                                self.send_method(ch, &AMQPClass::Channel(chm::AMQPMethod::CloseOk(chm::CloseOk {})));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                return Ok(Flow::Continue);
+            }
+        } else {
+            // Only channel.open is valid on a channel that is not open.
+            if f.kind == FRAME_METHOD
+                && let AMQPClass::Channel(chm::AMQPMethod::Open(_)) = decode_method(&f.payload)?
+            {
+                return self.open_channel(ch).map(|_| Flow::Continue);
+            }
+            let (c, m) = crate::protocol::fast::method_ids(&f.payload).unwrap_or((0, 0));
+            return Err(AmqpError::channel_error("expected 'channel.open'").on(c, m));
+        }
+        let result = match f.kind {
+            FRAME_METHOD => self.channel_method(ch, f.payload),
+            FRAME_HEADER => self.content_header(ch, f.payload),
+            FRAME_BODY => self.content_body(ch, f.payload),
+            _ => Err(AmqpError::unexpected_frame("unexpected frame type")),
+        };
+        match result {
+            Ok(()) => Ok(Flow::Continue),
+            Err(e) if e.scope == Scope::Channel => {
+                self.close_channel_with(ch, e);
+                Ok(Flow::Continue)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_channel(&mut self, ch: u16) -> Result<(), AmqpError> {
+        let open = self.channels.len();
+        if ch > self.channel_max || open >= self.channel_max as usize {
+            return Err(AmqpError::not_allowed(format!(
+                "number of channels opened ({open}) has reached the negotiated channel_max ({})",
+                self.channel_max
+            ))
+            .on(20, 10));
+        }
+        self.channels.insert(ch, Channel::new());
+        self.outbox.with(|st| {
+            st.channels.insert(ch, ChannelDeliveries::default());
+        });
+        self.broker.counters.channels.fetch_add(1, Ordering::Relaxed);
+        self.send_method(
+            ch,
+            &AMQPClass::Channel(chm::AMQPMethod::OpenOk(chm::OpenOk {})),
+        );
+        Ok(())
+    }
+
+    /// Server-initiated channel close (a soft error).
+    fn close_channel_with(&mut self, ch: u16, e: AmqpError) {
+        tracing::debug!(conn = self.id, channel = ch, error = %e, "channel error");
+        self.release_channel(ch);
+        if let Some(c) = self.channels.get_mut(&ch) {
+            c.closing = true;
+        }
+        let m = AMQPClass::Channel(chm::AMQPMethod::Close(chm::Close {
+            reply_code: e.code,
+            reply_text: short(&e.reply_text()),
+            class_id: e.class_id,
+            method_id: e.method_id,
+        }));
+        self.send_method(ch, &m);
+    }
+
+    /// Server-initiated connection close (a hard error or shutdown).
+    fn close_connection(&mut self, e: AmqpError) {
+        if self.closing {
+            return;
+        }
+        tracing::info!(conn = self.id, error = %e, "closing connection");
+        self.closing = true;
+        self.release_all_channels();
+        let m = AMQPClass::Connection(conm::AMQPMethod::Close(conm::Close {
+            reply_code: e.code,
+            reply_text: short(&e.reply_text()),
+            class_id: e.class_id,
+            method_id: e.method_id,
+        }));
+        self.send_method(0, &m);
+    }
+
+    pub fn send_method(&self, ch: u16, m: &AMQPClass) {
+        self.outbox.send(|buf| frame::encode_method(buf, ch, m));
+    }
+
+    /// Cancels the channel's consumers and requeues its unacked deliveries.
+    fn release_channel(&mut self, ch: u16) {
+        let taken = self.outbox.with(|st| st.channels.remove(&ch));
+        if let Some(c) = self.channels.get_mut(&ch) {
+            c.discard_pending();
+        }
+        let Some(mut deliveries) = taken else { return };
+        self.broker.counters.channels.fetch_sub(1, Ordering::Relaxed);
+        let unacked = deliveries.take_all();
+        for (tag, entry) in deliveries.consumers.drain() {
+            if entry.queue.remove_consumer(self.id, ch, &tag) {
+                self.vhost.remove_queue(&entry.queue);
+            }
+        }
+        requeue_all(unacked);
+    }
+
+    fn release_all_channels(&mut self) {
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for ch in ids {
+            self.release_channel(ch);
+        }
+    }
+
+    fn teardown(&mut self) {
+        self.outbox.with(|st| st.closed = true);
+        self.release_all_channels();
+        self.channels.clear();
+        for q in std::mem::take(&mut self.exclusive_queues) {
+            self.vhost.remove_queue(&q);
+        }
+    }
+
+    /// Work deferred to the end of a read batch: coalesced confirms.
+    fn end_of_batch(&mut self) {
+        let outbox = &self.outbox;
+        for (id, c) in self.channels.iter_mut() {
+            c.flush_confirms(*id, outbox);
+        }
+    }
+}
+
+/// Requeues settled-with-requeue deliveries, one call per queue.
+pub(crate) fn requeue_all(unacked: Vec<Unacked>) {
+    let mut by_queue: Vec<(Arc<Queue>, Vec<crate::queue::ready::QueuedMessage>)> = Vec::new();
+    for u in unacked {
+        match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
+            Some((_, v)) => v.push(u.qm),
+            None => by_queue.push((u.queue, vec![u.qm])),
+        }
+    }
+    for (q, msgs) in by_queue {
+        q.requeue(msgs);
+    }
+}
+
+pub(crate) enum Flow {
+    Continue,
+    Stop(&'static str),
+}
+
+/// Parses a method payload; unknown ids → 503, undecodable → 501.
+pub(crate) fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
+    let Some((c, m)) = crate::protocol::fast::method_ids(payload) else {
+        return Err(AmqpError::frame_error("cannot decode method frame: too short"));
+    };
+    if !crate::protocol::known_method(c, m) {
+        return Err(AmqpError::command_invalid(format!("unknown method: class {c}, method {m}")).on(c, m));
+    }
+    match crate::protocol::parse_class(payload) {
+        Ok((rest, method)) if rest.is_empty() => Ok(method),
+        _ => Err(AmqpError::frame_error(format!("cannot decode method class {c}, method {m}")).on(c, m)),
+    }
+}

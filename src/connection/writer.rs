@@ -1,0 +1,56 @@
+//! The writer task: owns the socket's write half, swaps the outbox buffer out
+//! and writes it in one call (everything produced since the last write goes
+//! out together), sends heartbeats when the connection has been quiet, and
+//! re-dispatches queues that skipped this connection while its buffer was full.
+
+use crate::protocol::frame;
+use crate::queue::sink::Outbox;
+use bytes::BytesMut;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+pub async fn run<W: AsyncWrite + Unpin>(outbox: Arc<Outbox>, mut wr: W, heartbeat: u16) {
+    let mut spare = BytesMut::with_capacity(64 * 1024);
+    let half = Duration::from_millis(heartbeat as u64 * 500);
+    let mut last_write = Instant::now();
+    loop {
+        if heartbeat == 0 {
+            outbox.wait().await;
+        } else {
+            tokio::select! {
+                _ = outbox.wait() => {}
+                _ = tokio::time::sleep_until(last_write + half) => {
+                    outbox.send(frame::encode_heartbeat);
+                }
+            }
+        }
+        let (starved, shutdown) = outbox.take(&mut spare);
+        if !spare.is_empty() {
+            if wr.write_all(&spare).await.is_err() {
+                outbox.with(|st| {
+                    st.closed = true;
+                    st.shutdown = true;
+                });
+                return;
+            }
+            last_write = Instant::now();
+            spare.clear();
+            // Keep a big buffer from pinning memory after a burst.
+            if spare.capacity() > 4 * 1024 * 1024 {
+                spare = BytesMut::with_capacity(64 * 1024);
+            }
+        }
+        if starved {
+            for q in outbox.consumer_queues() {
+                q.dispatch();
+            }
+        }
+        if shutdown {
+            let _ = wr.flush().await;
+            let _ = wr.shutdown().await;
+            return;
+        }
+    }
+}

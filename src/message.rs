@@ -1,0 +1,78 @@
+//! An immutable published message, shared by `Arc` between every queue it was
+//! routed to. Names and body are slices of the frames they arrived in; the
+//! content properties are kept exactly as the publisher encoded them.
+
+use crate::protocol::properties::{self, Scanned};
+use crate::protocol::{AMQPValue, FieldTable};
+use bytes::Bytes;
+
+#[derive(Debug)]
+pub struct Message {
+    /// The exchange the message was published to.
+    pub exchange: Bytes,
+    pub routing_key: Bytes,
+    /// Raw content-header properties (flag word onwards).
+    pub properties: Bytes,
+    pub body: Bytes,
+    pub scanned: Scanned,
+}
+
+impl Message {
+    pub fn new(exchange: Bytes, routing_key: Bytes, properties: Bytes, body: Bytes, scanned: Scanned) -> Self {
+        Message { exchange, routing_key, properties, body, scanned }
+    }
+
+    pub fn body_size(&self) -> u64 {
+        self.body.len() as u64
+    }
+
+    pub fn persistent(&self) -> bool {
+        self.scanned.delivery_mode == Some(2)
+    }
+
+    pub fn priority(&self) -> u8 {
+        self.scanned.priority.unwrap_or(0)
+    }
+
+    fn range(&self, r: Option<(usize, usize)>) -> Option<&[u8]> {
+        r.and_then(|(a, b)| self.properties.get(a..b))
+    }
+
+    pub fn expiration(&self) -> Option<&[u8]> {
+        self.range(self.scanned.expiration)
+    }
+
+    pub fn user_id(&self) -> Option<&[u8]> {
+        self.range(self.scanned.user_id)
+    }
+
+    pub fn reply_to(&self) -> Option<&[u8]> {
+        self.range(self.scanned.reply_to)
+    }
+
+    /// The headers table, parsed on demand (headers exchange, CC/BCC).
+    pub fn headers(&self) -> Option<FieldTable> {
+        self.range(self.scanned.headers).and_then(properties::parse_table)
+    }
+}
+
+/// CC/BCC routing keys from a headers table; `Err(name)` if a header is
+/// present but is not an array of long strings (RabbitMQ: 406).
+pub fn cc_bcc(headers: &FieldTable) -> Result<Vec<Bytes>, &'static str> {
+    let mut keys = Vec::new();
+    for name in ["CC", "BCC"] {
+        match properties::header(headers, name) {
+            None => {}
+            Some(AMQPValue::FieldArray(arr)) => {
+                for v in arr.as_slice() {
+                    match v {
+                        AMQPValue::LongString(s) => keys.push(Bytes::copy_from_slice(s.as_bytes())),
+                        _ => return Err(name),
+                    }
+                }
+            }
+            Some(_) => return Err(name),
+        }
+    }
+    Ok(keys)
+}

@@ -1,0 +1,248 @@
+//! Queue declare arguments: RabbitMQ's validators (`rabbit_amqqueue:declare_args/0`),
+//! error texts and the equivalence check on redeclare.
+
+use crate::error::{AmqpError, AmqpResult};
+use crate::protocol::{AMQPValue, FieldTable};
+
+/// Arguments the broker acts on, validated and typed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueArgs {
+    pub message_ttl: Option<u64>,
+    pub expires: Option<u64>,
+    pub max_length: Option<u64>,
+    pub max_length_bytes: Option<u64>,
+    pub overflow: Option<String>,
+    pub dead_letter_exchange: Option<String>,
+    pub dead_letter_routing_key: Option<String>,
+    pub max_priority: Option<u8>,
+    pub single_active_consumer: bool,
+    pub delivery_limit: Option<u64>,
+    pub consumer_timeout: Option<u64>,
+}
+
+/// Keys compared on redeclare (unknown keys are stored but not compared).
+const EQUIVALENCE_KEYS: &[&str] = &[
+    "x-message-ttl",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-overflow",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-priority",
+    "x-single-active-consumer",
+    "x-queue-type",
+    "x-delivery-limit",
+];
+
+const TEN_YEARS_MS: i128 = 315_360_000_000;
+
+/// RabbitMQ's name for a field type, as used in error texts.
+pub fn type_name(v: &AMQPValue) -> &'static str {
+    match v {
+        AMQPValue::Boolean(_) => "bool",
+        AMQPValue::ShortShortInt(_) => "byte",
+        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
+        AMQPValue::ShortInt(_) => "short",
+        AMQPValue::ShortUInt(_) => "unsignedshort",
+        AMQPValue::LongInt(_) => "signedint",
+        AMQPValue::LongUInt(_) => "unsignedint",
+        AMQPValue::LongLongInt(_) => "long",
+        AMQPValue::Float(_) => "float",
+        AMQPValue::Double(_) => "double",
+        AMQPValue::DecimalValue(_) => "decimal",
+        AMQPValue::ShortString(_) | AMQPValue::LongString(_) => "longstr",
+        AMQPValue::FieldArray(_) => "array",
+        AMQPValue::Timestamp(_) => "timestamp",
+        AMQPValue::FieldTable(_) => "table",
+        AMQPValue::ByteArray(_) => "binary",
+        AMQPValue::Void => "void",
+    }
+}
+
+/// A value rendered as RabbitMQ renders it in error texts.
+pub fn render(v: &AMQPValue) -> String {
+    match v {
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        other => match as_int(other) {
+            Some(i) => i.to_string(),
+            None => format!("{other:?}"),
+        },
+    }
+}
+
+pub fn as_int(v: &AMQPValue) -> Option<i128> {
+    Some(match v {
+        AMQPValue::ShortShortInt(x) => *x as i128,
+        AMQPValue::ShortShortUInt(x) => *x as i128,
+        AMQPValue::ShortInt(x) => *x as i128,
+        AMQPValue::ShortUInt(x) => *x as i128,
+        AMQPValue::LongInt(x) => *x as i128,
+        AMQPValue::LongUInt(x) => *x as i128,
+        AMQPValue::LongLongInt(x) => *x as i128,
+        _ => return None,
+    })
+}
+
+pub fn as_str(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+fn values_equal(a: &AMQPValue, b: &AMQPValue) -> bool {
+    match (as_int(a), as_int(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => match (as_str(a), as_str(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => a == b,
+        },
+    }
+}
+
+/// Validates `arguments` for queue `name`; returns the typed view.
+pub fn parse(arguments: &FieldTable, name: &str, vhost: &str) -> AmqpResult<QueueArgs> {
+    let invalid = |key: &str, why: String| {
+        AmqpError::precondition(format!("invalid arg '{key}' for queue '{name}' in vhost '{vhost}': {why}"))
+    };
+    let int = |key: &str, v: &AMQPValue, min: i128, max: i128| -> AmqpResult<u64> {
+        let i = as_int(v).ok_or_else(|| invalid(key, format!("{{unacceptable_type,{}}}", type_name(v))))?;
+        if i < 0 {
+            return Err(invalid(key, format!("{{value_negative,{i}}}")));
+        }
+        if i < min {
+            return Err(invalid(key, format!("{{value_zero,{i}}}")));
+        }
+        if i > max {
+            return Err(invalid(key, format!("{{value_too_large,{i},{max}}}")));
+        }
+        Ok(i as u64)
+    };
+    let string = |key: &str, v: &AMQPValue| -> AmqpResult<String> {
+        as_str(v).ok_or_else(|| invalid(key, format!("{{unacceptable_type,{}}}", type_name(v))))
+    };
+    let mut a = QueueArgs::default();
+    for (k, v) in arguments.inner() {
+        let key = k.as_str();
+        match key {
+            "x-message-ttl" => a.message_ttl = Some(int(key, v, 0, TEN_YEARS_MS)?),
+            "x-expires" => a.expires = Some(int(key, v, 1, TEN_YEARS_MS)?),
+            "x-max-length" => a.max_length = Some(int(key, v, 0, i64::MAX as i128)?),
+            "x-max-length-bytes" => a.max_length_bytes = Some(int(key, v, 0, i64::MAX as i128)?),
+            "x-delivery-limit" => a.delivery_limit = Some(int(key, v, 0, i64::MAX as i128)?),
+            "x-consumer-timeout" => a.consumer_timeout = Some(int(key, v, 0, i64::MAX as i128)?),
+            "x-max-priority" => {
+                let i = as_int(v).ok_or_else(|| invalid(key, format!("{{unacceptable_type,{}}}", type_name(v))))?;
+                if i < 0 {
+                    return Err(invalid(key, format!("{{value_negative,{i}}}")));
+                }
+                if i > 255 {
+                    return Err(invalid(key, format!("{{max_value_exceeded,{i}}}")));
+                }
+                a.max_priority = Some(i as u8);
+            }
+            "x-overflow" => {
+                let s = string(key, v)?;
+                if !matches!(s.as_str(), "drop-head" | "reject-publish" | "reject-publish-dlx") {
+                    return Err(invalid(key, format!("{{unknown_overflow_type,<<\"{s}\">>}}")));
+                }
+                a.overflow = Some(s);
+            }
+            "x-dead-letter-exchange" => a.dead_letter_exchange = Some(string(key, v)?),
+            "x-dead-letter-routing-key" => a.dead_letter_routing_key = Some(string(key, v)?),
+            "x-single-active-consumer" => match v {
+                AMQPValue::Boolean(b) => a.single_active_consumer = *b,
+                other => return Err(invalid(key, format!("{{unacceptable_type,{}}}", type_name(other)))),
+            },
+            "x-queue-mode" => {
+                let s = string(key, v)?;
+                if !matches!(s.as_str(), "default" | "lazy") {
+                    return Err(invalid(key, format!("{{unacceptable_queue_mode,<<\"{s}\">>}}")));
+                }
+            }
+            "x-queue-version" => {
+                let i = as_int(v).ok_or_else(|| invalid(key, format!("{{unacceptable_type,{}}}", type_name(v))))?;
+                if !(1..=2).contains(&i) {
+                    return Err(invalid(key, format!("{{unacceptable_queue_version,{i}}}")));
+                }
+            }
+            "x-queue-type" => {
+                let s = string(key, v)?;
+                if s != "classic" {
+                    return Err(invalid(key, format!("{{unsupported_queue_type,<<\"{s}\">>}} (Warren runs classic queues only)")));
+                }
+            }
+            _ => {}
+        }
+    }
+    if a.dead_letter_routing_key.is_some() && a.dead_letter_exchange.is_none() {
+        return Err(invalid("x-dead-letter-routing-key", "routing_key_but_no_dlx_defined".to_string()));
+    }
+    Ok(a)
+}
+
+/// RabbitMQ's check that a redeclare matches the existing queue's arguments.
+pub fn check_equivalent(current: &FieldTable, received: &FieldTable, name: &str, vhost: &str) -> AmqpResult<()> {
+    for key in EQUIVALENCE_KEYS {
+        let c = current.inner().get(*key);
+        let r = received.inner().get(*key);
+        let same = match (c, r) {
+            (None, None) => true,
+            (Some(a), Some(b)) => values_equal(a, b),
+            // An absent x-queue-type is the same as "classic".
+            (Some(v), None) | (None, Some(v)) if *key == "x-queue-type" => as_str(v).as_deref() == Some("classic"),
+            _ => false,
+        };
+        if !same {
+            let show = |v: Option<&AMQPValue>| match v {
+                None => "none".to_string(),
+                Some(v) => format!("the value '{}' of type '{}'", render(v), type_name(v)),
+            };
+            return Err(AmqpError::precondition(format!(
+                "inequivalent arg '{key}' for queue '{name}' in vhost '{vhost}': received {} but current is {}",
+                show(r),
+                show(c)
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(k: &str, v: AMQPValue) -> FieldTable {
+        let mut f = FieldTable::default();
+        f.insert(k.into(), v);
+        f
+    }
+
+    #[test]
+    fn validators_and_texts() {
+        let e = parse(&t("x-max-priority", AMQPValue::LongInt(300)), "q", "/").unwrap_err();
+        assert_eq!(e.reply_text(), "PRECONDITION_FAILED - invalid arg 'x-max-priority' for queue 'q' in vhost '/': {max_value_exceeded,300}");
+        let e = parse(&t("x-expires", AMQPValue::LongInt(0)), "q", "/").unwrap_err();
+        assert!(e.explanation.ends_with("{value_zero,0}"));
+        let e = parse(&t("x-message-ttl", AMQPValue::LongString("1".into())), "q", "/").unwrap_err();
+        assert!(e.explanation.ends_with("{unacceptable_type,longstr}"));
+        let a = parse(&t("x-message-ttl", AMQPValue::ShortShortUInt(5)), "q", "/").unwrap();
+        assert_eq!(a.message_ttl, Some(5));
+    }
+
+    #[test]
+    fn equivalence_texts() {
+        let e = check_equivalent(&FieldTable::default(), &t("x-message-ttl", AMQPValue::LongInt(10)), "q", "/").unwrap_err();
+        assert_eq!(
+            e.explanation,
+            "inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received the value '10' of type 'signedint' but current is none"
+        );
+        assert!(check_equivalent(&t("x-message-ttl", AMQPValue::LongInt(10)), &t("x-message-ttl", AMQPValue::LongLongInt(10)), "q", "/").is_ok());
+        assert!(check_equivalent(&FieldTable::default(), &t("x-queue-type", AMQPValue::LongString("classic".into())), "q", "/").is_ok());
+        assert!(check_equivalent(&FieldTable::default(), &t("x-other", AMQPValue::LongInt(1)), "q", "/").is_ok());
+    }
+}

@@ -1,0 +1,128 @@
+//! The ready list: messages waiting for a consumer, highest priority first and
+//! FIFO within a priority. Requeued messages go back to their original place
+//! (ordered by the queue-local sequence number they got at enqueue).
+
+use crate::message::Message;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// One message in one queue: the shared message plus this queue's view of it.
+#[derive(Debug, Clone)]
+pub struct QueuedMessage {
+    pub seq: u64,
+    pub msg: Arc<Message>,
+    pub redelivered: bool,
+}
+
+#[derive(Debug)]
+pub struct ReadyList {
+    /// Index = priority level; a queue without `x-max-priority` has one level.
+    levels: Vec<VecDeque<QueuedMessage>>,
+    len: usize,
+    bytes: u64,
+}
+
+impl ReadyList {
+    pub fn new(max_priority: Option<u8>) -> Self {
+        let n = max_priority.map(|p| p as usize + 1).unwrap_or(1);
+        ReadyList { levels: (0..n).map(|_| VecDeque::new()).collect(), len: 0, bytes: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn level(&self, m: &Message) -> usize {
+        (m.priority() as usize).min(self.levels.len() - 1)
+    }
+
+    pub fn push(&mut self, qm: QueuedMessage) {
+        let l = self.level(&qm.msg);
+        self.len += 1;
+        self.bytes += qm.msg.body_size();
+        self.levels[l].push_back(qm);
+    }
+
+    /// Puts a message back where its sequence number says it belongs.
+    pub fn requeue(&mut self, qm: QueuedMessage) {
+        let l = self.level(&qm.msg);
+        self.len += 1;
+        self.bytes += qm.msg.body_size();
+        let level = &mut self.levels[l];
+        match level.back() {
+            Some(last) if last.seq > qm.seq => {
+                let at = level.partition_point(|m| m.seq < qm.seq);
+                level.insert(at, qm);
+            }
+            _ => level.push_back(qm),
+        }
+    }
+
+    pub fn peek(&self) -> Option<&QueuedMessage> {
+        self.levels.iter().rev().find_map(|l| l.front())
+    }
+
+    pub fn pop(&mut self) -> Option<QueuedMessage> {
+        let qm = self.levels.iter_mut().rev().find_map(|l| l.pop_front())?;
+        self.len -= 1;
+        self.bytes -= qm.msg.body_size();
+        Some(qm)
+    }
+
+    pub fn clear(&mut self) -> usize {
+        let n = self.len;
+        for l in &mut self.levels {
+            l.clear();
+        }
+        self.len = 0;
+        self.bytes = 0;
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::properties::Scanned;
+    use bytes::Bytes;
+
+    fn qm(seq: u64, prio: Option<u8>) -> QueuedMessage {
+        let scanned = Scanned { priority: prio, ..Default::default() };
+        let msg = Arc::new(Message::new(Bytes::new(), Bytes::new(), Bytes::new(), Bytes::from_static(b"x"), scanned));
+        QueuedMessage { seq, msg, redelivered: false }
+    }
+
+    #[test]
+    fn fifo_and_requeue_position() {
+        let mut r = ReadyList::new(None);
+        for s in 1..=4 {
+            r.push(qm(s, None));
+        }
+        let a = r.pop().unwrap();
+        let b = r.pop().unwrap();
+        r.requeue(b);
+        r.requeue(a);
+        let order: Vec<u64> = std::iter::from_fn(|| r.pop()).map(|m| m.seq).collect();
+        assert_eq!(order, vec![1, 2, 3, 4]);
+        assert_eq!((r.len(), r.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn priorities_highest_first_capped_at_max() {
+        let mut r = ReadyList::new(Some(5));
+        r.push(qm(1, None));
+        r.push(qm(2, Some(9)));
+        r.push(qm(3, Some(5)));
+        r.push(qm(4, Some(2)));
+        let order: Vec<u64> = std::iter::from_fn(|| r.pop()).map(|m| m.seq).collect();
+        assert_eq!(order, vec![2, 3, 4, 1]);
+    }
+}

@@ -1,0 +1,264 @@
+//! The consumer side of a queue: a connection's outbound buffer plus the
+//! per-channel delivery bookkeeping (delivery tags, unacked messages, prefetch
+//! credit, consumers). Queues encode deliveries straight into it under one
+//! short lock, so a message crosses one task hop (the connection's writer).
+//!
+//! Lock order: a queue's lock may be held while taking an outbox lock, never
+//! the reverse. Code holding an outbox lock must not call into a queue.
+
+use super::Queue;
+use super::ready::QueuedMessage;
+use crate::protocol::fast;
+use crate::protocol::frame;
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use tokio::sync::Notify;
+
+/// Per-consumer prefetch (RabbitMQ's `global=false` QoS). Changed only under
+/// the owning outbox's lock; atomics just make it shareable.
+#[derive(Debug, Default)]
+pub struct ConsumerCredit {
+    pub limit: AtomicU32,
+    pub unacked: AtomicU32,
+}
+
+/// A delivery awaiting ack on a channel.
+#[derive(Debug)]
+pub struct Unacked {
+    pub queue: Arc<Queue>,
+    pub qm: QueuedMessage,
+    /// The consumer's credit, or `None` for `basic.get`.
+    pub credit: Option<Arc<ConsumerCredit>>,
+}
+
+#[derive(Debug)]
+pub struct ConsumerEntry {
+    pub queue: Arc<Queue>,
+    pub credit: Arc<ConsumerCredit>,
+    pub no_ack: bool,
+}
+
+/// What one channel's deliveries share between the queues and the reader.
+#[derive(Debug, Default)]
+pub struct ChannelDeliveries {
+    pub next_tag: u64,
+    pub unacked: BTreeMap<u64, Unacked>,
+    /// RabbitMQ's `global=true` QoS: shared by the channel's consumers.
+    pub global_limit: u32,
+    pub global_unacked: u32,
+    pub consumers: HashMap<Bytes, ConsumerEntry>,
+}
+
+#[derive(Debug)]
+pub struct OutState {
+    pub buf: BytesMut,
+    /// No more deliveries: the connection is going away.
+    pub closed: bool,
+    /// Flush what is buffered, then close the socket.
+    pub shutdown: bool,
+    pub frame_max: u32,
+    pub channels: HashMap<u16, ChannelDeliveries>,
+    /// A queue skipped this connection because `buf` was over the high water
+    /// mark; the writer re-dispatches the consumers' queues once it drains.
+    pub starved: bool,
+    /// The client announced `consumer_cancel_notify`.
+    pub cancel_notify: bool,
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    pub conn_id: u64,
+    state: Mutex<OutState>,
+    notify: Notify,
+    high_water: usize,
+}
+
+/// Why a delivery did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// No credit (prefetch) or the socket buffer is full: try another consumer.
+    Busy,
+    /// The consumer's channel or connection is gone.
+    Gone,
+}
+
+impl Outbox {
+    pub fn new(conn_id: u64, high_water: usize) -> Self {
+        Outbox {
+            conn_id,
+            state: Mutex::new(OutState {
+                buf: BytesMut::with_capacity(16 * 1024),
+                closed: false,
+                shutdown: false,
+                frame_max: frame::FRAME_MIN_SIZE,
+                channels: HashMap::new(),
+                starved: false,
+                cancel_notify: false,
+            }),
+            notify: Notify::new(),
+            high_water,
+        }
+    }
+
+    /// Runs `f` on the locked state, waking the writer if it buffered bytes.
+    pub fn with<R>(&self, f: impl FnOnce(&mut OutState) -> R) -> R {
+        let mut st = self.state.lock();
+        let before = st.buf.len();
+        let r = f(&mut st);
+        let wake = (before == 0 && !st.buf.is_empty()) || st.shutdown;
+        drop(st);
+        if wake {
+            self.notify.notify_one();
+        }
+        r
+    }
+
+    /// Appends frames built by `f` to the outbound buffer.
+    pub fn send(&self, f: impl FnOnce(&mut BytesMut)) {
+        self.with(|st| {
+            if !st.shutdown {
+                f(&mut st.buf)
+            }
+        })
+    }
+
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    pub async fn wait(&self) {
+        self.notify.notified().await
+    }
+
+    /// Swaps the buffered bytes out for the writer. Returns the starved flag.
+    pub fn take(&self, spare: &mut BytesMut) -> (bool, bool) {
+        let mut st = self.state.lock();
+        std::mem::swap(&mut st.buf, spare);
+        let starved = std::mem::take(&mut st.starved);
+        (starved, st.shutdown)
+    }
+
+    /// Queues whose consumers live on this connection (to re-dispatch).
+    pub fn consumer_queues(&self) -> Vec<Arc<Queue>> {
+        let st = self.state.lock();
+        let mut out: Vec<Arc<Queue>> = Vec::new();
+        for ch in st.channels.values() {
+            for c in ch.consumers.values() {
+                if !out.iter().any(|q| Arc::ptr_eq(q, &c.queue)) {
+                    out.push(c.queue.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Encodes a `basic.deliver` if the consumer has credit.
+    pub fn deliver(
+        &self,
+        channel: u16,
+        consumer_tag: &Bytes,
+        credit: &Arc<ConsumerCredit>,
+        no_ack: bool,
+        queue: &Arc<Queue>,
+        qm: &QueuedMessage,
+    ) -> Result<(), Refused> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(Refused::Gone);
+        }
+        if st.buf.len() >= self.high_water {
+            st.starved = true;
+            return Err(Refused::Busy);
+        }
+        let was_empty = st.buf.is_empty();
+        let OutState { buf, channels, frame_max, .. } = &mut *st;
+        let Some(ch) = channels.get_mut(&channel) else { return Err(Refused::Gone) };
+        if !no_ack {
+            let limit = credit.limit.load(Ordering::Relaxed);
+            if limit != 0 && credit.unacked.load(Ordering::Relaxed) >= limit {
+                return Err(Refused::Busy);
+            }
+            if ch.global_limit != 0 && ch.global_unacked >= ch.global_limit {
+                return Err(Refused::Busy);
+            }
+        }
+        ch.next_tag += 1;
+        let tag = ch.next_tag;
+        let m = &qm.msg;
+        fast::encode_deliver(buf, channel, consumer_tag, tag, qm.redelivered, &m.exchange, &m.routing_key);
+        frame::encode_content_header(buf, channel, m.body_size(), &m.properties);
+        frame::encode_body(buf, channel, &m.body, *frame_max);
+        if !no_ack {
+            credit.unacked.fetch_add(1, Ordering::Relaxed);
+            ch.global_unacked += 1;
+            ch.unacked.insert(tag, Unacked { queue: queue.clone(), qm: qm.clone(), credit: Some(credit.clone()) });
+        }
+        drop(st);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Encodes a `basic.get-ok` (never limited by prefetch).
+    pub fn get_ok(&self, channel: u16, no_ack: bool, queue: &Arc<Queue>, qm: QueuedMessage, remaining: u32) -> Result<(), QueuedMessage> {
+        self.with(|st| {
+            let OutState { buf, channels, frame_max, closed, .. } = st;
+            let ch = match channels.get_mut(&channel) {
+                Some(ch) if !*closed => ch,
+                _ => return Err(qm),
+            };
+            ch.next_tag += 1;
+            let tag = ch.next_tag;
+            let m = &qm.msg;
+            fast::encode_get_ok(buf, channel, tag, qm.redelivered, &m.exchange, &m.routing_key, remaining);
+            frame::encode_content_header(buf, channel, m.body_size(), &m.properties);
+            frame::encode_body(buf, channel, &m.body, *frame_max);
+            if !no_ack {
+                ch.unacked.insert(tag, Unacked { queue: queue.clone(), qm, credit: None });
+            }
+            Ok(())
+        })
+    }
+}
+
+impl ChannelDeliveries {
+    /// Removes deliveries being acked/rejected: one tag, or all up to it with
+    /// `multiple` (tag 0 + multiple = everything). `None` = unknown tag; as in
+    /// RabbitMQ (`rabbit_channel:collect_acks/4`), `multiple` never fails.
+    pub fn settle(&mut self, tag: u64, multiple: bool) -> Option<Vec<Unacked>> {
+        let taken: Vec<Unacked> = if multiple {
+            let keys: Vec<u64> = if tag == 0 {
+                self.unacked.keys().copied().collect()
+            } else {
+                self.unacked.range(..=tag).map(|(k, _)| *k).collect()
+            };
+            keys.into_iter().filter_map(|k| self.unacked.remove(&k)).collect()
+        } else {
+            vec![self.unacked.remove(&tag)?]
+        };
+        for u in &taken {
+            self.release(u);
+        }
+        Some(taken)
+    }
+
+    /// Everything unacked (channel close, recover).
+    pub fn take_all(&mut self) -> Vec<Unacked> {
+        let all: Vec<Unacked> = std::mem::take(&mut self.unacked).into_values().collect();
+        for u in &all {
+            self.release(u);
+        }
+        all
+    }
+
+    fn release(&mut self, u: &Unacked) {
+        if let Some(c) = &u.credit {
+            c.unacked.fetch_sub(1, Ordering::Relaxed);
+            self.global_unacked = self.global_unacked.saturating_sub(1);
+        }
+    }
+}
