@@ -268,8 +268,9 @@ impl VHost {
         if exchange.is_empty() {
             return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
-        let x = self.exchange(exchange)?;
-        let q = self.usable_queue(queue, conn_id)?;
+        // RabbitMQ 3.x: unbinding from or to a missing object is not an error.
+        let (Ok(x), Ok(q)) = (self.exchange(exchange), self.queue(queue)) else { return Ok(()) };
+        self.check_exclusive(&q, conn_id)?;
         if x.unbind(&Destination::Queue(q), key, arguments) && x.auto_delete && x.binding_count() == 0 {
             let _ = self.delete_exchange(exchange, true);
         }
@@ -289,8 +290,7 @@ impl VHost {
         if destination.is_empty() || source.is_empty() {
             return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
-        let src = self.exchange(source)?;
-        self.exchange(destination)?;
+        let (Ok(src), Ok(_)) = (self.exchange(source), self.exchange(destination)) else { return Ok(()) };
         if src.unbind(&Destination::Exchange(destination.to_string()), key, arguments) && src.auto_delete && src.binding_count() == 0 {
             let _ = self.delete_exchange(source, true);
         }

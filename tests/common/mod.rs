@@ -1,0 +1,531 @@
+//! Test support: an in-process broker on 127.0.0.1:0 with a temp data dir,
+//! a raw AMQP client for byte-exact protocol checks, and polling helpers.
+#![allow(dead_code)]
+
+use amq_protocol::protocol::{AMQPClass, basic, channel, connection};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use bytes::{BufMut, Bytes, BytesMut};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use warren::protocol::frame::{self, Frame};
+
+pub struct TestServer {
+    pub handle: Option<warren::ServerHandle>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.handle.as_ref().expect("running").amqp_addr
+    }
+    pub fn uri(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr())
+    }
+    pub fn broker(&self) -> &warren::broker::Broker {
+        &self.handle.as_ref().expect("running").broker
+    }
+    pub async fn stop(mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown().await;
+        }
+    }
+}
+
+pub fn test_config(dir: &std::path::Path) -> warren::Config {
+    let mut cfg = warren::Config::default();
+    cfg.amqp.bind = "127.0.0.1".into();
+    cfg.amqp.port = 0;
+    cfg.management.bind = "127.0.0.1".into();
+    cfg.management.port = 0;
+    cfg.storage.data_dir = dir.to_path_buf();
+    cfg
+}
+
+pub async fn start() -> TestServer {
+    start_with(|_| {}).await
+}
+
+pub async fn start_with(f: impl FnOnce(&mut warren::Config)) -> TestServer {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = test_config(dir.path());
+    f(&mut cfg);
+    let handle = warren::start(cfg).await.expect("broker starts");
+    TestServer { handle: Some(handle), dir }
+}
+
+/// Polls `f` until it returns true or the deadline passes.
+pub async fn eventually<F: FnMut() -> bool>(what: &str, timeout: Duration, mut f: F) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f() {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub async fn lapin(server: &TestServer) -> lapin::Connection {
+    lapin::Connection::connect(&server.uri(), lapin::ConnectionProperties::default()).await.expect("lapin connects")
+}
+
+/// A frame as the raw client sees it.
+#[derive(Debug)]
+pub enum In {
+    Method(u16, AMQPClass),
+    Header(u16, u64, Bytes),
+    Body(u16, Bytes),
+    Heartbeat,
+}
+
+/// A byte-level AMQP client: sends exactly what a test says, decodes replies.
+pub struct Raw {
+    pub sock: TcpStream,
+    buf: BytesMut,
+}
+
+pub fn client_properties(caps: &[&str]) -> FieldTable {
+    let mut c = FieldTable::default();
+    for k in caps {
+        c.insert((*k).into(), AMQPValue::Boolean(true));
+    }
+    let mut t = FieldTable::default();
+    t.insert("capabilities".into(), AMQPValue::FieldTable(c));
+    t.insert("product".into(), AMQPValue::LongString("raw-test".into()));
+    t
+}
+
+impl Raw {
+    pub async fn tcp(addr: std::net::SocketAddr) -> Raw {
+        let sock = TcpStream::connect(addr).await.expect("tcp connect");
+        sock.set_nodelay(true).ok();
+        Raw { sock, buf: BytesMut::new() }
+    }
+
+    /// Full handshake as guest with the usual capabilities, then channel 1 open.
+    pub async fn open(addr: std::net::SocketAddr) -> Raw {
+        let mut r = Raw::login(addr, "guest", "guest", &["consumer_cancel_notify", "authentication_failure_close", "publisher_confirms"]).await;
+        match r.recv().await {
+            In::Method(0, AMQPClass::Connection(connection::AMQPMethod::Tune(_))) => {}
+            other => panic!("expected connection.tune, got {other:?}"),
+        }
+        r.method(0, AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk { channel_max: 2047, frame_max: 131072, heartbeat: 0 }))).await;
+        r.method(0, AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open { virtual_host: "/".into() }))).await;
+        assert!(matches!(r.recv().await, In::Method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)))));
+        r.open_channel(1).await;
+        r
+    }
+
+    /// Sends the header and start-ok; returns after reading connection.start.
+    /// The next frame is tune (or close on auth failure).
+    pub async fn login(addr: std::net::SocketAddr, user: &str, pass: &str, caps: &[&str]) -> Raw {
+        let mut r = Raw::tcp(addr).await;
+        r.sock.write_all(frame::PROTOCOL_HEADER).await.unwrap();
+        match r.recv().await {
+            In::Method(0, AMQPClass::Connection(connection::AMQPMethod::Start(_))) => {}
+            other => panic!("expected connection.start, got {other:?}"),
+        }
+        let mut resp = vec![0u8];
+        resp.extend_from_slice(user.as_bytes());
+        resp.push(0);
+        resp.extend_from_slice(pass.as_bytes());
+        r.method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+                client_properties: client_properties(caps),
+                mechanism: "PLAIN".into(),
+                response: LongString::from(resp),
+                locale: "en_US".into(),
+            })),
+        )
+        .await;
+        r
+    }
+
+    pub async fn open_channel(&mut self, ch: u16) {
+        self.method(ch, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))).await;
+        match self.recv().await {
+            In::Method(c, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))) if c == ch => {}
+            other => panic!("expected channel.open-ok, got {other:?}"),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).await.expect("write");
+    }
+
+    pub async fn method(&mut self, ch: u16, m: AMQPClass) {
+        let mut out = BytesMut::new();
+        frame::encode_method(&mut out, ch, &m);
+        self.send(&out).await;
+    }
+
+    /// basic.publish + header + body frames.
+    pub async fn publish(&mut self, ch: u16, exchange: &str, key: &str, mandatory: bool, props: &[u8], body: &[u8]) {
+        let mut out = BytesMut::new();
+        frame::encode_method(
+            &mut out,
+            ch,
+            &AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                exchange: exchange.into(),
+                routing_key: key.into(),
+                mandatory,
+                immediate: false,
+            })),
+        );
+        let p = if props.is_empty() { &[0u8, 0][..] } else { props };
+        frame::encode_content_header(&mut out, ch, body.len() as u64, p);
+        if !body.is_empty() {
+            frame::encode_body(&mut out, ch, body, 131072);
+        }
+        self.send(&out).await;
+    }
+
+    /// Next frame, or panic after 5 s / on EOF.
+    pub async fn recv(&mut self) -> In {
+        self.try_recv(Duration::from_secs(5)).await.expect("a frame before the deadline")
+    }
+
+    /// Next frame; `None` on EOF or timeout.
+    pub async fn try_recv(&mut self, timeout: Duration) -> Option<In> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.buf.len() >= 8 && &self.buf[..4] == b"AMQP" {
+                return None; // protocol header from the server: refused
+            }
+            if let Some(Frame { kind, channel, payload }) = frame::decode(&mut self.buf, 0).expect("server frames are valid") {
+                return Some(match kind {
+                    frame::FRAME_METHOD => {
+                        let (_, m) = amq_protocol::protocol::parse_class(&payload[..]).expect("server method decodes");
+                        In::Method(channel, m)
+                    }
+                    frame::FRAME_HEADER => {
+                        let size = u64::from_be_bytes(payload[4..12].try_into().unwrap());
+                        In::Header(channel, size, payload.slice(12..))
+                    }
+                    frame::FRAME_BODY => In::Body(channel, payload),
+                    _ => In::Heartbeat,
+                });
+            }
+            match tokio::time::timeout_at(deadline, self.sock.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Reads raw bytes until EOF or timeout (for refusal tests).
+    pub async fn read_raw(&mut self, timeout: Duration) -> Vec<u8> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.sock.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return self.buf.to_vec(),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// True if the server closed the socket (EOF) within `timeout`.
+    pub async fn closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut scratch = [0u8; 4096];
+        loop {
+            match tokio::time::timeout_at(deadline, self.sock.read(&mut scratch)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Skips frames until a channel.close on `ch`; returns (code, text, class, method).
+    pub async fn expect_channel_close(&mut self, ch: u16) -> (u16, String, u16, u16) {
+        loop {
+            match self.recv().await {
+                In::Method(c, AMQPClass::Channel(channel::AMQPMethod::Close(cl))) if c == ch => {
+                    self.method(ch, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}))).await;
+                    return (cl.reply_code, cl.reply_text.to_string(), cl.class_id, cl.method_id);
+                }
+                In::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(cl))) => {
+                    panic!("expected channel.close, got connection.close {} {}", cl.reply_code, cl.reply_text)
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Skips frames until connection.close; answers close-ok.
+    pub async fn expect_connection_close(&mut self) -> (u16, String, u16, u16) {
+        loop {
+            match self.recv().await {
+                In::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(cl))) => {
+                    self.method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {}))).await;
+                    return (cl.reply_code, cl.reply_text.to_string(), cl.class_id, cl.method_id);
+                }
+                In::Method(c, AMQPClass::Channel(channel::AMQPMethod::Close(cl))) => {
+                    panic!("expected connection.close, got channel.close on {c}: {} {}", cl.reply_code, cl.reply_text)
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Sends a method and expects a specific reply kind (matched by the closure).
+    pub async fn call(&mut self, ch: u16, m: AMQPClass) -> AMQPClass {
+        self.method(ch, m).await;
+        loop {
+            match self.recv().await {
+                In::Method(c, reply) if c == ch || c == 0 => return reply,
+                _ => continue,
+            }
+        }
+    }
+}
+
+/// Raw frame bytes with an arbitrary type/channel/payload/end octet.
+pub fn raw_frame(kind: u8, ch: u16, payload: &[u8], end: u8) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    b.put_u8(kind);
+    b.put_u16(ch);
+    b.put_u32(payload.len() as u32);
+    b.extend_from_slice(payload);
+    b.put_u8(end);
+    b.to_vec()
+}
+
+// ---- method constructors (raw client) --------------------------------------
+pub mod m {
+    use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, exchange, queue, tx};
+    use amq_protocol::types::FieldTable;
+
+    pub fn qdecl(name: &str, passive: bool, durable: bool, exclusive: bool, auto_delete: bool, args: FieldTable) -> AMQPClass {
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: name.into(),
+            passive,
+            durable,
+            exclusive,
+            auto_delete,
+            nowait: false,
+            arguments: args,
+        }))
+    }
+    pub fn q(name: &str) -> AMQPClass {
+        qdecl(name, false, false, false, false, FieldTable::default())
+    }
+    pub fn qbind(q: &str, x: &str, key: &str, args: FieldTable) -> AMQPClass {
+        AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
+            queue: q.into(),
+            exchange: x.into(),
+            routing_key: key.into(),
+            nowait: false,
+            arguments: args,
+        }))
+    }
+    pub fn qunbind(q: &str, x: &str, key: &str) -> AMQPClass {
+        AMQPClass::Queue(queue::AMQPMethod::Unbind(queue::Unbind {
+            queue: q.into(),
+            exchange: x.into(),
+            routing_key: key.into(),
+            arguments: FieldTable::default(),
+        }))
+    }
+    pub fn qpurge(q: &str) -> AMQPClass {
+        AMQPClass::Queue(queue::AMQPMethod::Purge(queue::Purge { queue: q.into(), nowait: false }))
+    }
+    pub fn qdelete(q: &str, if_unused: bool, if_empty: bool) -> AMQPClass {
+        AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete { queue: q.into(), if_unused, if_empty, nowait: false }))
+    }
+    pub fn xdecl(name: &str, kind: &str, passive: bool, durable: bool, auto_delete: bool, internal: bool, args: FieldTable) -> AMQPClass {
+        AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
+            exchange: name.into(),
+            kind: kind.into(),
+            passive,
+            durable,
+            auto_delete,
+            internal,
+            nowait: false,
+            arguments: args,
+        }))
+    }
+    pub fn x(name: &str, kind: &str) -> AMQPClass {
+        xdecl(name, kind, false, false, false, false, FieldTable::default())
+    }
+    pub fn xdelete(name: &str, if_unused: bool) -> AMQPClass {
+        AMQPClass::Exchange(exchange::AMQPMethod::Delete(exchange::Delete { exchange: name.into(), if_unused, nowait: false }))
+    }
+    pub fn xbind(dest: &str, src: &str, key: &str) -> AMQPClass {
+        AMQPClass::Exchange(exchange::AMQPMethod::Bind(exchange::Bind {
+            destination: dest.into(),
+            source: src.into(),
+            routing_key: key.into(),
+            nowait: false,
+            arguments: FieldTable::default(),
+        }))
+    }
+    pub fn xunbind(dest: &str, src: &str, key: &str) -> AMQPClass {
+        AMQPClass::Exchange(exchange::AMQPMethod::Unbind(exchange::Unbind {
+            destination: dest.into(),
+            source: src.into(),
+            routing_key: key.into(),
+            nowait: false,
+            arguments: FieldTable::default(),
+        }))
+    }
+    pub fn consume(q: &str, tag: &str, no_ack: bool, exclusive: bool, args: FieldTable) -> AMQPClass {
+        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: q.into(),
+            consumer_tag: tag.into(),
+            no_local: false,
+            no_ack,
+            exclusive,
+            nowait: false,
+            arguments: args,
+        }))
+    }
+    pub fn cancel(tag: &str) -> AMQPClass {
+        AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel { consumer_tag: tag.into(), nowait: false }))
+    }
+    pub fn get(q: &str, no_ack: bool) -> AMQPClass {
+        AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get { queue: q.into(), no_ack }))
+    }
+    pub fn ack(tag: u64, multiple: bool) -> AMQPClass {
+        AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack { delivery_tag: tag, multiple }))
+    }
+    pub fn nack(tag: u64, multiple: bool, requeue: bool) -> AMQPClass {
+        AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack { delivery_tag: tag, multiple, requeue }))
+    }
+    pub fn reject(tag: u64, requeue: bool) -> AMQPClass {
+        AMQPClass::Basic(basic::AMQPMethod::Reject(basic::Reject { delivery_tag: tag, requeue }))
+    }
+    pub fn qos(count: u16, global: bool) -> AMQPClass {
+        AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos { prefetch_count: count, global }))
+    }
+    pub fn recover(requeue: bool) -> AMQPClass {
+        AMQPClass::Basic(basic::AMQPMethod::Recover(basic::Recover { requeue }))
+    }
+    pub fn confirm_select() -> AMQPClass {
+        AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select { nowait: false }))
+    }
+    pub fn tx_select() -> AMQPClass {
+        AMQPClass::Tx(tx::AMQPMethod::Select(tx::Select {}))
+    }
+    pub fn tx_commit() -> AMQPClass {
+        AMQPClass::Tx(tx::AMQPMethod::Commit(tx::Commit {}))
+    }
+    pub fn tx_rollback() -> AMQPClass {
+        AMQPClass::Tx(tx::AMQPMethod::Rollback(tx::Rollback {}))
+    }
+    pub fn flow(active: bool) -> AMQPClass {
+        AMQPClass::Channel(channel::AMQPMethod::Flow(channel::Flow { active }))
+    }
+    pub fn ch_close() -> AMQPClass {
+        AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        }))
+    }
+}
+
+/// A received message: (deliver-or-get method, properties, body).
+#[derive(Debug)]
+pub struct Msg {
+    pub method: AMQPClass,
+    pub props: Bytes,
+    pub body: Vec<u8>,
+}
+
+impl Msg {
+    pub fn delivery_tag(&self) -> u64 {
+        match &self.method {
+            AMQPClass::Basic(basic::AMQPMethod::Deliver(d)) => d.delivery_tag,
+            AMQPClass::Basic(basic::AMQPMethod::GetOk(g)) => g.delivery_tag,
+            _ => 0,
+        }
+    }
+    pub fn redelivered(&self) -> bool {
+        match &self.method {
+            AMQPClass::Basic(basic::AMQPMethod::Deliver(d)) => d.redelivered,
+            AMQPClass::Basic(basic::AMQPMethod::GetOk(g)) => g.redelivered,
+            _ => false,
+        }
+    }
+    pub fn consumer_tag(&self) -> String {
+        match &self.method {
+            AMQPClass::Basic(basic::AMQPMethod::Deliver(d)) => d.consumer_tag.to_string(),
+            _ => String::new(),
+        }
+    }
+}
+
+impl Raw {
+    /// Reads the next content-carrying method (deliver, get-ok, return) with its content.
+    pub async fn next_message(&mut self) -> Msg {
+        self.try_next_message(Duration::from_secs(5)).await.expect("a message before the deadline")
+    }
+
+    pub async fn try_next_message(&mut self, timeout: Duration) -> Option<Msg> {
+        let method = loop {
+            match self.try_recv(timeout).await? {
+                In::Method(_, m @ AMQPClass::Basic(basic::AMQPMethod::Deliver(_)))
+                | In::Method(_, m @ AMQPClass::Basic(basic::AMQPMethod::GetOk(_)))
+                | In::Method(_, m @ AMQPClass::Basic(basic::AMQPMethod::Return(_))) => break m,
+                In::Method(_, m @ AMQPClass::Basic(basic::AMQPMethod::GetEmpty(_))) => {
+                    return Some(Msg { method: m, props: Bytes::new(), body: vec![] });
+                }
+                In::Method(_, AMQPClass::Channel(channel::AMQPMethod::Close(c))) => panic!("channel closed: {} {}", c.reply_code, c.reply_text),
+                _ => continue,
+            }
+        };
+        let (size, props) = match self.recv().await {
+            In::Header(_, size, props) => (size, props),
+            other => panic!("expected content header, got {other:?}"),
+        };
+        let mut body = Vec::new();
+        while (body.len() as u64) < size {
+            match self.recv().await {
+                In::Body(_, b) => body.extend_from_slice(&b),
+                other => panic!("expected body, got {other:?}"),
+            }
+        }
+        Some(Msg { method, props, body })
+    }
+
+    /// Publishes `body` to the default exchange → queue `q`.
+    pub async fn send_to(&mut self, ch: u16, q: &str, body: &[u8]) {
+        self.publish(ch, "", q, false, &[], body).await;
+    }
+
+    /// Declares a plain queue and waits for declare-ok.
+    pub async fn declare(&mut self, ch: u16, name: &str) -> String {
+        match self.call(ch, m::q(name)).await {
+            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)) => ok.queue.to_string(),
+            other => panic!("declare failed: {other:?}"),
+        }
+    }
+
+    /// (message_count, consumer_count) of a queue via passive declare.
+    pub async fn counts(&mut self, ch: u16, name: &str) -> (u32, u32) {
+        match self.call(ch, m::qdecl(name, true, false, false, false, FieldTable::default())).await {
+            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)) => (ok.message_count, ok.consumer_count),
+            other => panic!("passive declare failed: {other:?}"),
+        }
+    }
+}
+
+use amq_protocol::protocol::queue;
+
+pub fn table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+/// Encoded content properties for tests (via amq-protocol).
+pub fn props(p: amq_protocol::protocol::basic::AMQPProperties) -> Vec<u8> {
+    cookie_factory::gen_simple(amq_protocol::protocol::basic::gen_properties(&p), Vec::new()).expect("encode properties")
+}
