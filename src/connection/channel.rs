@@ -336,8 +336,10 @@ impl Conn {
                 if !r.requeue {
                     return Err(AmqpError::not_implemented("requeue=false"));
                 }
+                // recover-ok goes out before the redeliveries it causes.
+                self.send_method(ch, &AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})));
                 self.recover(ch);
-                Ok(Some(AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {}))))
+                Ok(None)
             }
             basic::AMQPMethod::RecoverAsync(r) => {
                 if !r.requeue {

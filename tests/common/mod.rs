@@ -83,6 +83,8 @@ pub enum In {
 pub struct Raw {
     pub sock: TcpStream,
     buf: BytesMut,
+    /// Frames read while waiting for a synchronous reply (deliveries, confirms).
+    pending: std::collections::VecDeque<In>,
 }
 
 pub fn client_properties(caps: &[&str]) -> FieldTable {
@@ -100,7 +102,7 @@ impl Raw {
     pub async fn tcp(addr: std::net::SocketAddr) -> Raw {
         let sock = TcpStream::connect(addr).await.expect("tcp connect");
         sock.set_nodelay(true).ok();
-        Raw { sock, buf: BytesMut::new() }
+        Raw { sock, buf: BytesMut::new(), pending: Default::default() }
     }
 
     /// Full handshake as guest with the usual capabilities, then channel 1 open.
@@ -189,6 +191,13 @@ impl Raw {
 
     /// Next frame; `None` on EOF or timeout.
     pub async fn try_recv(&mut self, timeout: Duration) -> Option<In> {
+        if let Some(f) = self.pending.pop_front() {
+            return Some(f);
+        }
+        self.read_frame(timeout).await
+    }
+
+    async fn read_frame(&mut self, timeout: Duration) -> Option<In> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if self.buf.len() >= 8 && &self.buf[..4] == b"AMQP" {
@@ -271,16 +280,36 @@ impl Raw {
         }
     }
 
-    /// Sends a method and expects a specific reply kind (matched by the closure).
+    /// Sends a method and returns its synchronous reply (or a close). Frames
+    /// that arrive meanwhile (deliveries with their content, confirms,
+    /// server cancels) are kept for later `recv` calls.
     pub async fn call(&mut self, ch: u16, m: AMQPClass) -> AMQPClass {
         self.method(ch, m).await;
-        loop {
-            match self.recv().await {
-                In::Method(c, reply) if c == ch || c == 0 => return reply,
-                _ => continue,
+        let mut stash = Vec::new();
+        let reply = loop {
+            let f = self.read_frame(Duration::from_secs(5)).await.expect("a reply before the deadline");
+            match f {
+                In::Method(c, reply) if (c == ch || c == 0) && !is_async(&reply) => break reply,
+                other => stash.push(other),
             }
-        }
+        };
+        self.pending.extend(stash);
+        reply
     }
+}
+
+/// Methods the server sends on its own, not as a reply.
+fn is_async(m: &AMQPClass) -> bool {
+    matches!(
+        m,
+        AMQPClass::Basic(
+            basic::AMQPMethod::Deliver(_)
+                | basic::AMQPMethod::Return(_)
+                | basic::AMQPMethod::Ack(_)
+                | basic::AMQPMethod::Nack(_)
+                | basic::AMQPMethod::Cancel(_)
+        )
+    )
 }
 
 /// Raw frame bytes with an arbitrary type/channel/payload/end octet.
