@@ -338,12 +338,11 @@ impl VHost {
                 match d {
                     Destination::Queue(q) => push_unique(out, q),
                     Destination::Exchange(name) => {
-                        if !seen.contains(&name) {
-                            if let Some(next) = self.exchanges.get(&name).map(|e| e.clone()) {
+                        if !seen.contains(&name)
+                            && let Some(next) = self.exchanges.get(&name).map(|e| e.clone()) {
                                 seen.push(name);
                                 work.push(next);
                             }
-                        }
                     }
                 }
             }

@@ -19,7 +19,18 @@ use std::sync::atomic::Ordering;
 enum Content {
     Idle,
     Header(fast::Publish),
-    Body { publish: fast::Publish, properties: Bytes, scanned: Scanned, size: u64, first: Option<Bytes>, rest: BytesMut },
+    Body(Box<BodyState>),
+}
+
+/// A publish whose body frames are still arriving.
+struct BodyState {
+    publish: fast::Publish,
+    properties: Bytes,
+    scanned: Scanned,
+    size: u64,
+    /// The first body frame, kept zero-copy when it is the whole body.
+    first: Option<Bytes>,
+    rest: BytesMut,
 }
 
 /// A publish waiting for `tx.commit`.
@@ -496,7 +507,7 @@ impl Conn {
             Content::Idle => {
                 return Err(AmqpError::unexpected_frame("expected method frame, got non method frame instead"));
             }
-            Content::Body { .. } => {
+            Content::Body(_) => {
                 return Err(AmqpError::unexpected_frame(
                     "expected content body, got non content body frame instead",
                 )
@@ -528,13 +539,14 @@ impl Conn {
         if size == 0 {
             return self.publish_complete(ch, publish, properties, scanned, Bytes::new());
         }
-        self.chan(ch).content = Content::Body { publish, properties, scanned, size, first: None, rest: BytesMut::new() };
+        self.chan(ch).content =
+            Content::Body(Box::new(BodyState { publish, properties, scanned, size, first: None, rest: BytesMut::new() }));
         Ok(())
     }
 
     pub(super) fn content_body(&mut self, ch: u16, payload: Bytes) -> AmqpResult<()> {
         let c = self.chan(ch);
-        let Content::Body { size, first, rest, .. } = &mut c.content else {
+        let Content::Body(state) = &mut c.content else {
             return Err(match c.content {
                 Content::Header(_) => AmqpError::unexpected_frame(
                     "expected content header for class 60, got non content header frame instead",
@@ -543,6 +555,7 @@ impl Conn {
                 _ => AmqpError::unexpected_frame("expected method frame, got non method frame instead"),
             });
         };
+        let BodyState { size, first, rest, .. } = &mut **state;
         let have = first.as_ref().map(|b| b.len()).unwrap_or(0) + rest.len();
         let total = have + payload.len();
         if total as u64 > *size {
@@ -564,10 +577,10 @@ impl Conn {
         if (total as u64) < *size {
             return Ok(());
         }
-        let Content::Body { publish, properties, scanned, first, rest, .. } = std::mem::replace(&mut c.content, Content::Idle)
-        else {
+        let Content::Body(state) = std::mem::replace(&mut c.content, Content::Idle) else {
             return Ok(());
         };
+        let BodyState { publish, properties, scanned, first, rest, .. } = *state;
         let body = first.unwrap_or_else(|| rest.freeze());
         self.publish_complete(ch, publish, properties, scanned, body)
     }

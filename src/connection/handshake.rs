@@ -134,7 +134,7 @@ pub async fn run(broker: &Broker, sock: &mut TcpStream, loopback: bool, buf: &mu
         "PLAIN" => {
             let parts: Vec<&[u8]> = response.split(|b| *b == 0).collect();
             match parts.as_slice() {
-                [authz, user, pass] if authz.is_empty() => {
+                [[], user, pass] => {
                     Some((String::from_utf8_lossy(user).into_owned(), String::from_utf8_lossy(pass).into_owned()))
                 }
                 _ => {

@@ -172,8 +172,8 @@ impl Conn {
     fn handle_frame(&mut self, f: Frame) -> Flow {
         if self.closing {
             // After connection.close only close / close-ok matter.
-            if f.kind == FRAME_METHOD && f.channel == 0 {
-                if let Ok((_, AMQPClass::Connection(m))) = crate::protocol::parse_class(&f.payload[..]) {
+            if f.kind == FRAME_METHOD && f.channel == 0
+                && let Ok((_, AMQPClass::Connection(m))) = crate::protocol::parse_class(&f.payload[..]) {
                     match m {
                         conm::AMQPMethod::CloseOk(_) => return Flow::Stop("closed by broker"),
                         conm::AMQPMethod::Close(_) => {
@@ -183,7 +183,6 @@ impl Conn {
                         _ => {}
                     }
                 }
-            }
             return Flow::Continue;
         }
         let result = match (f.kind, f.channel) {
@@ -232,8 +231,8 @@ impl Conn {
         if let Some(chan) = self.channels.get_mut(&ch) {
             if chan.closing {
                 // Waiting for channel.close-ok: everything else is dropped.
-                if f.kind == FRAME_METHOD {
-                    if let Ok(AMQPClass::Channel(m)) = decode_method(&f.payload) {
+                if f.kind == FRAME_METHOD
+                    && let Ok(AMQPClass::Channel(m)) = decode_method(&f.payload) {
                         match m {
                             chm::AMQPMethod::CloseOk(_) => {
                                 self.channels.remove(&ch);
@@ -245,7 +244,6 @@ impl Conn {
                             _ => {}
                         }
                     }
-                }
                 return Ok(Flow::Continue);
             }
         } else {
@@ -402,7 +400,7 @@ pub(crate) fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
         return Err(AmqpError::command_invalid(format!("unknown method: class {c}, method {m}")).on(c, m));
     }
     match crate::protocol::parse_class(payload) {
-        Ok((rest, method)) if rest.is_empty() => Ok(method),
+        Ok(([], method)) => Ok(method),
         _ => Err(AmqpError::frame_error(format!("cannot decode method class {c}, method {m}")).on(c, m)),
     }
 }

@@ -7,11 +7,16 @@ pub struct Pattern(Vec<String>);
 
 impl Pattern {
     pub fn new(key: &str) -> Self {
+        // As in RabbitMQ, an empty key has no words (not one empty word).
+        if key.is_empty() {
+            return Pattern(Vec::new());
+        }
         Pattern(key.split('.').map(str::to_string).collect())
     }
 
     pub fn matches(&self, routing_key: &[u8]) -> bool {
-        let words: Vec<&[u8]> = routing_key.split(|b| *b == b'.').collect();
+        let words: Vec<&[u8]> =
+            if routing_key.is_empty() { Vec::new() } else { routing_key.split(|b| *b == b'.').collect() };
         matches_words(&self.0, &words)
     }
 }

@@ -109,7 +109,7 @@ pub fn parse_table(body: &[u8]) -> Option<FieldTable> {
     framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
     framed.extend_from_slice(body);
     match amq_protocol::types::parsing::parse_field_table(&framed[..]) {
-        Ok((rest, t)) if rest.is_empty() => Some(t),
+        Ok(([], t)) => Some(t),
         _ => None,
     }
 }

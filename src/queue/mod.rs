@@ -133,11 +133,10 @@ impl Queue {
                 }
             }
             let Some(i) = taken else { break };
-            if let Some(qm) = st.ready.pop() {
-                if qm.redelivered {
+            if let Some(qm) = st.ready.pop()
+                && qm.redelivered {
                     self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
                 }
-            }
             self.stats.delivered.fetch_add(1, Ordering::Relaxed);
             if !st.consumers[i].no_ack {
                 st.unacked += 1;
