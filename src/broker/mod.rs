@@ -2,6 +2,7 @@
 //! connection and by management. Registries are read on the hot path and
 //! written rarely.
 
+pub mod dead_letter;
 pub mod users;
 pub mod vhost;
 

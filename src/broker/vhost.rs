@@ -32,11 +32,25 @@ pub struct QueueDeclare<'a> {
     pub conn_id: u64,
 }
 
+/// Prefix of direct reply-to names (`amq.rabbitmq.reply-to.<token>`).
+pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+pub const REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
+
+/// A direct reply-to consumer: replies go straight to its channel.
+#[derive(Debug, Clone)]
+pub struct ReplyTarget {
+    pub outbox: Arc<Outbox>,
+    pub channel: u16,
+    pub consumer_tag: bytes::Bytes,
+}
+
 #[derive(Debug)]
 pub struct VHost {
     pub name: String,
     pub exchanges: DashMap<String, Arc<Exchange>>,
     pub queues: DashMap<String, Arc<Queue>>,
+    /// Direct reply-to consumers by token.
+    pub reply_to: DashMap<String, ReplyTarget>,
 }
 
 /// A random server-generated name: prefix + 22 chars of base64url (16 bytes).
@@ -52,7 +66,7 @@ fn bool_str(b: bool) -> &'static str {
 
 impl VHost {
     pub fn new(name: &str) -> Self {
-        let v = VHost { name: name.to_string(), exchanges: DashMap::new(), queues: DashMap::new() };
+        let v = VHost { name: name.to_string(), exchanges: DashMap::new(), queues: DashMap::new(), reply_to: DashMap::new() };
         for (x, kind, internal) in SYSTEM_EXCHANGES {
             let ex = Exchange::new(x.to_string(), name.to_string(), *kind, true, false, *internal, FieldTable::default());
             v.exchanges.insert(x.to_string(), Arc::new(ex));

@@ -8,6 +8,8 @@ use crate::message::{self, Message};
 use crate::protocol::fast::{self, BASIC_ACK, BASIC_PUBLISH, CLASS_BASIC};
 use crate::protocol::properties::{self, Scanned};
 use crate::protocol::{AMQPClass, short};
+use crate::broker::dead_letter::{Reason, dead_letter};
+use crate::broker::vhost::{REPLY_TO, REPLY_TO_PREFIX, ReplyTarget};
 use crate::queue::sink::{ConsumerCredit, ConsumerEntry, Unacked};
 use crate::queue::{Consumer, Queue, args::as_int};
 use amq_protocol::protocol::{basic, channel as chm, confirm, exchange, queue as qm, tx};
@@ -68,6 +70,8 @@ pub struct Channel {
     consumer_prefetch: u16,
     /// Scratch for routing results (reused to avoid an allocation per publish).
     routed: Vec<Arc<Queue>>,
+    /// Direct reply-to consumer on this channel: (token, consumer tag).
+    pub reply: Option<(String, Bytes)>,
 }
 
 impl Channel {
@@ -82,6 +86,7 @@ impl Channel {
             last_queue: None,
             consumer_prefetch: 0,
             routed: Vec::new(),
+            reply: None,
         }
     }
 
@@ -242,6 +247,17 @@ impl Conn {
     fn queue_class(&mut self, ch: u16, m: qm::AMQPMethod) -> AmqpResult<Option<AMQPClass>> {
         let v = self.vhost.clone();
         match m {
+            qm::AMQPMethod::Declare(d) if d.queue.as_str().starts_with(REPLY_TO_PREFIX) => {
+                // Lets a server check that a direct reply-to requester is still there.
+                let token = &d.queue.as_str()[REPLY_TO_PREFIX.len()..];
+                if !v.reply_to.contains_key(token) {
+                    return Err(AmqpError::not_found(format!("no {}", rs("queue", d.queue.as_str(), &v.name))));
+                }
+                Ok(ok_or_nowait(
+                    d.nowait,
+                    AMQPClass::Queue(qm::AMQPMethod::DeclareOk(qm::DeclareOk { queue: d.queue, message_count: 0, consumer_count: 1 })),
+                ))
+            }
             qm::AMQPMethod::Declare(d) => {
                 let name = if d.passive { self.queue_name(ch, d.queue.as_str())? } else { d.queue.to_string() };
                 let (q, created) = v.declare_queue(crate::broker::vhost::QueueDeclare {
@@ -314,6 +330,9 @@ impl Conn {
             basic::AMQPMethod::Consume(c) => self.consume(ch, c),
             basic::AMQPMethod::Cancel(c) => {
                 let tag = Bytes::copy_from_slice(c.consumer_tag.as_str().as_bytes());
+                if self.chan(ch).reply.as_ref().is_some_and(|(_, t)| *t == tag) {
+                    self.drop_reply_consumer(ch);
+                }
                 let entry = self.outbox.with(|st| st.channels.get_mut(&ch).and_then(|d| d.consumers.remove(&tag)));
                 if let Some(e) = entry
                     && e.queue.remove_consumer(self.id, ch, &tag)
@@ -369,6 +388,9 @@ impl Conn {
     }
 
     fn consume(&mut self, ch: u16, c: basic::Consume) -> AmqpResult<Option<AMQPClass>> {
+        if c.queue.as_str() == REPLY_TO {
+            return self.consume_reply_to(ch, c);
+        }
         let name = self.queue_name(ch, c.queue.as_str())?;
         let q = self.vhost.usable_queue(&name, self.id)?;
         let tag_str = if c.consumer_tag.as_str().is_empty() {
@@ -426,6 +448,39 @@ impl Conn {
         Ok(None)
     }
 
+    /// `basic.consume` on `amq.rabbitmq.reply-to` (direct reply-to).
+    fn consume_reply_to(&mut self, ch: u16, c: basic::Consume) -> AmqpResult<Option<AMQPClass>> {
+        if !c.no_ack {
+            return Err(AmqpError::precondition("reply consumer cannot acknowledge"));
+        }
+        if self.chan(ch).reply.is_some() {
+            return Err(AmqpError::precondition("reply consumer already set"));
+        }
+        let tag_str = if c.consumer_tag.as_str().is_empty() {
+            crate::broker::vhost::generated_name("amq.ctag-")
+        } else {
+            c.consumer_tag.to_string()
+        };
+        let tag = Bytes::from(tag_str.clone().into_bytes());
+        let token = crate::broker::vhost::generated_name("");
+        self.vhost.reply_to.insert(
+            token.clone(),
+            ReplyTarget { outbox: self.outbox.clone(), channel: ch, consumer_tag: tag.clone() },
+        );
+        self.chan(ch).reply = Some((token, tag));
+        Ok(ok_or_nowait(
+            c.nowait,
+            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk { consumer_tag: short(&tag_str) })),
+        ))
+    }
+
+    /// Forgets the channel's direct reply-to consumer.
+    pub(super) fn drop_reply_consumer(&mut self, ch: u16) {
+        if let Some((token, _)) = self.channels.get_mut(&ch).and_then(|c| c.reply.take()) {
+            self.vhost.reply_to.remove(&token);
+        }
+    }
+
     /// ack / nack / reject (`multiple` where allowed), or buffered under tx.
     fn settle(&mut self, ch: u16, tag: u64, multiple: bool, kind: Settle) -> AmqpResult<()> {
         if self.chan(ch).tx.is_some() {
@@ -451,7 +506,13 @@ impl Conn {
         };
         match kind {
             Settle::Requeue => requeue_all(taken),
-            Settle::Ack | Settle::Drop => settle_all(taken),
+            Settle::Ack => settle_all(taken),
+            Settle::Drop => {
+                for u in &taken {
+                    dead_letter(&self.vhost, &u.queue, &u.qm.msg, Reason::Rejected);
+                }
+                settle_all(taken)
+            }
         }
         // Credit freed on the channel may unblock other queues' consumers.
         if multiple || self.outbox.with(|st| st.channels.get(&ch).map(|d| d.global_limit != 0).unwrap_or(false)) {
@@ -614,6 +675,7 @@ impl Conn {
         {
             return Err(err(AmqpError::precondition(format!("invalid message: {{delivery_mode_unknown,{dm}}}"))));
         }
+        let msg = if msg.reply_to() == Some(REPLY_TO.as_bytes()) { self.with_reply_token(ch, msg).map_err(err)? } else { msg };
         self.broker.counters.published.fetch_add(1, Ordering::Relaxed);
         let msg = Arc::new(msg);
         let c = self.chan(ch);
@@ -625,6 +687,31 @@ impl Conn {
             return Ok(());
         }
         self.route_and_enqueue(ch, &p, msg).map_err(err)
+    }
+
+    /// Rewrites `reply_to = amq.rabbitmq.reply-to` to this channel's reply name.
+    fn with_reply_token(&mut self, ch: u16, msg: Message) -> AmqpResult<Message> {
+        let Some((token, _)) = self.chan(ch).reply.clone() else {
+            return Err(AmqpError::precondition("fast reply consumer does not exist"));
+        };
+        let props = amq_protocol::protocol::basic::parse_properties(&msg.properties[..])
+            .map(|(_, p)| p)
+            .map_err(|_| AmqpError::frame_error("cannot decode content properties"))?;
+        let props = props.with_reply_to(short(&format!("{REPLY_TO_PREFIX}{token}")));
+        let raw = cookie_factory::gen_simple(amq_protocol::protocol::basic::gen_properties(&props), Vec::new())
+            .map_err(|_| AmqpError::new(code::INTERNAL_ERROR, "cannot encode content properties"))?;
+        let raw = Bytes::from(raw);
+        let scanned = properties::scan(&raw).ok_or_else(|| AmqpError::new(code::INTERNAL_ERROR, "cannot scan content properties"))?;
+        Ok(Message::new(msg.exchange, msg.routing_key, raw, msg.body, scanned))
+    }
+
+    /// A publish to `amq.rabbitmq.reply-to.<token>` via the default exchange:
+    /// straight to the requester's channel. Returns false if nobody is there.
+    fn reply_direct(&self, msg: &Message) -> bool {
+        let key = String::from_utf8_lossy(&msg.routing_key);
+        let Some(token) = key.strip_prefix(REPLY_TO_PREFIX) else { return false };
+        let Some(target) = self.vhost.reply_to.get(token).map(|t| t.clone()) else { return false };
+        target.outbox.deliver_direct(target.channel, &target.consumer_tag, msg)
     }
 
     fn route_and_enqueue(&mut self, ch: u16, p: &fast::Publish, msg: Arc<Message>) -> AmqpResult<()> {
@@ -642,8 +729,11 @@ impl Conn {
         keys.extend(extra.iter().map(|k| &k[..]));
         let mut routed = std::mem::take(&mut self.chan(ch).routed);
         routed.clear();
-        self.vhost.route(&x, &keys, headers.as_ref(), &mut routed);
-        if routed.is_empty() {
+        let direct = x_name.is_empty() && p.routing_key.starts_with(REPLY_TO_PREFIX.as_bytes()) && self.reply_direct(&msg);
+        if !direct {
+            self.vhost.route(&x, &keys, headers.as_ref(), &mut routed);
+        }
+        if routed.is_empty() && !direct {
             if p.mandatory {
                 self.broker.counters.unroutable_returned.fetch_add(1, Ordering::Relaxed);
                 let m = msg.clone();

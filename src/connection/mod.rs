@@ -332,6 +332,7 @@ impl Conn {
 
     /// Cancels the channel's consumers and requeues its unacked deliveries.
     fn release_channel(&mut self, ch: u16) {
+        self.drop_reply_consumer(ch);
         let taken = self.outbox.with(|st| st.channels.remove(&ch));
         if let Some(c) = self.channels.get_mut(&ch) {
             c.discard_pending();

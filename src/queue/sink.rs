@@ -203,6 +203,23 @@ impl Outbox {
         Ok(())
     }
 
+    /// A direct reply-to delivery: no queue, no ack, no credit. Returns false
+    /// if the channel is gone (the reply is then lost, as in RabbitMQ).
+    pub fn deliver_direct(&self, channel: u16, consumer_tag: &[u8], msg: &crate::message::Message) -> bool {
+        self.with(|st| {
+            let OutState { buf, channels, frame_max, closed, .. } = st;
+            let ch = match channels.get_mut(&channel) {
+                Some(ch) if !*closed => ch,
+                _ => return false,
+            };
+            ch.next_tag += 1;
+            fast::encode_deliver(buf, channel, consumer_tag, ch.next_tag, false, &msg.exchange, &msg.routing_key);
+            frame::encode_content_header(buf, channel, msg.body_size(), &msg.properties);
+            frame::encode_body(buf, channel, &msg.body, *frame_max);
+            true
+        })
+    }
+
     /// Encodes a `basic.get-ok` (never limited by prefetch).
     pub fn get_ok(&self, channel: u16, no_ack: bool, queue: &Arc<Queue>, qm: QueuedMessage, remaining: u32) -> Result<(), QueuedMessage> {
         self.with(|st| {
