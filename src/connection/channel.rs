@@ -2,7 +2,8 @@
 //! reader (content assembly, confirms, transactions, last declared queue), and
 //! the dispatch of every class-20..90 method with RabbitMQ's checks and texts.
 
-use super::{Conn, decode_method, requeue_all};
+use super::{Conn, requeue_all};
+use crate::protocol::decode_method;
 use crate::error::{AmqpError, AmqpResult, code, rs};
 use crate::message::{self, Message};
 use crate::protocol::fast::{self, BASIC_ACK, BASIC_PUBLISH, CLASS_BASIC};

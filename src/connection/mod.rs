@@ -11,7 +11,7 @@ use crate::broker::Broker;
 use crate::broker::vhost::VHost;
 use crate::error::{AmqpError, Scope, code};
 use crate::protocol::frame::{self, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, Frame};
-use crate::protocol::{AMQPClass, FieldTable, short};
+use crate::protocol::{AMQPClass, FieldTable, decode_method, short};
 use crate::queue::Queue;
 use crate::queue::sink::{ChannelDeliveries, Outbox, Unacked};
 use amq_protocol::protocol::{channel as chm, connection as conm};
@@ -390,18 +390,4 @@ pub(crate) fn requeue_all(unacked: Vec<Unacked>) {
 pub(crate) enum Flow {
     Continue,
     Stop(&'static str),
-}
-
-/// Parses a method payload; unknown ids → 503, undecodable → 501.
-pub(crate) fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
-    let Some((c, m)) = crate::protocol::fast::method_ids(payload) else {
-        return Err(AmqpError::frame_error("cannot decode method frame: too short"));
-    };
-    if !crate::protocol::known_method(c, m) {
-        return Err(AmqpError::command_invalid(format!("unknown method: class {c}, method {m}")).on(c, m));
-    }
-    match crate::protocol::parse_class(payload) {
-        Ok(([], method)) => Ok(method),
-        _ => Err(AmqpError::frame_error(format!("cannot decode method class {c}, method {m}")).on(c, m)),
-    }
 }

@@ -6,6 +6,8 @@ pub mod fast;
 pub mod frame;
 pub mod properties;
 
+use crate::error::AmqpError;
+use properties::Scanned;
 pub use amq_protocol::protocol::{AMQPClass, parse_class};
 pub use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 
@@ -32,4 +34,90 @@ pub fn short(s: &str) -> ShortString {
         cut -= 1;
     }
     ShortString::try_new(&s[..cut]).unwrap_or_default()
+}
+
+/// Parses a method payload; unknown ids → 503, undecodable → 501.
+pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
+    let Some((c, m)) = fast::method_ids(payload) else {
+        return Err(AmqpError::frame_error("cannot decode method frame: too short"));
+    };
+    if !known_method(c, m) {
+        return Err(AmqpError::command_invalid(format!("unknown method: class {c}, method {m}")).on(c, m));
+    }
+    match parse_class(payload) {
+        Ok(([], method)) => Ok(method),
+        _ => Err(AmqpError::frame_error(format!("cannot decode method class {c}, method {m}")).on(c, m)),
+    }
+}
+
+/// Runs every decoder a peer's bytes reach over `data`, as the reader does:
+/// split frames, then decode methods, content headers and properties. Used by
+/// the property test and the fuzz target; it must never panic.
+pub fn decode_all(data: &[u8]) {
+    let mut buf = bytes::BytesMut::from(data);
+    loop {
+        match frame::decode(&mut buf, 131072) {
+            Ok(Some(f)) => match f.kind {
+                frame::FRAME_METHOD => {
+                    let _ = fast::parse_publish(&f.payload);
+                    let _ = fast::parse_ack(&f.payload);
+                    let _ = decode_method(&f.payload);
+                }
+                frame::FRAME_HEADER if f.payload.len() >= 12 => {
+                    let raw = &f.payload[12..];
+                    if let Some(Scanned { headers: Some((a, b)), .. }) = properties::scan(raw) {
+                        let _ = properties::parse_table(&raw[a..b]);
+                    }
+                }
+                _ => {}
+            },
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn framed(kind: u8, channel: u16, payload: Vec<u8>) -> Vec<u8> {
+        let mut v = vec![kind];
+        v.extend_from_slice(&channel.to_be_bytes());
+        v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        v.extend_from_slice(&payload);
+        v.push(frame::FRAME_END);
+        v
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            decode_all(&data);
+        }
+
+        #[test]
+        fn well_framed_garbage_never_panics(
+            kind in prop_oneof![Just(1u8), Just(2u8), Just(3u8), Just(8u8)],
+            class in prop_oneof![Just(10u16), Just(20), Just(40), Just(50), Just(60), Just(85), Just(90), any::<u16>()],
+            method in any::<u16>(),
+            rest in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let mut payload = class.to_be_bytes().to_vec();
+            payload.extend_from_slice(&method.to_be_bytes());
+            payload.extend_from_slice(&rest);
+            decode_all(&framed(kind, 1, payload));
+        }
+
+        #[test]
+        fn properties_with_random_flags_never_panic(flags in any::<u16>(), rest in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut raw = flags.to_be_bytes().to_vec();
+            raw.extend_from_slice(&rest);
+            let mut payload = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+            payload.extend_from_slice(&raw);
+            decode_all(&framed(2, 1, payload));
+        }
+    }
 }

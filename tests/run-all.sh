@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Warren's whole test suite: the one command README and CI run.
+#   1. clippy (warnings are errors)
+#   2. unit, property and integration tests (cargo test)
+#   3. interop: pika, aio-pika, Celery (a real worker) and amqplib against the
+#      real binary (tests/run-interop.sh installs the pinned clients into
+#      tests/interop/.venv and tests/interop/node_modules)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+echo "==> cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+echo "==> cargo test"
+cargo test --all-targets
+
+echo "==> cargo build --bin warren"
+cargo build --bin warren
+
+echo "==> interop"
+WARREN_BIN="$PWD/target/debug/warren" tests/run-interop.sh
