@@ -448,6 +448,9 @@ pub mod m {
     pub fn flow(active: bool) -> AMQPClass {
         AMQPClass::Channel(channel::AMQPMethod::Flow(channel::Flow { active }))
     }
+    pub fn ch_close_ok() -> AMQPClass {
+        AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}))
+    }
     pub fn ch_close() -> AMQPClass {
         AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
             reply_code: 200,
