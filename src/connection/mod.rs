@@ -138,6 +138,9 @@ impl Conn {
             if self.closing && close_deadline.is_none() {
                 close_deadline = Some(tokio::time::Instant::now() + CLOSE_OK_TIMEOUT);
             }
+            // Replies we produced are not being read by the peer: stop
+            // reading its socket until they drain.
+            self.outbox.wait_for_room().await;
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(READ_CHUNK);
             }

@@ -33,10 +33,12 @@ pub async fn run<W: AsyncWrite + Unpin>(outbox: Arc<Outbox>, mut wr: W, heartbea
                     st.closed = true;
                     st.shutdown = true;
                 });
+                outbox.signal_drained();
                 return;
             }
             last_write = Instant::now();
             spare.clear();
+            outbox.signal_drained();
             // Keep a big buffer from pinning memory after a burst.
             if spare.capacity() > 4 * 1024 * 1024 {
                 spare = BytesMut::with_capacity(64 * 1024);

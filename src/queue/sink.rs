@@ -73,6 +73,8 @@ pub struct Outbox {
     pub conn_id: u64,
     state: Mutex<OutState>,
     notify: Notify,
+    /// Signalled by the writer after each write (readers waiting for room).
+    drained: Notify,
     high_water: usize,
 }
 
@@ -99,6 +101,7 @@ impl Outbox {
                 cancel_notify: false,
             }),
             notify: Notify::new(),
+            drained: Notify::new(),
             high_water,
         }
     }
@@ -125,8 +128,26 @@ impl Outbox {
         })
     }
 
-    pub fn wake(&self) {
-        self.notify.notify_one();
+    /// Waits until the outbound buffer is under the high water mark, so a
+    /// peer that does not read its socket stops being read (credit flow).
+    pub async fn wait_for_room(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            {
+                let st = self.state.lock();
+                if st.buf.len() < self.high_water || st.shutdown {
+                    return;
+                }
+            }
+            drained.await;
+        }
+    }
+
+    /// Called by the writer after a write.
+    pub fn signal_drained(&self) {
+        self.drained.notify_waiters();
     }
 
     pub async fn wait(&self) {
