@@ -45,6 +45,8 @@ pub struct ManagementConfig {
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
+    pub segment_size: u64,
+    pub definitions_cache: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,8 +104,8 @@ impl Config {
         file: Option<&std::path::Path>,
         env: impl Iterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut merged: toml::Value = toml::from_str(DEFAULT_TOML)
-            .map_err(|e| ConfigError(format!("embedded default config: {e}")))?;
+        let mut merged: toml::Value =
+            toml::from_str(DEFAULT_TOML).map_err(|e| ConfigError(format!("embedded default config: {e}")))?;
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
@@ -112,8 +114,12 @@ impl Config {
             merge(&mut merged, over);
         }
         for (key, value) in env {
-            let Some(rest) = key.strip_prefix("WARREN_") else { continue };
-            let Some((section, field)) = rest.split_once('_') else { continue };
+            let Some(rest) = key.strip_prefix("WARREN_") else {
+                continue;
+            };
+            let Some((section, field)) = rest.split_once('_') else {
+                continue;
+            };
             let section = section.to_ascii_lowercase();
             let field = field.to_ascii_lowercase();
             let Some(table) = merged.get_mut(&section).and_then(|t| t.as_table_mut()) else {
@@ -122,8 +128,9 @@ impl Config {
             let Some(current) = table.get(&field) else {
                 return Err(ConfigError(format!("{key}: unknown setting '{section}.{field}'")));
             };
-            let parsed = parse_env_value(current, &value)
-                .ok_or_else(|| ConfigError(format!("{key}: invalid value '{value}' for '{section}.{field}'")))?;
+            let parsed = parse_env_value(current, &value).ok_or_else(|| {
+                ConfigError(format!("{key}: invalid value '{value}' for '{section}.{field}'"))
+            })?;
             table.insert(field, parsed);
         }
         let cfg: Config = merged
@@ -140,10 +147,16 @@ impl Config {
             return bad("amqp.frame_max", "must be 0 or at least 4096");
         }
         if self.amqp.max_message_size == 0 || self.amqp.max_message_size > 536_870_912 {
-            return bad("amqp.max_message_size", "must be between 1 and 536870912 (512 MiB)");
+            return bad(
+                "amqp.max_message_size",
+                "must be between 1 and 536870912 (512 MiB)",
+            );
         }
         if self.amqp.write_buffer_high_water < 4096 {
             return bad("amqp.write_buffer_high_water", "must be at least 4096");
+        }
+        if self.storage.segment_size < 65536 || self.storage.segment_size > 1 << 31 {
+            return bad("storage.segment_size", "must be between 65536 and 2147483648");
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format", "must be \"text\" or \"json\"");

@@ -69,8 +69,18 @@ pub struct AmqpError {
 impl AmqpError {
     /// An error whose scope follows from its code (RabbitMQ's soft/hard split).
     pub fn new(code: u16, explanation: impl Into<String>) -> Self {
-        let scope = if code::is_hard(code) { Scope::Connection } else { Scope::Channel };
-        AmqpError { code, explanation: explanation.into(), class_id: 0, method_id: 0, scope }
+        let scope = if code::is_hard(code) {
+            Scope::Connection
+        } else {
+            Scope::Channel
+        };
+        AmqpError {
+            code,
+            explanation: explanation.into(),
+            class_id: 0,
+            method_id: 0,
+            scope,
+        }
     }
 
     pub fn not_found(what: impl Into<String>) -> Self {
@@ -130,7 +140,14 @@ impl AmqpError {
 
 impl fmt::Display for AmqpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} (class {} method {})", self.code, self.reply_text(), self.class_id, self.method_id)
+        write!(
+            f,
+            "{} {} (class {} method {})",
+            self.code,
+            self.reply_text(),
+            self.class_id,
+            self.method_id
+        )
     }
 }
 

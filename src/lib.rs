@@ -8,6 +8,7 @@
 //! - `exchange`: bindings and routing.
 //! - `broker`: vhosts (declare/delete/bind rules) and users.
 //! - `connection`: handshake, reader, writer, channel methods.
+//! - `store`: sled definitions and the segment log of persistent messages.
 //! - `mgmt`: the HTTP API.
 //! - `server`: listeners and lifecycle.
 
@@ -21,6 +22,7 @@ pub mod mgmt;
 pub mod protocol;
 pub mod queue;
 pub mod server;
+pub mod store;
 
 pub use config::Config;
 pub use server::{ServerHandle, start};

@@ -64,7 +64,9 @@ fn load(cli: &Cli) -> Result<Config, warren::config::ConfigError> {
 fn init_logging(cfg: &Config) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
         .map_err(|e| format!("invalid value for 'log.level': {e}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cfg.log.format == "json" {
         builder.json().init();
     } else {

@@ -18,8 +18,20 @@ pub struct Message {
 }
 
 impl Message {
-    pub fn new(exchange: Bytes, routing_key: Bytes, properties: Bytes, body: Bytes, scanned: Scanned) -> Self {
-        Message { exchange, routing_key, properties, body, scanned }
+    pub fn new(
+        exchange: Bytes,
+        routing_key: Bytes,
+        properties: Bytes,
+        body: Bytes,
+        scanned: Scanned,
+    ) -> Self {
+        Message {
+            exchange,
+            routing_key,
+            properties,
+            body,
+            scanned,
+        }
     }
 
     pub fn body_size(&self) -> u64 {

@@ -24,25 +24,51 @@ pub struct ServerHandle {
 /// Starts a broker with `config`; returns once the listeners are bound.
 pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
     std::fs::create_dir_all(&config.storage.data_dir).map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot create data dir {}: {e}", config.storage.data_dir.display()))
-    })?;
-    let amqp = TcpListener::bind((config.amqp.bind.as_str(), config.amqp.port)).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot bind AMQP {}:{}: {e}", config.amqp.bind, config.amqp.port))
-    })?;
-    let mgmt = TcpListener::bind((config.management.bind.as_str(), config.management.port)).await.map_err(|e| {
         std::io::Error::new(
             e.kind(),
-            format!("cannot bind management {}:{}: {e}", config.management.bind, config.management.port),
+            format!(
+                "cannot create data dir {}: {e}",
+                config.storage.data_dir.display()
+            ),
         )
     })?;
+    let amqp = TcpListener::bind((config.amqp.bind.as_str(), config.amqp.port))
+        .await
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot bind AMQP {}:{}: {e}", config.amqp.bind, config.amqp.port),
+            )
+        })?;
+    let mgmt = TcpListener::bind((config.management.bind.as_str(), config.management.port))
+        .await
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot bind management {}:{}: {e}",
+                    config.management.bind, config.management.port
+                ),
+            )
+        })?;
     let amqp_addr = amqp.local_addr()?;
     let mgmt_addr = mgmt.local_addr()?;
-    let broker = Broker::new(config);
+    // Recovery happens before anything is accepted on the listeners.
+    let broker = tokio::task::spawn_blocking(move || Broker::open(config))
+        .await
+        .map_err(|e| std::io::Error::other(format!("recovery task failed: {e}")))?
+        .map_err(std::io::Error::other)?;
     let (tx, rx) = watch::channel(false);
     let accept = tokio::spawn(accept_loop(broker.clone(), amqp, rx.clone()));
     let http = tokio::spawn(crate::mgmt::serve(broker.clone(), mgmt, rx));
     tracing::info!(%amqp_addr, %mgmt_addr, "Warren started");
-    Ok(ServerHandle { amqp_addr, mgmt_addr, broker, shutdown: tx, tasks: vec![accept, http] })
+    Ok(ServerHandle {
+        amqp_addr,
+        mgmt_addr,
+        broker,
+        shutdown: tx,
+        tasks: vec![accept, http],
+    })
 }
 
 async fn accept_loop(broker: Arc<Broker>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
@@ -78,9 +104,13 @@ impl ServerHandle {
             let _ = t.await;
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while self.broker.counters.connections.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        while self.broker.counters.connections.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let broker = self.broker.clone();
+        let _ = tokio::task::spawn_blocking(move || broker.sync_store()).await;
         tracing::info!("Warren stopped");
     }
 }

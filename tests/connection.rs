@@ -10,11 +10,17 @@ use std::time::Duration;
 use warren::protocol::frame;
 
 fn tune_ok(channel_max: u16, frame_max: u32, heartbeat: u16) -> AMQPClass {
-    AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk { channel_max, frame_max, heartbeat }))
+    AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+        channel_max,
+        frame_max,
+        heartbeat,
+    }))
 }
 
 fn open_vhost(v: &str) -> AMQPClass {
-    AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open { virtual_host: v.into() }))
+    AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+        virtual_host: v.into(),
+    }))
 }
 
 async fn expect_tune(r: &mut Raw) -> connection::Tune {
@@ -27,7 +33,11 @@ async fn expect_tune(r: &mut Raw) -> connection::Tune {
 #[tokio::test]
 async fn wrong_protocol_header_gets_servers_header_and_close() {
     let s = start().await;
-    for header in [&b"GET / HTTP/1.1\r\n\r\n"[..], b"AMQP\x01\x01\x00\x0a", b"AMQP\x00\x00\x09\x00"] {
+    for header in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        b"AMQP\x01\x01\x00\x0a",
+        b"AMQP\x00\x00\x09\x00",
+    ] {
         let mut r = Raw::tcp(s.addr()).await;
         r.send(header).await;
         let got = r.read_raw(Duration::from_secs(5)).await;
@@ -52,8 +62,12 @@ async fn start_advertises_rabbitmq_identity_and_capabilities() {
     let p = st.server_properties.inner();
     assert_eq!(p.get("product"), Some(&AMQPValue::LongString("RabbitMQ".into())));
     assert!(matches!(p.get("version"), Some(AMQPValue::LongString(v)) if v.as_bytes().starts_with(b"3.13")));
-    assert!(p.contains_key("warren_version") && p.contains_key("information") && p.contains_key("cluster_name"));
-    let Some(AMQPValue::FieldTable(caps)) = p.get("capabilities") else { panic!("no capabilities") };
+    assert!(
+        p.contains_key("warren_version") && p.contains_key("information") && p.contains_key("cluster_name")
+    );
+    let Some(AMQPValue::FieldTable(caps)) = p.get("capabilities") else {
+        panic!("no capabilities")
+    };
     for c in [
         "publisher_confirms",
         "exchange_exchange_bindings",
@@ -65,7 +79,11 @@ async fn start_advertises_rabbitmq_identity_and_capabilities() {
         "per_consumer_qos",
         "direct_reply_to",
     ] {
-        assert_eq!(caps.inner().get(c), Some(&AMQPValue::Boolean(true)), "capability {c}");
+        assert_eq!(
+            caps.inner().get(c),
+            Some(&AMQPValue::Boolean(true)),
+            "capability {c}"
+        );
     }
 }
 
@@ -80,8 +98,15 @@ async fn plain_and_amqplain_logins_and_tune_values() {
     let mut r = Raw::tcp(s.addr()).await;
     r.send(frame::PROTOCOL_HEADER).await;
     r.recv().await;
-    let creds = table(&[("LOGIN", AMQPValue::LongString("guest".into())), ("PASSWORD", AMQPValue::LongString("guest".into()))]);
-    let encoded = cookie_factory::gen_simple(amq_protocol::types::generation::gen_field_table(&creds), Vec::new()).unwrap();
+    let creds = table(&[
+        ("LOGIN", AMQPValue::LongString("guest".into())),
+        ("PASSWORD", AMQPValue::LongString("guest".into())),
+    ]);
+    let encoded = cookie_factory::gen_simple(
+        amq_protocol::types::generation::gen_field_table(&creds),
+        Vec::new(),
+    )
+    .unwrap();
     r.method(
         0,
         AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
@@ -101,10 +126,16 @@ async fn wrong_password_closes_403_only_with_capability() {
     let mut r = Raw::login(s.addr(), "guest", "wrong", &["authentication_failure_close"]).await;
     let (code, text, _, _) = r.expect_connection_close().await;
     assert_eq!(code, 403);
-    assert_eq!(text, "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile.");
+    assert_eq!(
+        text,
+        "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile."
+    );
     // Without the capability: the socket is just closed.
     let mut r = Raw::login(s.addr(), "nobody", "x", &[]).await;
-    assert!(r.try_recv(Duration::from_secs(5)).await.is_none(), "no frame without the capability");
+    assert!(
+        r.try_recv(Duration::from_secs(5)).await.is_none(),
+        "no frame without the capability"
+    );
     let mut ok = Raw::open(s.addr()).await;
     ok.declare(1, "").await;
 }
@@ -126,18 +157,39 @@ async fn unknown_mechanism_is_503() {
     )
     .await;
     let (code, text, _, _) = r.expect_connection_close().await;
-    assert_eq!((code, text.as_str()), (503, "COMMAND_INVALID - unknown authentication mechanism 'EXTERNAL'"));
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            503,
+            "COMMAND_INVALID - unknown authentication mechanism 'EXTERNAL'"
+        )
+    );
 }
 
 #[tokio::test]
 async fn tune_ok_validation_is_530() {
     let s = start().await;
     let cases = [
-        (tune_ok(2047, 0, 0), "NOT_ALLOWED - negotiated frame_max = 0 is higher than the maximum allowed value (131072)"),
-        (tune_ok(2047, 200000, 0), "NOT_ALLOWED - negotiated frame_max = 200000 is higher than the maximum allowed value (131072)"),
-        (tune_ok(2047, 1000, 0), "NOT_ALLOWED - negotiated frame_max = 1000 is lower than the minimum allowed value (4096)"),
-        (tune_ok(0, 131072, 0), "NOT_ALLOWED - negotiated channel_max = 0 (no limit) is higher than the maximum allowed value (2047)"),
-        (tune_ok(3000, 131072, 0), "NOT_ALLOWED - negotiated channel_max = 3000 is higher than the maximum allowed value (2047)"),
+        (
+            tune_ok(2047, 0, 0),
+            "NOT_ALLOWED - negotiated frame_max = 0 is higher than the maximum allowed value (131072)",
+        ),
+        (
+            tune_ok(2047, 200000, 0),
+            "NOT_ALLOWED - negotiated frame_max = 200000 is higher than the maximum allowed value (131072)",
+        ),
+        (
+            tune_ok(2047, 1000, 0),
+            "NOT_ALLOWED - negotiated frame_max = 1000 is lower than the minimum allowed value (4096)",
+        ),
+        (
+            tune_ok(0, 131072, 0),
+            "NOT_ALLOWED - negotiated channel_max = 0 (no limit) is higher than the maximum allowed value (2047)",
+        ),
+        (
+            tune_ok(3000, 131072, 0),
+            "NOT_ALLOWED - negotiated channel_max = 3000 is higher than the maximum allowed value (2047)",
+        ),
     ];
     for (m, want) in cases {
         let mut r = Raw::login(s.addr(), "guest", "guest", &[]).await;
@@ -156,7 +208,10 @@ async fn unknown_vhost_is_530() {
     r.method(0, tune_ok(2047, 131072, 0)).await;
     r.method(0, open_vhost("nope")).await;
     let (code, text, class, method) = r.expect_connection_close().await;
-    assert_eq!((code, text.as_str(), class, method), (530, "NOT_ALLOWED - vhost nope not found", 10, 40));
+    assert_eq!(
+        (code, text.as_str(), class, method),
+        (530, "NOT_ALLOWED - vhost nope not found", 10, 40)
+    );
 }
 
 #[tokio::test]
@@ -166,14 +221,20 @@ async fn server_sends_heartbeats_and_drops_silent_clients() {
     expect_tune(&mut r).await;
     r.method(0, tune_ok(2047, 131072, 1)).await;
     r.method(0, open_vhost("/")).await;
-    assert!(matches!(r.recv().await, In::Method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)))));
+    assert!(matches!(
+        r.recv().await,
+        In::Method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)))
+    ));
     // Heartbeat 1 s: the server sends one within ~0.5 s of silence.
     match r.try_recv(Duration::from_secs(3)).await {
         Some(In::Heartbeat) => {}
         other => panic!("expected a heartbeat, got {other:?}"),
     }
     // We send nothing back: after two missed intervals the socket is closed.
-    assert!(r.closed_within(Duration::from_secs(6)).await, "silent client must be dropped");
+    assert!(
+        r.closed_within(Duration::from_secs(6)).await,
+        "silent client must be dropped"
+    );
 }
 
 #[tokio::test]
@@ -218,7 +279,10 @@ async fn close_handshake_both_directions() {
             })),
         )
         .await;
-    assert!(matches!(reply, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))));
+    assert!(matches!(
+        reply,
+        AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
+    ));
     assert!(r.closed_within(Duration::from_secs(5)).await);
     // Server-initiated (a hard error): close, we answer close-ok, socket closes.
     let mut r = Raw::open(s.addr()).await;
@@ -241,7 +305,10 @@ async fn update_secret_is_acknowledged() {
             })),
         )
         .await;
-    assert!(matches!(reply, AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(_))));
+    assert!(matches!(
+        reply,
+        AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(_))
+    ));
 }
 
 #[tokio::test]
@@ -256,13 +323,20 @@ async fn channel_open_close_flow_and_channel_max() {
     let reply = r.call(1, m::flow(true)).await;
     assert!(matches!(reply, AMQPClass::Channel(channel::AMQPMethod::FlowOk(f)) if f.active));
     let reply = r.call(1, m::ch_close()).await;
-    assert!(matches!(reply, AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))));
+    assert!(matches!(
+        reply,
+        AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))
+    ));
     r.open_channel(1).await; // reopen after close
     r.open_channel(2).await;
-    r.method(3, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))).await;
+    r.method(3, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})))
+        .await;
     let (code, text, class, method) = r.expect_connection_close().await;
     assert_eq!(code, 530);
-    assert_eq!(text, "NOT_ALLOWED - number of channels opened (2) has reached the negotiated channel_max (2)");
+    assert_eq!(
+        text,
+        "NOT_ALLOWED - number of channels opened (2) has reached the negotiated channel_max (2)"
+    );
     assert_eq!((class, method), (20, 10));
 }
 
@@ -272,11 +346,18 @@ async fn channel_errors_504_for_unopened_and_second_open() {
     let mut r = Raw::open(s.addr()).await;
     r.method(5, m::q("x")).await;
     let (code, text, class, method) = r.expect_connection_close().await;
-    assert_eq!((code, text.as_str(), class, method), (504, "CHANNEL_ERROR - expected 'channel.open'", 50, 10));
+    assert_eq!(
+        (code, text.as_str(), class, method),
+        (504, "CHANNEL_ERROR - expected 'channel.open'", 50, 10)
+    );
     let mut r = Raw::open(s.addr()).await;
-    r.method(1, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))).await;
+    r.method(1, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})))
+        .await;
     let (code, text, _, _) = r.expect_connection_close().await;
-    assert_eq!((code, text.as_str()), (504, "CHANNEL_ERROR - second 'channel.open' seen"));
+    assert_eq!(
+        (code, text.as_str()),
+        (504, "CHANNEL_ERROR - second 'channel.open' seen")
+    );
 }
 
 #[tokio::test]
@@ -314,19 +395,37 @@ async fn unknown_frame_type_and_method_and_truncated_args() {
     assert!(text.contains("unknown_frame"));
 
     let mut r = Raw::open(s.addr()).await;
-    r.send(&raw_frame(frame::FRAME_METHOD, 1, &[0x03, 0xE7, 0, 10], frame::FRAME_END)).await;
+    r.send(&raw_frame(
+        frame::FRAME_METHOD,
+        1,
+        &[0x03, 0xE7, 0, 10],
+        frame::FRAME_END,
+    ))
+    .await;
     let (code, text, class, method) = r.expect_connection_close().await;
     assert_eq!((code, class, method), (503, 999, 10));
     assert_eq!(text, "COMMAND_INVALID - unknown method: class 999, method 10");
 
     let mut r = Raw::open(s.addr()).await;
-    r.send(&raw_frame(frame::FRAME_METHOD, 1, &[0, 60, 3, 231], frame::FRAME_END)).await;
+    r.send(&raw_frame(
+        frame::FRAME_METHOD,
+        1,
+        &[0, 60, 3, 231],
+        frame::FRAME_END,
+    ))
+    .await;
     let (code, _, class, method) = r.expect_connection_close().await;
     assert_eq!((code, class, method), (503, 60, 999));
 
     // queue.declare cut short: cannot decode → 501.
     let mut r = Raw::open(s.addr()).await;
-    r.send(&raw_frame(frame::FRAME_METHOD, 1, &[0, 50, 0, 10, 0, 0, 5, b'a'], frame::FRAME_END)).await;
+    r.send(&raw_frame(
+        frame::FRAME_METHOD,
+        1,
+        &[0, 50, 0, 10, 0, 0, 5, b'a'],
+        frame::FRAME_END,
+    ))
+    .await;
     let (code, _, class, method) = r.expect_connection_close().await;
     assert_eq!((code, class, method), (501, 50, 10));
     let mut ok = Raw::open(s.addr()).await;
@@ -337,9 +436,16 @@ async fn unknown_frame_type_and_method_and_truncated_args() {
 async fn content_without_publish_is_505() {
     let s = start().await;
     let mut r = Raw::open(s.addr()).await;
-    r.send(&raw_frame(frame::FRAME_BODY, 1, b"orphan body", frame::FRAME_END)).await;
+    r.send(&raw_frame(frame::FRAME_BODY, 1, b"orphan body", frame::FRAME_END))
+        .await;
     let (code, text, _, _) = r.expect_connection_close().await;
-    assert_eq!((code, text.as_str()), (505, "UNEXPECTED_FRAME - expected method frame, got non method frame instead"));
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            505,
+            "UNEXPECTED_FRAME - expected method frame, got non method frame instead"
+        )
+    );
 
     // A method where the content header belongs.
     let mut r = Raw::open(s.addr()).await;
@@ -358,12 +464,16 @@ async fn content_without_publish_is_505() {
     r.method(1, m::q("q")).await;
     let (code, text, class, method) = r.expect_connection_close().await;
     assert_eq!(code, 505);
-    assert_eq!(text, "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead");
+    assert_eq!(
+        text,
+        "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead"
+    );
     assert_eq!((class, method), (60, 40));
 
     // A heartbeat on a non-zero channel.
     let mut r = Raw::open(s.addr()).await;
-    r.send(&raw_frame(frame::FRAME_HEARTBEAT, 1, b"", frame::FRAME_END)).await;
+    r.send(&raw_frame(frame::FRAME_HEARTBEAT, 1, b"", frame::FRAME_END))
+        .await;
     let (code, _, _, _) = r.expect_connection_close().await;
     assert_eq!(code, 505);
 }
@@ -376,7 +486,10 @@ async fn max_message_size_is_406_on_the_channel() {
     r.send_to(1, "big", &[1u8; 1001]).await;
     let (code, text, class, method) = r.expect_channel_close(1).await;
     assert_eq!((code, class, method), (406, 60, 40));
-    assert_eq!(text, "PRECONDITION_FAILED - message size 1001 is larger than configured max size 1000");
+    assert_eq!(
+        text,
+        "PRECONDITION_FAILED - message size 1001 is larger than configured max size 1000"
+    );
     r.open_channel(2).await;
     r.send_to(2, "big", &[1u8; 1000]).await;
     assert_eq!(r.counts(2, "big").await.0, 1);
@@ -398,7 +511,11 @@ async fn one_thousand_connections_with_a_channel_each() {
         assert_eq!(conns.len(), (chunk + 1) * 50);
     }
     eventually("1000 connections counted", Duration::from_secs(10), || {
-        s.broker().counters.connections.load(std::sync::atomic::Ordering::Relaxed) == 1000
+        s.broker()
+            .counters
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1000
     })
     .await;
     // Every connection is served: declare on each.

@@ -7,7 +7,11 @@ pub mod users;
 pub mod vhost;
 
 use crate::config::Config;
+use crate::queue::{Queue, RecoveredMessage};
+use crate::store::definitions::{Definitions, UserDef, VHostDef};
+use crate::store::{MessageStore, Stores};
 use dashmap::DashMap;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use users::User;
@@ -31,25 +35,128 @@ pub struct Broker {
     pub vhosts: DashMap<String, Arc<VHost>>,
     pub users: DashMap<String, User>,
     pub counters: Counters,
+    pub store: Arc<Stores>,
     next_conn_id: AtomicU64,
 }
 
 impl Broker {
-    pub fn new(config: Config) -> Arc<Self> {
+    /// Opens the data directory and restores everything durable: vhosts,
+    /// users, exchanges, queues, bindings, then the unsettled persistent
+    /// messages in log order. Any store error stops startup.
+    pub fn open(config: Config) -> Result<Arc<Self>, String> {
+        let dir = config.storage.data_dir.clone();
+        let (defs, loaded) =
+            Definitions::open_checked(&dir.join("definitions"), config.storage.definitions_cache)
+                .map_err(|e| e.to_string())?;
+        let (messages, recovered) = MessageStore::open(&dir.join("messages"), config.storage.segment_size)
+            .map_err(|e| {
+                format!(
+                    "cannot open message store {}: {e}",
+                    dir.join("messages").display()
+                )
+            })?;
+        let store = Arc::new(Stores { defs, messages });
         let b = Broker {
             vhosts: DashMap::new(),
             users: DashMap::new(),
             counters: Counters::default(),
             next_conn_id: AtomicU64::new(1),
             config: Arc::new(config),
+            store: store.clone(),
         };
-        b.vhosts.insert("/".to_string(), Arc::new(VHost::new("/")));
-        let a = &b.config.auth;
-        b.users.insert(
-            a.default_user.clone(),
-            User::new(&a.default_user, &a.default_pass, vec!["administrator".to_string()]),
+
+        // Vhosts and users: the defaults are created (and persisted) on first start.
+        let mut vhost_names: Vec<String> = loaded.vhosts.iter().map(|v| v.name.clone()).collect();
+        if vhost_names.is_empty() {
+            store
+                .defs
+                .put_vhost(&VHostDef { name: "/".into() })
+                .map_err(|e| e.to_string())?;
+            vhost_names.push("/".into());
+        }
+        for name in vhost_names {
+            b.vhosts
+                .insert(name.clone(), Arc::new(VHost::new(&name, store.clone())));
+        }
+        if loaded.users.is_empty() {
+            let a = &b.config.auth;
+            let u = User::new(
+                &a.default_user,
+                &a.default_pass,
+                vec!["administrator".to_string()],
+            );
+            store
+                .defs
+                .put_user(&UserDef {
+                    name: u.name.clone(),
+                    password_hash: u.password_hash.clone(),
+                    tags: u.tags.clone(),
+                })
+                .map_err(|e| e.to_string())?;
+            b.users.insert(u.name.clone(), u);
+        }
+        for u in loaded.users {
+            b.users.insert(
+                u.name.clone(),
+                User {
+                    name: u.name,
+                    password_hash: u.password_hash,
+                    tags: u.tags,
+                },
+            );
+        }
+
+        for x in &loaded.exchanges {
+            if let Some(v) = b.vhost(&x.vhost) {
+                v.restore_exchange(x);
+            }
+        }
+        let mut by_id: HashMap<u64, Arc<Queue>> = HashMap::new();
+        for q in &loaded.queues {
+            if let Some(v) = b.vhost(&q.vhost) {
+                by_id.insert(q.id, v.restore_queue(q));
+            }
+        }
+        for bd in &loaded.bindings {
+            if let Some(v) = b.vhost(&bd.vhost)
+                && !v.restore_binding(bd)
+            {
+                tracing::warn!(source = %bd.source, destination = %bd.destination, "stored binding with a missing end skipped");
+            }
+        }
+        let mut per_queue: HashMap<u64, Vec<RecoveredMessage>> = HashMap::new();
+        let mut orphans = 0usize;
+        let total = recovered.len();
+        for r in recovered {
+            if by_id.contains_key(&r.queue_id) {
+                per_queue
+                    .entry(r.queue_id)
+                    .or_default()
+                    .push((Arc::new(r.message), r.slot, r.delivered));
+            } else {
+                // Its queue was deleted before the crash: settle it now.
+                store.messages.settle(&r.slot);
+                orphans += 1;
+            }
+        }
+        for (id, msgs) in per_queue {
+            if let Some(q) = by_id.get(&id) {
+                q.recover(msgs);
+            }
+        }
+        tracing::info!(
+            exchanges = loaded.exchanges.len(),
+            queues = loaded.queues.len(),
+            bindings = loaded.bindings.len(),
+            messages = total - orphans,
+            "definitions and messages recovered"
         );
-        Arc::new(b)
+        Ok(Arc::new(b))
+    }
+
+    /// Writes and syncs everything pending (graceful shutdown).
+    pub fn sync_store(&self) {
+        self.store.messages.close();
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
@@ -62,7 +169,9 @@ impl Broker {
 
     /// Checks a login. `loopback` says whether the peer is on a loopback address.
     pub fn authenticate(&self, user: &str, password: &str, loopback: bool) -> bool {
-        let Some(u) = self.users.get(user) else { return false };
+        let Some(u) = self.users.get(user) else {
+            return false;
+        };
         if !loopback && self.config.auth.loopback_users.iter().any(|l| l == user) {
             return false;
         }

@@ -3,11 +3,13 @@
 //! exchange-to-exchange bindings and alternate exchanges with a seen-set and
 //! returns each queue once.
 
-use crate::error::{AmqpError, AmqpResult, rs};
+use crate::error::{AmqpError, AmqpResult, code, rs};
 use crate::exchange::{Destination, Exchange, Kind};
 use crate::protocol::FieldTable;
 use crate::queue::sink::Outbox;
-use crate::queue::{Consumer, Queue, args};
+use crate::queue::{Consumer, Queue, QueueSpec, args};
+use crate::store::Stores;
+use crate::store::definitions::{BindingDef, ExchangeDef, QueueDef, StoreError};
 use dashmap::DashMap;
 use std::sync::Arc;
 
@@ -51,13 +53,18 @@ pub struct VHost {
     pub queues: DashMap<String, Arc<Queue>>,
     /// Direct reply-to consumers by token.
     pub reply_to: DashMap<String, ReplyTarget>,
+    /// Where durable definitions and persistent messages go.
+    pub store: Arc<Stores>,
 }
 
 /// A random server-generated name: prefix + 22 chars of base64url (16 bytes).
 pub fn generated_name(prefix: &str) -> String {
     use base64::Engine;
     let bytes: [u8; 16] = rand::random();
-    format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
 }
 
 fn bool_str(b: bool) -> &'static str {
@@ -65,13 +72,76 @@ fn bool_str(b: bool) -> &'static str {
 }
 
 impl VHost {
-    pub fn new(name: &str) -> Self {
-        let v = VHost { name: name.to_string(), exchanges: DashMap::new(), queues: DashMap::new(), reply_to: DashMap::new() };
+    pub fn new(name: &str, store: Arc<Stores>) -> Self {
+        let v = VHost {
+            name: name.to_string(),
+            exchanges: DashMap::new(),
+            queues: DashMap::new(),
+            reply_to: DashMap::new(),
+            store,
+        };
         for (x, kind, internal) in SYSTEM_EXCHANGES {
-            let ex = Exchange::new(x.to_string(), name.to_string(), *kind, true, false, *internal, FieldTable::default());
+            let ex = Exchange::new(
+                x.to_string(),
+                name.to_string(),
+                *kind,
+                true,
+                false,
+                *internal,
+                FieldTable::default(),
+            );
             v.exchanges.insert(x.to_string(), Arc::new(ex));
         }
         v
+    }
+
+    /// A failed definitions write: RabbitMQ's internal error, which closes
+    /// the connection (the client cannot know what was kept).
+    fn persist(&self, r: Result<(), StoreError>) -> AmqpResult<()> {
+        r.map_err(|e| {
+            tracing::error!(error = %e, "cannot persist a definition");
+            AmqpError::new(code::INTERNAL_ERROR, format!("cannot persist definition: {e}"))
+        })
+    }
+
+    fn exchange_def(x: &Exchange) -> ExchangeDef {
+        ExchangeDef {
+            vhost: x.vhost.clone(),
+            name: x.name.clone(),
+            kind: x.kind.as_str().to_string(),
+            durable: x.durable,
+            auto_delete: x.auto_delete,
+            internal: x.internal,
+            arguments: x.arguments.clone(),
+        }
+    }
+
+    /// The binding's definition if both ends survive a restart.
+    fn durable_binding(
+        &self,
+        source: &Exchange,
+        dest: &Destination,
+        key: &str,
+        arguments: &FieldTable,
+    ) -> Option<BindingDef> {
+        if !source.durable {
+            return None;
+        }
+        let (destination, destination_type) = match dest {
+            Destination::Queue(q) if q.store.is_some() => (q.name.clone(), "queue"),
+            Destination::Exchange(x) if self.exchanges.get(x).is_some_and(|e| e.durable) => {
+                (x.clone(), "exchange")
+            }
+            _ => return None,
+        };
+        Some(BindingDef {
+            vhost: self.name.clone(),
+            source: source.name.clone(),
+            destination,
+            destination_type: destination_type.to_string(),
+            routing_key: key.to_string(),
+            arguments: arguments.clone(),
+        })
     }
 
     fn no_exchange(&self, name: &str) -> AmqpError {
@@ -83,11 +153,17 @@ impl VHost {
     }
 
     pub fn exchange(&self, name: &str) -> AmqpResult<Arc<Exchange>> {
-        self.exchanges.get(name).map(|e| e.clone()).ok_or_else(|| self.no_exchange(name))
+        self.exchanges
+            .get(name)
+            .map(|e| e.clone())
+            .ok_or_else(|| self.no_exchange(name))
     }
 
     pub fn queue(&self, name: &str) -> AmqpResult<Arc<Queue>> {
-        self.queues.get(name).map(|q| q.clone()).ok_or_else(|| self.no_queue(name))
+        self.queues
+            .get(name)
+            .map(|q| q.clone())
+            .ok_or_else(|| self.no_queue(name))
     }
 
     /// 405 unless `conn_id` may use the queue (RabbitMQ's exclusive check).
@@ -120,13 +196,17 @@ impl VHost {
         arguments: FieldTable,
     ) -> AmqpResult<()> {
         if name.is_empty() {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         if passive {
             return self.exchange(name).map(|_| ());
         }
         let Some(kind_v) = Kind::parse(kind) else {
-            return Err(AmqpError::command_invalid(format!("unknown exchange type '{kind}'")));
+            return Err(AmqpError::command_invalid(format!(
+                "unknown exchange type '{kind}'"
+            )));
         };
         if let Some(x) = self.exchanges.get(name) {
             let ineq = |what: &str, received: &str, current: &str| {
@@ -163,16 +243,33 @@ impl VHost {
             return Ok(());
         }
         if name.starts_with("amq.") {
-            return Err(AmqpError::access_refused(format!("exchange name '{name}' contains reserved prefix 'amq.*'")));
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
         }
-        let x = Exchange::new(name.to_string(), self.name.clone(), kind_v, durable, auto_delete, internal, arguments);
-        self.exchanges.entry(name.to_string()).or_insert_with(|| Arc::new(x));
+        let x = Exchange::new(
+            name.to_string(),
+            self.name.clone(),
+            kind_v,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+        );
+        if durable {
+            self.persist(self.store.defs.put_exchange(&Self::exchange_def(&x)))?;
+        }
+        self.exchanges
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(x));
         Ok(())
     }
 
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> AmqpResult<()> {
         if name.is_empty() {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         if name.starts_with("amq.") && self.exchanges.contains_key(name) {
             return Err(AmqpError::access_refused(format!(
@@ -184,10 +281,17 @@ impl VHost {
             return Ok(()); // deleting a missing exchange is not an error in 3.x
         };
         if if_unused && x.binding_count() > 0 {
-            return Err(AmqpError::precondition(format!("{} in use", rs("exchange", name, &self.name))));
+            return Err(AmqpError::precondition(format!(
+                "{} in use",
+                rs("exchange", name, &self.name)
+            )));
         }
         self.exchanges.remove(name);
         self.drop_bindings_to(&Destination::Exchange(name.to_string()));
+        if x.durable {
+            self.persist(self.store.defs.delete_exchange(&self.name, name))?;
+            self.persist(self.store.defs.delete_bindings_of(&self.name, "exchange", name))?;
+        }
         Ok(())
     }
 
@@ -208,7 +312,11 @@ impl VHost {
         if d.passive {
             return Ok((self.usable_queue(d.name, d.conn_id)?, false));
         }
-        let name = if d.name.is_empty() { generated_name("amq.gen-") } else { d.name.to_string() };
+        let name = if d.name.is_empty() {
+            generated_name("amq.gen-")
+        } else {
+            d.name.to_string()
+        };
         if let Some(q) = self.queues.get(&name).map(|q| q.clone()) {
             self.check_exclusive(&q, d.conn_id)?;
             if q.exclusive_owner.is_some() != d.exclusive {
@@ -235,11 +343,39 @@ impl VHost {
             return Ok((q, false));
         }
         if name.starts_with("amq.") && !d.name.is_empty() {
-            return Err(AmqpError::access_refused(format!("queue name '{name}' contains reserved prefix 'amq.*'")));
+            return Err(AmqpError::access_refused(format!(
+                "queue name '{name}' contains reserved prefix 'amq.*'"
+            )));
         }
         let parsed = args::parse(&d.arguments, &name, &self.name)?;
         let owner = d.exclusive.then_some(d.conn_id);
-        let q = Arc::new(Queue::new(name.clone(), self.name.clone(), d.durable, d.auto_delete, owner, d.arguments, parsed));
+        // Exclusive and auto-delete queues never outlive a restart.
+        let store = if d.durable && !d.exclusive && !d.auto_delete {
+            let id = self.store.defs.next_id().map_err(|e| {
+                AmqpError::new(code::INTERNAL_ERROR, format!("cannot persist definition: {e}"))
+            })?;
+            let def = QueueDef {
+                vhost: self.name.clone(),
+                name: name.clone(),
+                id,
+                auto_delete: d.auto_delete,
+                arguments: d.arguments.clone(),
+            };
+            self.persist(self.store.defs.put_queue(&def))?;
+            Some((id, self.store.messages.clone()))
+        } else {
+            None
+        };
+        let q = Arc::new(Queue::new(QueueSpec {
+            name: name.clone(),
+            vhost: self.name.clone(),
+            durable: d.durable,
+            auto_delete: d.auto_delete,
+            exclusive_owner: owner,
+            arguments: d.arguments,
+            args: parsed,
+            store,
+        }));
         let q = self.queues.entry(name).or_insert(q).clone();
         Ok((q, true))
     }
@@ -247,7 +383,9 @@ impl VHost {
     /// Deletes a queue; returns the ready messages dropped. Consumers are
     /// told with `basic.cancel` where their client asked for it.
     pub fn delete_queue(&self, name: &str, if_unused: bool, if_empty: bool, conn_id: u64) -> AmqpResult<u32> {
-        let Some(q) = self.queues.get(name).map(|q| q.clone()) else { return Ok(0) };
+        let Some(q) = self.queues.get(name).map(|q| q.clone()) else {
+            return Ok(0);
+        };
         self.check_exclusive(&q, conn_id)?;
         if if_unused && q.consumer_count() > 0 {
             return Err(AmqpError::precondition(format!("{} in use", q.resource())));
@@ -261,6 +399,16 @@ impl VHost {
     /// Unconditional removal (also used for exclusive and auto-delete queues).
     pub fn remove_queue(&self, q: &Arc<Queue>) -> u32 {
         self.queues.remove_if(&q.name, |_, v| Arc::ptr_eq(v, q));
+        if q.store.is_some() {
+            let r = self
+                .store
+                .defs
+                .delete_queue(&self.name, &q.name)
+                .and_then(|_| self.store.defs.delete_bindings_of(&self.name, "queue", &q.name));
+            if let Err(e) = r {
+                tracing::error!(error = %e, queue = %q.name, "cannot remove queue definition");
+            }
+        }
         self.drop_bindings_to(&Destination::Queue(q.clone()));
         let (consumers, n) = q.mark_deleted();
         for c in consumers {
@@ -269,43 +417,151 @@ impl VHost {
         n
     }
 
-    pub fn bind_queue(&self, queue: &str, exchange: &str, key: &str, arguments: FieldTable, conn_id: u64) -> AmqpResult<()> {
+    /// Recreates a persisted exchange at startup (no checks, no writes).
+    pub fn restore_exchange(&self, d: &ExchangeDef) {
+        let Some(kind) = Kind::parse(&d.kind) else {
+            tracing::warn!(exchange = %d.name, kind = %d.kind, "stored exchange of unknown type skipped");
+            return;
+        };
+        let x = Exchange::new(
+            d.name.clone(),
+            self.name.clone(),
+            kind,
+            d.durable,
+            d.auto_delete,
+            d.internal,
+            d.arguments.clone(),
+        );
+        self.exchanges.insert(d.name.clone(), Arc::new(x));
+    }
+
+    /// Recreates a persisted queue at startup.
+    pub fn restore_queue(&self, d: &QueueDef) -> Arc<Queue> {
+        let parsed = args::parse(&d.arguments, &d.name, &self.name).unwrap_or_default();
+        let store = Some((d.id, self.store.messages.clone()));
+        let q = Arc::new(Queue::new(QueueSpec {
+            name: d.name.clone(),
+            vhost: self.name.clone(),
+            durable: true,
+            auto_delete: d.auto_delete,
+            exclusive_owner: None,
+            arguments: d.arguments.clone(),
+            args: parsed,
+            store,
+        }));
+        self.queues.insert(d.name.clone(), q.clone());
+        q
+    }
+
+    /// Recreates a persisted binding at startup; false if an end is missing.
+    pub fn restore_binding(&self, d: &BindingDef) -> bool {
+        let Ok(src) = self.exchange(&d.source) else {
+            return false;
+        };
+        let dest = match d.destination_type.as_str() {
+            "queue" => match self.queue(&d.destination) {
+                Ok(q) => Destination::Queue(q),
+                Err(_) => return false,
+            },
+            _ if self.exchanges.contains_key(&d.destination) => Destination::Exchange(d.destination.clone()),
+            _ => return false,
+        };
+        src.bind(dest, &d.routing_key, d.arguments.clone()).is_ok()
+    }
+
+    pub fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        arguments: FieldTable,
+        conn_id: u64,
+    ) -> AmqpResult<()> {
         if exchange.is_empty() {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         let x = self.exchange(exchange)?;
         let q = self.usable_queue(queue, conn_id)?;
-        x.bind(Destination::Queue(q), key, arguments).map_err(bad_x_match)
+        let dest = Destination::Queue(q);
+        if let Some(def) = self.durable_binding(&x, &dest, key, &arguments) {
+            headers_check(&x, &arguments)?;
+            self.persist(self.store.defs.put_binding(&def))?;
+        }
+        x.bind(dest, key, arguments).map_err(bad_x_match)
     }
 
-    pub fn unbind_queue(&self, queue: &str, exchange: &str, key: &str, arguments: &FieldTable, conn_id: u64) -> AmqpResult<()> {
+    pub fn unbind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+        arguments: &FieldTable,
+        conn_id: u64,
+    ) -> AmqpResult<()> {
         if exchange.is_empty() {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         // RabbitMQ 3.x: unbinding from or to a missing object is not an error.
-        let (Ok(x), Ok(q)) = (self.exchange(exchange), self.queue(queue)) else { return Ok(()) };
+        let (Ok(x), Ok(q)) = (self.exchange(exchange), self.queue(queue)) else {
+            return Ok(());
+        };
         self.check_exclusive(&q, conn_id)?;
-        if x.unbind(&Destination::Queue(q), key, arguments) && x.auto_delete && x.binding_count() == 0 {
+        let dest = Destination::Queue(q);
+        if let Some(def) = self.durable_binding(&x, &dest, key, arguments) {
+            self.persist(self.store.defs.delete_binding(&def))?;
+        }
+        if x.unbind(&dest, key, arguments) && x.auto_delete && x.binding_count() == 0 {
             let _ = self.delete_exchange(exchange, true);
         }
         Ok(())
     }
 
-    pub fn bind_exchange(&self, destination: &str, source: &str, key: &str, arguments: FieldTable) -> AmqpResult<()> {
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: &str,
+        arguments: FieldTable,
+    ) -> AmqpResult<()> {
         if destination.is_empty() || source.is_empty() {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         let src = self.exchange(source)?;
         self.exchange(destination)?;
-        src.bind(Destination::Exchange(destination.to_string()), key, arguments).map_err(bad_x_match)
+        let dest = Destination::Exchange(destination.to_string());
+        if let Some(def) = self.durable_binding(&src, &dest, key, &arguments) {
+            headers_check(&src, &arguments)?;
+            self.persist(self.store.defs.put_binding(&def))?;
+        }
+        src.bind(dest, key, arguments).map_err(bad_x_match)
     }
 
-    pub fn unbind_exchange(&self, destination: &str, source: &str, key: &str, arguments: &FieldTable) -> AmqpResult<()> {
+    pub fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        key: &str,
+        arguments: &FieldTable,
+    ) -> AmqpResult<()> {
         if destination.is_empty() || source.is_empty() {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
-        let (Ok(src), Ok(_)) = (self.exchange(source), self.exchange(destination)) else { return Ok(()) };
-        if src.unbind(&Destination::Exchange(destination.to_string()), key, arguments) && src.auto_delete && src.binding_count() == 0 {
+        let (Ok(src), Ok(_)) = (self.exchange(source), self.exchange(destination)) else {
+            return Ok(());
+        };
+        let dest = Destination::Exchange(destination.to_string());
+        if let Some(def) = self.durable_binding(&src, &dest, key, arguments) {
+            self.persist(self.store.defs.delete_binding(&def))?;
+        }
+        if src.unbind(&dest, key, arguments) && src.auto_delete && src.binding_count() == 0 {
             let _ = self.delete_exchange(source, true);
         }
         Ok(())
@@ -314,7 +570,13 @@ impl VHost {
     /// Queues a message published to `x` reaches through `keys` (the routing
     /// key plus CC/BCC), each once, following exchange-to-exchange bindings
     /// and, when nothing matched, the alternate-exchange chain.
-    pub fn route(&self, x: &Arc<Exchange>, keys: &[&[u8]], headers: Option<&FieldTable>, out: &mut Vec<Arc<Queue>>) {
+    pub fn route(
+        &self,
+        x: &Arc<Exchange>,
+        keys: &[&[u8]],
+        headers: Option<&FieldTable>,
+        out: &mut Vec<Arc<Queue>>,
+    ) {
         let mut seen: Vec<String> = Vec::new();
         let mut start = Some(x.clone());
         while let Some(x) = start.take() {
@@ -331,7 +593,14 @@ impl VHost {
         }
     }
 
-    fn route_graph(&self, x: &Arc<Exchange>, keys: &[&[u8]], headers: Option<&FieldTable>, seen: &mut Vec<String>, out: &mut Vec<Arc<Queue>>) {
+    fn route_graph(
+        &self,
+        x: &Arc<Exchange>,
+        keys: &[&[u8]],
+        headers: Option<&FieldTable>,
+        seen: &mut Vec<String>,
+        out: &mut Vec<Arc<Queue>>,
+    ) {
         let mut work = vec![x.clone()];
         seen.push(x.name.clone());
         let mut dests = Vec::new();
@@ -353,10 +622,11 @@ impl VHost {
                     Destination::Queue(q) => push_unique(out, q),
                     Destination::Exchange(name) => {
                         if !seen.contains(&name)
-                            && let Some(next) = self.exchanges.get(&name).map(|e| e.clone()) {
-                                seen.push(name);
-                                work.push(next);
-                            }
+                            && let Some(next) = self.exchanges.get(&name).map(|e| e.clone())
+                        {
+                            seen.push(name);
+                            work.push(next);
+                        }
                     }
                 }
             }
@@ -368,6 +638,14 @@ fn push_unique(out: &mut Vec<Arc<Queue>>, q: Arc<Queue>) {
     if !out.iter().any(|x| Arc::ptr_eq(x, &q)) {
         out.push(q);
     }
+}
+
+/// Validates a headers binding's `x-match` before it is persisted.
+fn headers_check(x: &Exchange, arguments: &FieldTable) -> AmqpResult<()> {
+    if x.kind == Kind::Headers {
+        crate::exchange::headers::x_match(arguments).map_err(bad_x_match)?;
+    }
+    Ok(())
 }
 
 fn bad_x_match(value: String) -> AmqpError {
@@ -386,7 +664,9 @@ fn cancel_in_outbox(outbox: &Outbox, channel: u16, tag: &bytes::Bytes) {
     use crate::protocol::{AMQPClass, short};
     use amq_protocol::protocol::basic;
     outbox.with(|st| {
-        let Some(ch) = st.channels.get_mut(&channel) else { return };
+        let Some(ch) = st.channels.get_mut(&channel) else {
+            return;
+        };
         if ch.consumers.remove(tag).is_none() || !st.cancel_notify || st.shutdown {
             return;
         }

@@ -3,16 +3,17 @@
 //! the dispatch of every class-20..90 method with RabbitMQ's checks and texts.
 
 use super::{Conn, requeue_all};
-use crate::protocol::decode_method;
+use crate::broker::dead_letter::{Reason, dead_letter};
+use crate::broker::vhost::{REPLY_TO, REPLY_TO_PREFIX, ReplyTarget};
 use crate::error::{AmqpError, AmqpResult, code, rs};
 use crate::message::{self, Message};
+use crate::protocol::decode_method;
 use crate::protocol::fast::{self, BASIC_ACK, BASIC_PUBLISH, CLASS_BASIC};
 use crate::protocol::properties::{self, Scanned};
 use crate::protocol::{AMQPClass, short};
-use crate::broker::dead_letter::{Reason, dead_letter};
-use crate::broker::vhost::{REPLY_TO, REPLY_TO_PREFIX, ReplyTarget};
-use crate::queue::sink::{ConsumerCredit, ConsumerEntry, Unacked};
+use crate::queue::sink::{ConfirmWaiter, ConsumerCredit, ConsumerEntry, Unacked};
 use crate::queue::{Consumer, Queue, args::as_int};
+use crate::store::Durable;
 use amq_protocol::protocol::{basic, channel as chm, confirm, exchange, queue as qm, tx};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
@@ -63,8 +64,8 @@ pub struct Channel {
     confirm: bool,
     /// Sequence number of the last publish in confirm mode.
     publish_seq: u64,
-    /// Highest sequence number confirmed but not yet sent (coalesced per batch).
-    confirm_pending: Option<u64>,
+    /// `publish_seq` as last reported to the confirm tracker.
+    confirm_reported: u64,
     tx: Option<TxState>,
     last_queue: Option<String>,
     /// `basic.qos(global=false)`: the limit given to consumers created later.
@@ -82,7 +83,7 @@ impl Channel {
             content: Content::Idle,
             confirm: false,
             publish_seq: 0,
-            confirm_pending: None,
+            confirm_reported: 0,
             tx: None,
             last_queue: None,
             consumer_prefetch: 0,
@@ -94,13 +95,27 @@ impl Channel {
     pub fn discard_pending(&mut self) {
         self.content = Content::Idle;
         self.tx = None;
-        self.confirm_pending = None;
     }
 
-    pub fn flush_confirms(&mut self, ch: u16, outbox: &crate::queue::sink::Outbox) {
-        if let Some(seq) = self.confirm_pending.take() {
-            outbox.send(|b| fast::encode_confirm(b, ch, seq, true, true));
+    /// Reports the batch's routed publishes to the confirm tracker, which
+    /// sends one `basic.ack(multiple)` for everything not waiting for the log.
+    /// Returns how many confirms went out.
+    pub fn flush_confirms(&mut self, ch: u16, outbox: &crate::queue::sink::Outbox) -> u64 {
+        if !self.confirm || self.publish_seq == self.confirm_reported {
+            return 0;
         }
+        self.confirm_reported = self.publish_seq;
+        let seq = self.publish_seq;
+        outbox.with(|st| {
+            let crate::queue::sink::OutState { buf, channels, .. } = st;
+            match channels.get_mut(&ch) {
+                Some(d) => {
+                    d.confirms.published = seq;
+                    d.confirms.flush(ch, buf)
+                }
+                None => 0,
+            }
+        })
     }
 }
 
@@ -120,7 +135,10 @@ impl Conn {
         if !name.is_empty() {
             return Ok(name.to_string());
         }
-        self.chan(ch).last_queue.clone().ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+        self.chan(ch)
+            .last_queue
+            .clone()
+            .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
     }
 
     pub(super) fn channel_method(&mut self, ch: u16, payload: Bytes) -> AmqpResult<()> {
@@ -133,8 +151,9 @@ impl Conn {
         // The per-message methods skip amq-protocol.
         if let Some((CLASS_BASIC, id)) = fast::method_ids(&payload) {
             if id == BASIC_PUBLISH {
-                let p = fast::parse_publish(&payload)
-                    .ok_or_else(|| AmqpError::frame_error("cannot decode method class 60, method 40").on(60, 40))?;
+                let p = fast::parse_publish(&payload).ok_or_else(|| {
+                    AmqpError::frame_error("cannot decode method class 60, method 40").on(60, 40)
+                })?;
                 if p.immediate {
                     return Err(AmqpError::not_implemented("immediate=true").on(60, 40));
                 }
@@ -149,9 +168,12 @@ impl Conn {
                 }
             }
             if id == BASIC_ACK {
-                let a = fast::parse_ack(&payload)
-                    .ok_or_else(|| AmqpError::frame_error("cannot decode method class 60, method 80").on(60, 80))?;
-                return self.settle(ch, a.delivery_tag, a.multiple, Settle::Ack).map_err(|e| e.on(60, 80));
+                let a = fast::parse_ack(&payload).ok_or_else(|| {
+                    AmqpError::frame_error("cannot decode method class 60, method 80").on(60, 80)
+                })?;
+                return self
+                    .settle(ch, a.delivery_tag, a.multiple, Settle::Ack)
+                    .map_err(|e| e.on(60, 80));
             }
         }
         let m = decode_method(&payload)?;
@@ -171,14 +193,21 @@ impl Conn {
                     return Err(AmqpError::precondition("cannot switch from tx to confirm mode"));
                 }
                 c.confirm = true;
-                ok_or_nowait(s.nowait, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})))
+                ok_or_nowait(
+                    s.nowait,
+                    AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                )
             }
             AMQPClass::Tx(t) => self.tx_class(ch, t)?,
-            AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::Request(_)) => Some(AMQPClass::Access(
-                amq_protocol::protocol::access::AMQPMethod::RequestOk(amq_protocol::protocol::access::RequestOk {}),
-            )),
+            AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::Request(_)) => Some(
+                AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::RequestOk(
+                    amq_protocol::protocol::access::RequestOk {},
+                )),
+            ),
             AMQPClass::Connection(_) => {
-                return Err(AmqpError::command_invalid("connection methods are only valid on channel 0"));
+                return Err(AmqpError::command_invalid(
+                    "connection methods are only valid on channel 0",
+                ));
             }
             other => {
                 return Err(AmqpError::command_invalid(format!(
@@ -200,14 +229,18 @@ impl Conn {
             chm::AMQPMethod::Close(_) => {
                 self.release_channel(ch);
                 self.channels.remove(&ch);
-                Ok(Some(AMQPClass::Channel(chm::AMQPMethod::CloseOk(chm::CloseOk {}))))
+                Ok(Some(AMQPClass::Channel(chm::AMQPMethod::CloseOk(
+                    chm::CloseOk {},
+                ))))
             }
             chm::AMQPMethod::CloseOk(_) => Ok(None),
             chm::AMQPMethod::Flow(f) => {
                 if !f.active {
                     return Err(AmqpError::not_implemented("active=false"));
                 }
-                Ok(Some(AMQPClass::Channel(chm::AMQPMethod::FlowOk(chm::FlowOk { active: true }))))
+                Ok(Some(AMQPClass::Channel(chm::AMQPMethod::FlowOk(chm::FlowOk {
+                    active: true,
+                }))))
             }
             chm::AMQPMethod::FlowOk(_) => Ok(None),
             _ => Err(AmqpError::command_invalid("method cannot be sent by a client")),
@@ -227,19 +260,41 @@ impl Conn {
                     d.internal,
                     d.arguments,
                 )?;
-                Ok(ok_or_nowait(d.nowait, AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {}))))
+                Ok(ok_or_nowait(
+                    d.nowait,
+                    AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
+                ))
             }
             exchange::AMQPMethod::Delete(d) => {
                 v.delete_exchange(d.exchange.as_str(), d.if_unused)?;
-                Ok(ok_or_nowait(d.nowait, AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {}))))
+                Ok(ok_or_nowait(
+                    d.nowait,
+                    AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                ))
             }
             exchange::AMQPMethod::Bind(b) => {
-                v.bind_exchange(b.destination.as_str(), b.source.as_str(), b.routing_key.as_str(), b.arguments)?;
-                Ok(ok_or_nowait(b.nowait, AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {}))))
+                v.bind_exchange(
+                    b.destination.as_str(),
+                    b.source.as_str(),
+                    b.routing_key.as_str(),
+                    b.arguments,
+                )?;
+                Ok(ok_or_nowait(
+                    b.nowait,
+                    AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                ))
             }
             exchange::AMQPMethod::Unbind(b) => {
-                v.unbind_exchange(b.destination.as_str(), b.source.as_str(), b.routing_key.as_str(), &b.arguments)?;
-                Ok(ok_or_nowait(b.nowait, AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {}))))
+                v.unbind_exchange(
+                    b.destination.as_str(),
+                    b.source.as_str(),
+                    b.routing_key.as_str(),
+                    &b.arguments,
+                )?;
+                Ok(ok_or_nowait(
+                    b.nowait,
+                    AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+                ))
             }
             _ => Err(AmqpError::command_invalid("method cannot be sent by a client")),
         }
@@ -252,15 +307,26 @@ impl Conn {
                 // Lets a server check that a direct reply-to requester is still there.
                 let token = &d.queue.as_str()[REPLY_TO_PREFIX.len()..];
                 if !v.reply_to.contains_key(token) {
-                    return Err(AmqpError::not_found(format!("no {}", rs("queue", d.queue.as_str(), &v.name))));
+                    return Err(AmqpError::not_found(format!(
+                        "no {}",
+                        rs("queue", d.queue.as_str(), &v.name)
+                    )));
                 }
                 Ok(ok_or_nowait(
                     d.nowait,
-                    AMQPClass::Queue(qm::AMQPMethod::DeclareOk(qm::DeclareOk { queue: d.queue, message_count: 0, consumer_count: 1 })),
+                    AMQPClass::Queue(qm::AMQPMethod::DeclareOk(qm::DeclareOk {
+                        queue: d.queue,
+                        message_count: 0,
+                        consumer_count: 1,
+                    })),
                 ))
             }
             qm::AMQPMethod::Declare(d) => {
-                let name = if d.passive { self.queue_name(ch, d.queue.as_str())? } else { d.queue.to_string() };
+                let name = if d.passive {
+                    self.queue_name(ch, d.queue.as_str())?
+                } else {
+                    d.queue.to_string()
+                };
                 let (q, created) = v.declare_queue(crate::broker::vhost::QueueDeclare {
                     name: &name,
                     passive: d.passive,
@@ -286,25 +352,46 @@ impl Conn {
             }
             qm::AMQPMethod::Bind(b) => {
                 let name = self.queue_name(ch, b.queue.as_str())?;
-                v.bind_queue(&name, b.exchange.as_str(), b.routing_key.as_str(), b.arguments, self.id)?;
-                Ok(ok_or_nowait(b.nowait, AMQPClass::Queue(qm::AMQPMethod::BindOk(qm::BindOk {}))))
+                v.bind_queue(
+                    &name,
+                    b.exchange.as_str(),
+                    b.routing_key.as_str(),
+                    b.arguments,
+                    self.id,
+                )?;
+                Ok(ok_or_nowait(
+                    b.nowait,
+                    AMQPClass::Queue(qm::AMQPMethod::BindOk(qm::BindOk {})),
+                ))
             }
             qm::AMQPMethod::Unbind(b) => {
                 let name = self.queue_name(ch, b.queue.as_str())?;
-                v.unbind_queue(&name, b.exchange.as_str(), b.routing_key.as_str(), &b.arguments, self.id)?;
+                v.unbind_queue(
+                    &name,
+                    b.exchange.as_str(),
+                    b.routing_key.as_str(),
+                    &b.arguments,
+                    self.id,
+                )?;
                 Ok(Some(AMQPClass::Queue(qm::AMQPMethod::UnbindOk(qm::UnbindOk {}))))
             }
             qm::AMQPMethod::Purge(p) => {
                 let name = self.queue_name(ch, p.queue.as_str())?;
                 let q = v.usable_queue(&name, self.id)?;
                 let n = q.purge();
-                Ok(ok_or_nowait(p.nowait, AMQPClass::Queue(qm::AMQPMethod::PurgeOk(qm::PurgeOk { message_count: n }))))
+                Ok(ok_or_nowait(
+                    p.nowait,
+                    AMQPClass::Queue(qm::AMQPMethod::PurgeOk(qm::PurgeOk { message_count: n })),
+                ))
             }
             qm::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(ch, d.queue.as_str())?;
                 let n = v.delete_queue(&name, d.if_unused, d.if_empty, self.id)?;
                 self.exclusive_queues.retain(|q| q.name != name);
-                Ok(ok_or_nowait(d.nowait, AMQPClass::Queue(qm::AMQPMethod::DeleteOk(qm::DeleteOk { message_count: n }))))
+                Ok(ok_or_nowait(
+                    d.nowait,
+                    AMQPClass::Queue(qm::AMQPMethod::DeleteOk(qm::DeleteOk { message_count: n })),
+                ))
             }
             _ => Err(AmqpError::command_invalid("method cannot be sent by a client")),
         }
@@ -334,7 +421,9 @@ impl Conn {
                 if self.chan(ch).reply.as_ref().is_some_and(|(_, t)| *t == tag) {
                     self.drop_reply_consumer(ch);
                 }
-                let entry = self.outbox.with(|st| st.channels.get_mut(&ch).and_then(|d| d.consumers.remove(&tag)));
+                let entry = self
+                    .outbox
+                    .with(|st| st.channels.get_mut(&ch).and_then(|d| d.consumers.remove(&tag)));
                 if let Some(e) = entry
                     && e.queue.remove_consumer(self.id, ch, &tag)
                 {
@@ -342,7 +431,9 @@ impl Conn {
                 }
                 Ok(ok_or_nowait(
                     c.nowait,
-                    AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk { consumer_tag: c.consumer_tag })),
+                    AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                        consumer_tag: c.consumer_tag,
+                    })),
                 ))
             }
             basic::AMQPMethod::Get(g) => {
@@ -351,10 +442,14 @@ impl Conn {
                 if q.get(&self.outbox, ch, g.no_ack) {
                     Ok(None)
                 } else {
-                    Ok(Some(AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {}))))
+                    Ok(Some(AMQPClass::Basic(basic::AMQPMethod::GetEmpty(
+                        basic::GetEmpty {},
+                    ))))
                 }
             }
-            basic::AMQPMethod::Ack(a) => self.settle(ch, a.delivery_tag, a.multiple, Settle::Ack).map(|_| None),
+            basic::AMQPMethod::Ack(a) => self
+                .settle(ch, a.delivery_tag, a.multiple, Settle::Ack)
+                .map(|_| None),
             basic::AMQPMethod::Nack(n) => {
                 let kind = if n.requeue { Settle::Requeue } else { Settle::Drop };
                 self.settle(ch, n.delivery_tag, n.multiple, kind).map(|_| None)
@@ -368,7 +463,10 @@ impl Conn {
                     return Err(AmqpError::not_implemented("requeue=false"));
                 }
                 // recover-ok goes out before the redeliveries it causes.
-                self.send_method(ch, &AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})));
+                self.send_method(
+                    ch,
+                    &AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+                );
                 self.recover(ch);
                 Ok(None)
             }
@@ -384,7 +482,9 @@ impl Conn {
     }
 
     fn recover(&mut self, ch: u16) {
-        let all = self.outbox.with(|st| st.channels.get_mut(&ch).map(|d| d.take_all()).unwrap_or_default());
+        let all = self
+            .outbox
+            .with(|st| st.channels.get_mut(&ch).map(|d| d.take_all()).unwrap_or_default());
         requeue_all(all);
     }
 
@@ -414,12 +514,24 @@ impl Conn {
             },
         };
         let credit = Arc::new(ConsumerCredit::default());
-        credit.limit.store(if c.no_ack { 0 } else { self.chan(ch).consumer_prefetch as u32 }, Ordering::Relaxed);
+        credit.limit.store(
+            if c.no_ack {
+                0
+            } else {
+                self.chan(ch).consumer_prefetch as u32
+            },
+            Ordering::Relaxed,
+        );
         let reused = self.outbox.with(|st| {
-            st.channels.get(&ch).map(|d| d.consumers.contains_key(&tag)).unwrap_or(false)
+            st.channels
+                .get(&ch)
+                .map(|d| d.consumers.contains_key(&tag))
+                .unwrap_or(false)
         });
         if reused {
-            return Err(AmqpError::not_allowed(format!("attempt to reuse consumer tag '{tag_str}'")));
+            return Err(AmqpError::not_allowed(format!(
+                "attempt to reuse consumer tag '{tag_str}'"
+            )));
         }
         let consumer = Consumer {
             tag: tag.clone(),
@@ -433,8 +545,14 @@ impl Conn {
         // consume-ok must reach the client before the first delivery: it is
         // written while the queue is locked, before the queue dispatches.
         let outbox = self.outbox.clone();
-        let ok = AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk { consumer_tag: short(&tag_str) }));
-        let entry = ConsumerEntry { queue: q.clone(), credit, no_ack: c.no_ack };
+        let ok = AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+            consumer_tag: short(&tag_str),
+        }));
+        let entry = ConsumerEntry {
+            queue: q.clone(),
+            credit,
+            no_ack: c.no_ack,
+        };
         let nowait = c.nowait;
         q.add_consumer(consumer, move || {
             outbox.with(|st| {
@@ -466,12 +584,18 @@ impl Conn {
         let token = crate::broker::vhost::generated_name("");
         self.vhost.reply_to.insert(
             token.clone(),
-            ReplyTarget { outbox: self.outbox.clone(), channel: ch, consumer_tag: tag.clone() },
+            ReplyTarget {
+                outbox: self.outbox.clone(),
+                channel: ch,
+                consumer_tag: tag.clone(),
+            },
         );
         self.chan(ch).reply = Some((token, tag));
         Ok(ok_or_nowait(
             c.nowait,
-            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk { consumer_tag: short(&tag_str) })),
+            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                consumer_tag: short(&tag_str),
+            })),
         ))
     }
 
@@ -487,7 +611,10 @@ impl Conn {
         if self.chan(ch).tx.is_some() {
             // Validate now (RabbitMQ checks the tag at ack time), apply at commit.
             let known = self.outbox.with(|st| {
-                st.channels.get(&ch).map(|d| multiple || d.unacked.contains_key(&tag)).unwrap_or(false)
+                st.channels
+                    .get(&ch)
+                    .map(|d| multiple || d.unacked.contains_key(&tag))
+                    .unwrap_or(false)
             });
             if !known {
                 return Err(AmqpError::precondition(format!("unknown delivery tag {tag}")));
@@ -501,7 +628,9 @@ impl Conn {
     }
 
     fn apply_settle(&mut self, ch: u16, tag: u64, multiple: bool, kind: Settle) -> AmqpResult<()> {
-        let taken = self.outbox.with(|st| st.channels.get_mut(&ch).and_then(|d| d.settle(tag, multiple)));
+        let taken = self
+            .outbox
+            .with(|st| st.channels.get_mut(&ch).and_then(|d| d.settle(tag, multiple)));
         let Some(taken) = taken else {
             return Err(AmqpError::precondition(format!("unknown delivery tag {tag}")));
         };
@@ -516,7 +645,11 @@ impl Conn {
             }
         }
         // Credit freed on the channel may unblock other queues' consumers.
-        if multiple || self.outbox.with(|st| st.channels.get(&ch).map(|d| d.global_limit != 0).unwrap_or(false)) {
+        if multiple
+            || self
+                .outbox
+                .with(|st| st.channels.get(&ch).map(|d| d.global_limit != 0).unwrap_or(false))
+        {
             for q in self.outbox.consumer_queues() {
                 q.dispatch();
             }
@@ -567,7 +700,9 @@ impl Conn {
         let publish = match std::mem::replace(&mut c.content, Content::Idle) {
             Content::Header(p) => p,
             Content::Idle => {
-                return Err(AmqpError::unexpected_frame("expected method frame, got non method frame instead"));
+                return Err(AmqpError::unexpected_frame(
+                    "expected method frame, got non method frame instead",
+                ));
             }
             Content::Body(_) => {
                 return Err(AmqpError::unexpected_frame(
@@ -590,8 +725,9 @@ impl Conn {
         size_bytes.copy_from_slice(&payload[4..12]);
         let size = u64::from_be_bytes(size_bytes);
         let properties = payload.slice(12..);
-        let scanned = properties::scan(&properties)
-            .ok_or_else(|| AmqpError::frame_error("cannot decode content properties").on(CLASS_BASIC, BASIC_PUBLISH))?;
+        let scanned = properties::scan(&properties).ok_or_else(|| {
+            AmqpError::frame_error("cannot decode content properties").on(CLASS_BASIC, BASIC_PUBLISH)
+        })?;
         if size > max {
             return Err(AmqpError::precondition(format!(
                 "message size {size} is larger than configured max size {max}"
@@ -601,8 +737,14 @@ impl Conn {
         if size == 0 {
             return self.publish_complete(ch, publish, properties, scanned, Bytes::new());
         }
-        self.chan(ch).content =
-            Content::Body(Box::new(BodyState { publish, properties, scanned, size, first: None, rest: BytesMut::new() }));
+        self.chan(ch).content = Content::Body(Box::new(BodyState {
+            publish,
+            properties,
+            scanned,
+            size,
+            first: None,
+            rest: BytesMut::new(),
+        }));
         Ok(())
     }
 
@@ -617,7 +759,9 @@ impl Conn {
                 _ => AmqpError::unexpected_frame("expected method frame, got non method frame instead"),
             });
         };
-        let BodyState { size, first, rest, .. } = &mut **state;
+        let BodyState {
+            size, first, rest, ..
+        } = &mut **state;
         let have = first.as_ref().map(|b| b.len()).unwrap_or(0) + rest.len();
         let total = have + payload.len();
         if total as u64 > *size {
@@ -642,12 +786,26 @@ impl Conn {
         let Content::Body(state) = std::mem::replace(&mut c.content, Content::Idle) else {
             return Ok(());
         };
-        let BodyState { publish, properties, scanned, first, rest, .. } = *state;
+        let BodyState {
+            publish,
+            properties,
+            scanned,
+            first,
+            rest,
+            ..
+        } = *state;
         let body = first.unwrap_or_else(|| rest.freeze());
         self.publish_complete(ch, publish, properties, scanned, body)
     }
 
-    fn publish_complete(&mut self, ch: u16, p: fast::Publish, properties: Bytes, scanned: Scanned, body: Bytes) -> AmqpResult<()> {
+    fn publish_complete(
+        &mut self,
+        ch: u16,
+        p: fast::Publish,
+        properties: Bytes,
+        scanned: Scanned,
+        body: Bytes,
+    ) -> AmqpResult<()> {
         let err = |e: AmqpError| e.on(CLASS_BASIC, BASIC_PUBLISH);
         let x_name = std::str::from_utf8(&p.exchange).unwrap_or("");
         let x = self.vhost.exchange(x_name).map_err(err)?;
@@ -657,7 +815,13 @@ impl Conn {
                 rs("exchange", x_name, &self.vhost.name)
             ))));
         }
-        let msg = Message::new(p.exchange.clone(), p.routing_key.clone(), properties, body, scanned);
+        let msg = Message::new(
+            p.exchange.clone(),
+            p.routing_key.clone(),
+            properties,
+            body,
+            scanned,
+        );
         if let Some(uid) = msg.user_id()
             && uid != self.user.as_bytes()
         {
@@ -674,9 +838,15 @@ impl Conn {
             && dm != 1
             && dm != 2
         {
-            return Err(err(AmqpError::precondition(format!("invalid message: {{delivery_mode_unknown,{dm}}}"))));
+            return Err(err(AmqpError::precondition(format!(
+                "invalid message: {{delivery_mode_unknown,{dm}}}"
+            ))));
         }
-        let msg = if msg.reply_to() == Some(REPLY_TO.as_bytes()) { self.with_reply_token(ch, msg).map_err(err)? } else { msg };
+        let msg = if msg.reply_to() == Some(REPLY_TO.as_bytes()) {
+            self.with_reply_token(ch, msg).map_err(err)?
+        } else {
+            msg
+        };
         self.broker.counters.published.fetch_add(1, Ordering::Relaxed);
         let msg = Arc::new(msg);
         let c = self.chan(ch);
@@ -699,20 +869,34 @@ impl Conn {
             .map(|(_, p)| p)
             .map_err(|_| AmqpError::frame_error("cannot decode content properties"))?;
         let props = props.with_reply_to(short(&format!("{REPLY_TO_PREFIX}{token}")));
-        let raw = cookie_factory::gen_simple(amq_protocol::protocol::basic::gen_properties(&props), Vec::new())
-            .map_err(|_| AmqpError::new(code::INTERNAL_ERROR, "cannot encode content properties"))?;
+        let raw =
+            cookie_factory::gen_simple(amq_protocol::protocol::basic::gen_properties(&props), Vec::new())
+                .map_err(|_| AmqpError::new(code::INTERNAL_ERROR, "cannot encode content properties"))?;
         let raw = Bytes::from(raw);
-        let scanned = properties::scan(&raw).ok_or_else(|| AmqpError::new(code::INTERNAL_ERROR, "cannot scan content properties"))?;
-        Ok(Message::new(msg.exchange, msg.routing_key, raw, msg.body, scanned))
+        let scanned = properties::scan(&raw)
+            .ok_or_else(|| AmqpError::new(code::INTERNAL_ERROR, "cannot scan content properties"))?;
+        Ok(Message::new(
+            msg.exchange,
+            msg.routing_key,
+            raw,
+            msg.body,
+            scanned,
+        ))
     }
 
     /// A publish to `amq.rabbitmq.reply-to.<token>` via the default exchange:
     /// straight to the requester's channel. Returns false if nobody is there.
     fn reply_direct(&self, msg: &Message) -> bool {
         let key = String::from_utf8_lossy(&msg.routing_key);
-        let Some(token) = key.strip_prefix(REPLY_TO_PREFIX) else { return false };
-        let Some(target) = self.vhost.reply_to.get(token).map(|t| t.clone()) else { return false };
-        target.outbox.deliver_direct(target.channel, &target.consumer_tag, msg)
+        let Some(token) = key.strip_prefix(REPLY_TO_PREFIX) else {
+            return false;
+        };
+        let Some(target) = self.vhost.reply_to.get(token).map(|t| t.clone()) else {
+            return false;
+        };
+        target
+            .outbox
+            .deliver_direct(target.channel, &target.consumer_tag, msg)
     }
 
     fn route_and_enqueue(&mut self, ch: u16, p: &fast::Publish, msg: Arc<Message>) -> AmqpResult<()> {
@@ -722,7 +906,9 @@ impl Conn {
         let mut extra = Vec::new();
         if let Some(h) = &headers {
             extra = message::cc_bcc(h).map_err(|name| {
-                AmqpError::precondition(format!("invalid message: {{unacceptable_type_in_header,\"{name}\",longstr}}"))
+                AmqpError::precondition(format!(
+                    "invalid message: {{unacceptable_type_in_header,\"{name}\",longstr}}"
+                ))
             })?;
         }
         let mut keys: Vec<&[u8]> = Vec::with_capacity(1 + extra.len());
@@ -730,13 +916,18 @@ impl Conn {
         keys.extend(extra.iter().map(|k| &k[..]));
         let mut routed = std::mem::take(&mut self.chan(ch).routed);
         routed.clear();
-        let direct = x_name.is_empty() && p.routing_key.starts_with(REPLY_TO_PREFIX.as_bytes()) && self.reply_direct(&msg);
+        let direct = x_name.is_empty()
+            && p.routing_key.starts_with(REPLY_TO_PREFIX.as_bytes())
+            && self.reply_direct(&msg);
         if !direct {
             self.vhost.route(&x, &keys, headers.as_ref(), &mut routed);
         }
         if routed.is_empty() && !direct {
             if p.mandatory {
-                self.broker.counters.unroutable_returned.fetch_add(1, Ordering::Relaxed);
+                self.broker
+                    .counters
+                    .unroutable_returned
+                    .fetch_add(1, Ordering::Relaxed);
                 let m = msg.clone();
                 self.outbox.send(|b| {
                     fast::encode_return(b, ch, code::NO_ROUTE, "NO_ROUTE", &m.exchange, &m.routing_key);
@@ -744,50 +935,79 @@ impl Conn {
                     crate::protocol::frame::encode_body(b, ch, &m.body, self.frame_max);
                 });
             } else {
-                self.broker.counters.unroutable_dropped.fetch_add(1, Ordering::Relaxed);
+                self.broker
+                    .counters
+                    .unroutable_dropped
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
+        // A persistent message in confirm mode may wait for the log: its
+        // sequence number is registered before any queue can append it.
+        let (confirm, seq) = {
+            let c = self.chan(ch);
+            (c.confirm, c.publish_seq)
+        };
+        let waiter: Option<Arc<dyn Durable>> = if confirm && msg.persistent() && !routed.is_empty() {
+            self.outbox.with(|st| {
+                if let Some(d) = st.channels.get_mut(&ch) {
+                    d.confirms.waiting.push_back(seq);
+                }
+            });
+            Some(Arc::new(ConfirmWaiter::new(self.outbox.clone(), ch, seq)))
+        } else {
+            None
+        };
         for q in routed.drain(..) {
-            q.publish(msg.clone());
+            q.publish(msg.clone(), waiter.as_ref());
         }
-        let c = self.chan(ch);
-        c.routed = routed;
-        if c.confirm {
-            c.confirm_pending = Some(c.publish_seq);
-            self.broker.counters.confirmed.fetch_add(1, Ordering::Relaxed);
+        if let Some(w) = waiter {
+            w.done(true); // routing is over: release the channel's hold
         }
+        self.chan(ch).routed = routed;
         Ok(())
     }
 }
 
 /// Deliveries settled without requeue: one call per queue.
 fn settle_all(taken: Vec<Unacked>) {
-    let mut by_queue: Vec<(Arc<Queue>, u64)> = Vec::new();
+    let mut by_queue: Vec<(Arc<Queue>, Vec<crate::queue::ready::QueuedMessage>)> = Vec::new();
     for u in taken {
         match by_queue.iter_mut().find(|(q, _)| Arc::ptr_eq(q, &u.queue)) {
-            Some((_, n)) => *n += 1,
-            None => by_queue.push((u.queue, 1)),
+            Some((_, v)) => v.push(u.qm),
+            None => by_queue.push((u.queue, vec![u.qm])),
         }
     }
-    for (q, n) in by_queue {
-        q.settled(n);
+    for (q, msgs) in by_queue {
+        q.settled(&msgs);
     }
 }
 
 /// RabbitMQ's check of the `expiration` property (`rabbit_basic:parse_expiration`).
 fn validate_expiration(raw: &[u8]) -> AmqpResult<()> {
     let s = String::from_utf8_lossy(raw);
-    let digits_end = s.char_indices().find(|(i, ch)| !(ch.is_ascii_digit() || (*i == 0 && *ch == '-'))).map(|(i, _)| i).unwrap_or(s.len());
+    let digits_end = s
+        .char_indices()
+        .find(|(i, ch)| !(ch.is_ascii_digit() || (*i == 0 && *ch == '-')))
+        .map(|(i, _)| i)
+        .unwrap_or(s.len());
     let (num, rest) = s.split_at(digits_end);
     if num.is_empty() || num == "-" {
-        return Err(AmqpError::precondition(format!("invalid expiration '{s}': no_integer")));
+        return Err(AmqpError::precondition(format!(
+            "invalid expiration '{s}': no_integer"
+        )));
     }
     if !rest.is_empty() {
-        return Err(AmqpError::precondition(format!("invalid expiration '{s}': {{leftover_string,\"{rest}\"}}")));
+        return Err(AmqpError::precondition(format!(
+            "invalid expiration '{s}': {{leftover_string,\"{rest}\"}}"
+        )));
     }
     match num.parse::<i128>() {
-        Ok(v) if v < 0 => Err(AmqpError::precondition(format!("invalid expiration '{s}': {{value_negative,{v}}}"))),
+        Ok(v) if v < 0 => Err(AmqpError::precondition(format!(
+            "invalid expiration '{s}': {{value_negative,{v}}}"
+        ))),
         Ok(_) => Ok(()),
-        Err(_) => Err(AmqpError::precondition(format!("invalid expiration '{s}': no_integer"))),
+        Err(_) => Err(AmqpError::precondition(format!(
+            "invalid expiration '{s}': no_integer"
+        ))),
     }
 }

@@ -58,7 +58,10 @@ pub fn server_properties(broker: &Broker) -> FieldTable {
         "information".into(),
         s("Warren, an AMQP 0-9-1 broker compatible with RabbitMQ clients; see the README"),
     );
-    t.insert("platform".into(), s(&format!("Rust/Tokio (warren {})", env!("CARGO_PKG_VERSION"))));
+    t.insert(
+        "platform".into(),
+        s(&format!("Rust/Tokio (warren {})", env!("CARGO_PKG_VERSION"))),
+    );
     t.insert("product".into(), s(&id.product));
     t.insert("version".into(), s(&id.version));
     t.insert("warren_version".into(), s(env!("CARGO_PKG_VERSION")));
@@ -67,7 +70,9 @@ pub fn server_properties(broker: &Broker) -> FieldTable {
 
 fn capability(props: &FieldTable, name: &str) -> bool {
     match props.inner().get("capabilities") {
-        Some(AMQPValue::FieldTable(t)) => matches!(t.inner().get(name), Some(AMQPValue::Boolean(true))),
+        Some(AMQPValue::FieldTable(t)) => {
+            matches!(t.inner().get(name), Some(AMQPValue::Boolean(true)))
+        }
         _ => false,
     }
 }
@@ -83,8 +88,15 @@ async fn read_method(sock: &mut TcpStream, buf: &mut BytesMut, frame_max: u32) -
     loop {
         match frame::decode(buf, frame_max) {
             Err(e) => return Err(Failed::Close(e)),
-            Ok(Some(Frame { kind: frame::FRAME_HEARTBEAT, .. })) => continue,
-            Ok(Some(Frame { kind: FRAME_METHOD, channel: 0, payload })) => {
+            Ok(Some(Frame {
+                kind: frame::FRAME_HEARTBEAT,
+                ..
+            })) => continue,
+            Ok(Some(Frame {
+                kind: FRAME_METHOD,
+                channel: 0,
+                payload,
+            })) => {
                 return match parse_class(&payload[..]) {
                     Ok((_, m)) => Ok(m),
                     Err(_) => Err(Failed::Silent),
@@ -101,7 +113,12 @@ async fn read_method(sock: &mut TcpStream, buf: &mut BytesMut, frame_max: u32) -
 }
 
 /// Runs the handshake. `buf` keeps any bytes read past `connection.open`.
-pub async fn run(broker: &Broker, sock: &mut TcpStream, loopback: bool, buf: &mut BytesMut) -> Result<Negotiated, Failed> {
+pub async fn run(
+    broker: &Broker,
+    sock: &mut TcpStream,
+    loopback: bool,
+    buf: &mut BytesMut,
+) -> Result<Negotiated, Failed> {
     let cfg = &broker.config.amqp;
     while buf.len() < 8 {
         match sock.read_buf(buf).await {
@@ -124,7 +141,9 @@ pub async fn run(broker: &Broker, sock: &mut TcpStream, loopback: bool, buf: &mu
     }));
     write_method(sock, &start).await.map_err(|_| Failed::Silent)?;
 
-    let AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)) = read_method(sock, buf, frame::FRAME_MIN_SIZE).await? else {
+    let AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)) =
+        read_method(sock, buf, frame::FRAME_MIN_SIZE).await?
+    else {
         return Err(Failed::Silent);
     };
     let auth_close = capability(&start_ok.client_properties, "authentication_failure_close");
@@ -134,12 +153,17 @@ pub async fn run(broker: &Broker, sock: &mut TcpStream, loopback: bool, buf: &mu
         "PLAIN" => {
             let parts: Vec<&[u8]> = response.split(|b| *b == 0).collect();
             match parts.as_slice() {
-                [[], user, pass] => {
-                    Some((String::from_utf8_lossy(user).into_owned(), String::from_utf8_lossy(pass).into_owned()))
-                }
+                [[], user, pass] => Some((
+                    String::from_utf8_lossy(user).into_owned(),
+                    String::from_utf8_lossy(pass).into_owned(),
+                )),
                 _ => {
                     return Err(Failed::Close(
-                        AmqpError::new(code::SYNTAX_ERROR, "authentication failure: response for mechanism PLAIN is invalid").on(10, 11),
+                        AmqpError::new(
+                            code::SYNTAX_ERROR,
+                            "authentication failure: response for mechanism PLAIN is invalid",
+                        )
+                        .on(10, 11),
                     ));
                 }
             }
@@ -179,20 +203,33 @@ pub async fn run(broker: &Broker, sock: &mut TcpStream, loopback: bool, buf: &mu
         heartbeat: cfg.heartbeat,
     }));
     write_method(sock, &tune).await.map_err(|_| Failed::Silent)?;
-    let AMQPClass::Connection(connection::AMQPMethod::TuneOk(tok)) = read_method(sock, buf, frame::FRAME_MIN_SIZE).await? else {
+    let AMQPClass::Connection(connection::AMQPMethod::TuneOk(tok)) =
+        read_method(sock, buf, frame::FRAME_MIN_SIZE).await?
+    else {
         return Err(Failed::Silent);
     };
     negotiate("channel_max", 1, cfg.channel_max as u32, tok.channel_max as u32)?;
     negotiate("frame_max", frame::FRAME_MIN_SIZE, cfg.frame_max, tok.frame_max)?;
-    let channel_max = if tok.channel_max == 0 { cfg.channel_max } else { tok.channel_max };
-    let frame_max = if tok.frame_max == 0 { cfg.frame_max } else { tok.frame_max };
+    let channel_max = if tok.channel_max == 0 {
+        cfg.channel_max
+    } else {
+        tok.channel_max
+    };
+    let frame_max = if tok.frame_max == 0 {
+        cfg.frame_max
+    } else {
+        tok.frame_max
+    };
 
-    let AMQPClass::Connection(connection::AMQPMethod::Open(open)) = read_method(sock, buf, frame_max).await? else {
+    let AMQPClass::Connection(connection::AMQPMethod::Open(open)) = read_method(sock, buf, frame_max).await?
+    else {
         return Err(Failed::Silent);
     };
     let vhost_name = open.virtual_host.to_string();
     let Some(vhost) = broker.vhost(&vhost_name) else {
-        return Err(Failed::Close(AmqpError::not_allowed(format!("vhost {vhost_name} not found")).on(10, 40)));
+        return Err(Failed::Close(
+            AmqpError::not_allowed(format!("vhost {vhost_name} not found")).on(10, 40),
+        ));
     };
     let ok = AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {}));
     write_method(sock, &ok).await.map_err(|_| Failed::Silent)?;
@@ -209,7 +246,11 @@ pub async fn run(broker: &Broker, sock: &mut TcpStream, loopback: bool, buf: &mu
 
 /// RabbitMQ's `validate_negotiated_integer_value`.
 fn negotiate(field: &str, min: u32, server: u32, client: u32) -> Result<(), Failed> {
-    let detail = if field == "channel_max" && client == 0 { " (no limit)" } else { "" };
+    let detail = if field == "channel_max" && client == 0 {
+        " (no limit)"
+    } else {
+        ""
+    };
     let fail = |dir: &str, bound: &str, v: u32| {
         Err(Failed::Close(
             AmqpError::not_allowed(format!(

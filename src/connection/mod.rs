@@ -50,27 +50,33 @@ pub struct Conn {
 }
 
 /// Serves one accepted socket until it closes.
-pub async fn serve(broker: Arc<Broker>, mut sock: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    broker: Arc<Broker>,
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let _ = sock.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let timeout = Duration::from_millis(broker.config.amqp.handshake_timeout_ms);
     let loopback = peer.ip().is_loopback();
-    let neg = match tokio::time::timeout(timeout, handshake::run(&broker, &mut sock, loopback, &mut buf)).await {
-        Ok(Ok(n)) => n,
-        Ok(Err(handshake::Failed::Close(e))) => {
-            tracing::info!(%peer, error = %e, "handshake refused");
-            handshake::refuse(&mut sock, &e).await;
-            return;
-        }
-        Ok(Err(handshake::Failed::Silent)) => {
-            tracing::debug!(%peer, "handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(%peer, "handshake timed out");
-            return;
-        }
-    };
+    let neg =
+        match tokio::time::timeout(timeout, handshake::run(&broker, &mut sock, loopback, &mut buf)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(handshake::Failed::Close(e))) => {
+                tracing::info!(%peer, error = %e, "handshake refused");
+                handshake::refuse(&mut sock, &e).await;
+                return;
+            }
+            Ok(Err(handshake::Failed::Silent)) => {
+                tracing::debug!(%peer, "handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "handshake timed out");
+                return;
+            }
+        };
     let id = broker.next_connection_id();
     tracing::info!(%peer, conn = id, user = %neg.user, vhost = %neg.vhost.name, "connection opened");
     broker.counters.connections.fetch_add(1, Ordering::Relaxed);
@@ -164,7 +170,11 @@ impl Conn {
                 Ok(Err(_)) => return "socket error",
                 Err(why) => {
                     if why.starts_with("missed") {
-                        tracing::warn!(conn = self.id, "missed heartbeats from client, timeout: {}s", heartbeat);
+                        tracing::warn!(
+                            conn = self.id,
+                            "missed heartbeats from client, timeout: {}s",
+                            heartbeat
+                        );
                     }
                     return why;
                 }
@@ -175,17 +185,22 @@ impl Conn {
     fn handle_frame(&mut self, f: Frame) -> Flow {
         if self.closing {
             // After connection.close only close / close-ok matter.
-            if f.kind == FRAME_METHOD && f.channel == 0
-                && let Ok((_, AMQPClass::Connection(m))) = crate::protocol::parse_class(&f.payload[..]) {
-                    match m {
-                        conm::AMQPMethod::CloseOk(_) => return Flow::Stop("closed by broker"),
-                        conm::AMQPMethod::Close(_) => {
-                            self.send_method(0, &AMQPClass::Connection(conm::AMQPMethod::CloseOk(conm::CloseOk {})));
-                            return Flow::Stop("closed by broker");
-                        }
-                        _ => {}
+            if f.kind == FRAME_METHOD
+                && f.channel == 0
+                && let Ok((_, AMQPClass::Connection(m))) = crate::protocol::parse_class(&f.payload[..])
+            {
+                match m {
+                    conm::AMQPMethod::CloseOk(_) => return Flow::Stop("closed by broker"),
+                    conm::AMQPMethod::Close(_) => {
+                        self.send_method(
+                            0,
+                            &AMQPClass::Connection(conm::AMQPMethod::CloseOk(conm::CloseOk {})),
+                        );
+                        return Flow::Stop("closed by broker");
                     }
+                    _ => {}
                 }
+            }
             return Flow::Continue;
         }
         let result = match (f.kind, f.channel) {
@@ -212,15 +227,23 @@ impl Conn {
             AMQPClass::Connection(conm::AMQPMethod::Close(c)) => {
                 tracing::debug!(conn = self.id, code = c.reply_code, text = %c.reply_text, "client closed connection");
                 self.release_all_channels();
-                self.send_method(0, &AMQPClass::Connection(conm::AMQPMethod::CloseOk(conm::CloseOk {})));
+                self.send_method(
+                    0,
+                    &AMQPClass::Connection(conm::AMQPMethod::CloseOk(conm::CloseOk {})),
+                );
                 Ok(Flow::Stop("client closed the connection"))
             }
             AMQPClass::Connection(conm::AMQPMethod::CloseOk(_)) => Ok(Flow::Stop("closed")),
             AMQPClass::Connection(conm::AMQPMethod::UpdateSecret(_)) => {
-                self.send_method(0, &AMQPClass::Connection(conm::AMQPMethod::UpdateSecretOk(conm::UpdateSecretOk {})));
+                self.send_method(
+                    0,
+                    &AMQPClass::Connection(conm::AMQPMethod::UpdateSecretOk(conm::UpdateSecretOk {})),
+                );
                 Ok(Flow::Continue)
             }
-            AMQPClass::Connection(conm::AMQPMethod::Blocked(_) | conm::AMQPMethod::Unblocked(_)) => Ok(Flow::Continue),
+            AMQPClass::Connection(conm::AMQPMethod::Blocked(_) | conm::AMQPMethod::Unblocked(_)) => {
+                Ok(Flow::Continue)
+            }
             other => Err(AmqpError::command_invalid(format!(
                 "method {}.{} is not valid on channel 0",
                 other.get_amqp_class_id(),
@@ -235,18 +258,22 @@ impl Conn {
             if chan.closing {
                 // Waiting for channel.close-ok: everything else is dropped.
                 if f.kind == FRAME_METHOD
-                    && let Ok(AMQPClass::Channel(m)) = decode_method(&f.payload) {
-                        match m {
-                            chm::AMQPMethod::CloseOk(_) => {
-                                self.channels.remove(&ch);
-                            }
-                            chm::AMQPMethod::Close(_) => {
-                                self.channels.remove(&ch);
-                                self.send_method(ch, &AMQPClass::Channel(chm::AMQPMethod::CloseOk(chm::CloseOk {})));
-                            }
-                            _ => {}
+                    && let Ok(AMQPClass::Channel(m)) = decode_method(&f.payload)
+                {
+                    match m {
+                        chm::AMQPMethod::CloseOk(_) => {
+                            self.channels.remove(&ch);
                         }
+                        chm::AMQPMethod::Close(_) => {
+                            self.channels.remove(&ch);
+                            self.send_method(
+                                ch,
+                                &AMQPClass::Channel(chm::AMQPMethod::CloseOk(chm::CloseOk {})),
+                            );
+                        }
+                        _ => {}
                     }
+                }
                 return Ok(Flow::Continue);
             }
         } else {
@@ -289,10 +316,7 @@ impl Conn {
             st.channels.insert(ch, ChannelDeliveries::default());
         });
         self.broker.counters.channels.fetch_add(1, Ordering::Relaxed);
-        self.send_method(
-            ch,
-            &AMQPClass::Channel(chm::AMQPMethod::OpenOk(chm::OpenOk {})),
-        );
+        self.send_method(ch, &AMQPClass::Channel(chm::AMQPMethod::OpenOk(chm::OpenOk {})));
         Ok(())
     }
 
@@ -370,8 +394,12 @@ impl Conn {
     /// Work deferred to the end of a read batch: coalesced confirms.
     fn end_of_batch(&mut self) {
         let outbox = &self.outbox;
+        let mut n = 0;
         for (id, c) in self.channels.iter_mut() {
-            c.flush_confirms(*id, outbox);
+            n += c.flush_confirms(*id, outbox);
+        }
+        if n > 0 {
+            self.broker.counters.confirmed.fetch_add(n, Ordering::Relaxed);
         }
     }
 }

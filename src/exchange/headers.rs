@@ -43,9 +43,8 @@ fn x_match_str(s: &str) -> Result<XMatch, String> {
 /// compared by bytes whichever string type carried them.
 fn value_eq(a: &AMQPValue, b: &AMQPValue) -> bool {
     match (a, b) {
-        (AMQPValue::LongString(x), AMQPValue::ShortString(y)) | (AMQPValue::ShortString(y), AMQPValue::LongString(x)) => {
-            x.as_bytes() == y.as_str().as_bytes()
-        }
+        (AMQPValue::LongString(x), AMQPValue::ShortString(y))
+        | (AMQPValue::ShortString(y), AMQPValue::LongString(x)) => x.as_bytes() == y.as_str().as_bytes(),
         _ => a == b,
     }
 }

@@ -112,12 +112,30 @@ impl Exchange {
         internal: bool,
         arguments: FieldTable,
     ) -> Self {
-        let alternate = arguments.inner().get("alternate-exchange").and_then(crate::queue::args::as_str);
-        Exchange { name, vhost, kind, durable, auto_delete, internal, arguments, alternate, bindings: RwLock::default() }
+        let alternate = arguments
+            .inner()
+            .get("alternate-exchange")
+            .and_then(crate::queue::args::as_str);
+        Exchange {
+            name,
+            vhost,
+            kind,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+            alternate,
+            bindings: RwLock::default(),
+        }
     }
 
     /// Adds a binding; `Err` carries a bad `x-match` value. Duplicate = no-op.
-    pub fn bind(&self, destination: Destination, routing_key: &str, arguments: FieldTable) -> Result<(), String> {
+    pub fn bind(
+        &self,
+        destination: Destination,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<(), String> {
         let matcher = match self.kind {
             Kind::Direct => Matcher::Exact,
             Kind::Fanout => Matcher::All,
@@ -125,10 +143,17 @@ impl Exchange {
             Kind::Headers => Matcher::Headers(headers::x_match(&arguments)?),
         };
         let mut b = self.bindings.write();
-        if b.list.iter().any(|x| x.destination.same(&destination) && x.routing_key == routing_key && x.arguments == arguments) {
+        if b.list.iter().any(|x| {
+            x.destination.same(&destination) && x.routing_key == routing_key && x.arguments == arguments
+        }) {
             return Ok(());
         }
-        b.list.push(Binding { destination, routing_key: routing_key.to_string(), arguments, matcher });
+        b.list.push(Binding {
+            destination,
+            routing_key: routing_key.to_string(),
+            arguments,
+            matcher,
+        });
         b.reindex();
         Ok(())
     }
@@ -137,7 +162,9 @@ impl Exchange {
     pub fn unbind(&self, destination: &Destination, routing_key: &str, arguments: &FieldTable) -> bool {
         let mut b = self.bindings.write();
         let before = b.list.len();
-        b.list.retain(|x| !(x.destination.same(destination) && x.routing_key == routing_key && &x.arguments == arguments));
+        b.list.retain(|x| {
+            !(x.destination.same(destination) && x.routing_key == routing_key && &x.arguments == arguments)
+        });
         let removed = b.list.len() != before;
         if removed {
             b.reindex();
@@ -166,7 +193,11 @@ impl Exchange {
     }
 
     pub fn has_binding_to(&self, destination: &Destination) -> bool {
-        self.bindings.read().list.iter().any(|b| b.destination.same(destination))
+        self.bindings
+            .read()
+            .list
+            .iter()
+            .any(|b| b.destination.same(destination))
     }
 
     /// Appends the destinations matching a message to `out`.
@@ -174,7 +205,9 @@ impl Exchange {
         let b = self.bindings.read();
         match self.kind {
             Kind::Direct => {
-                let Ok(key) = std::str::from_utf8(routing_key) else { return };
+                let Ok(key) = std::str::from_utf8(routing_key) else {
+                    return;
+                };
                 if let Some(ix) = b.by_key.get(key) {
                     out.extend(ix.iter().map(|i| b.list[*i].destination.clone()));
                 }

@@ -38,11 +38,21 @@ fn unauthorized() -> Response {
 /// HTTP basic auth against the broker's users (loopback rules apply as for AMQP).
 fn authorized(broker: &Broker, headers: &HeaderMap) -> bool {
     use base64::Engine;
-    let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
-    let Some(b64) = v.strip_prefix("Basic ") else { return false };
-    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else { return false };
-    let Ok(text) = String::from_utf8(raw) else { return false };
-    let Some((user, pass)) = text.split_once(':') else { return false };
+    let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some(b64) = v.strip_prefix("Basic ") else {
+        return false;
+    };
+    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
+        return false;
+    };
+    let Ok(text) = String::from_utf8(raw) else {
+        return false;
+    };
+    let Some((user, pass)) = text.split_once(':') else {
+        return false;
+    };
     // The management listener is not told the peer here; loopback-only users
     // are accepted, as the listener binds where the operator chose.
     broker.authenticate(user, pass, true)

@@ -31,7 +31,10 @@ pub fn method_ids(payload: &[u8]) -> Option<(u16, u16)> {
     if payload.len() < 4 {
         return None;
     }
-    Some((u16::from_be_bytes([payload[0], payload[1]]), u16::from_be_bytes([payload[2], payload[3]])))
+    Some((
+        u16::from_be_bytes([payload[0], payload[1]]),
+        u16::from_be_bytes([payload[2], payload[3]]),
+    ))
 }
 
 fn short_str(p: &Bytes, at: &mut usize) -> Option<Bytes> {
@@ -57,7 +60,12 @@ pub fn parse_publish(p: &Bytes) -> Option<Publish> {
     if at + 1 != p.len() {
         return None;
     }
-    Some(Publish { exchange, routing_key, mandatory: bits & 1 != 0, immediate: bits & 2 != 0 })
+    Some(Publish {
+        exchange,
+        routing_key,
+        mandatory: bits & 1 != 0,
+        immediate: bits & 2 != 0,
+    })
 }
 
 /// Parses a `basic.ack` payload (ids included).
@@ -67,7 +75,10 @@ pub fn parse_ack(p: &[u8]) -> Option<Ack> {
     }
     let mut tag = [0u8; 8];
     tag.copy_from_slice(&p[4..12]);
-    Some(Ack { delivery_tag: u64::from_be_bytes(tag), multiple: p[12] & 1 != 0 })
+    Some(Ack {
+        delivery_tag: u64::from_be_bytes(tag),
+        multiple: p[12] & 1 != 0,
+    })
 }
 
 #[inline]
@@ -122,7 +133,14 @@ pub fn encode_get_ok(
 }
 
 /// `basic.return` method frame.
-pub fn encode_return(out: &mut BytesMut, channel: u16, code: u16, text: &str, exchange: &[u8], routing_key: &[u8]) {
+pub fn encode_return(
+    out: &mut BytesMut,
+    channel: u16,
+    code: u16,
+    text: &str,
+    exchange: &[u8],
+    routing_key: &[u8],
+) {
     let at = begin(out, FRAME_METHOD, channel);
     out.put_u16(CLASS_BASIC);
     out.put_u16(50);
@@ -162,14 +180,29 @@ mod tests {
             immediate: false,
         }));
         let p = parse_publish(&encode(&m)).unwrap();
-        assert_eq!((&p.exchange[..], &p.routing_key[..], p.mandatory, p.immediate), (&b"ex"[..], &b"a.b"[..], true, false));
-        assert_eq!(parse_publish(&Bytes::from_static(&[0, 60, 0, 40, 0, 0, 5, b'a'])), None);
+        assert_eq!(
+            (&p.exchange[..], &p.routing_key[..], p.mandatory, p.immediate),
+            (&b"ex"[..], &b"a.b"[..], true, false)
+        );
+        assert_eq!(
+            parse_publish(&Bytes::from_static(&[0, 60, 0, 40, 0, 0, 5, b'a'])),
+            None
+        );
     }
 
     #[test]
     fn ack_matches_amq_protocol() {
-        let m = AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack { delivery_tag: 77, multiple: true }));
-        assert_eq!(parse_ack(&encode(&m)), Some(Ack { delivery_tag: 77, multiple: true }));
+        let m = AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+            delivery_tag: 77,
+            multiple: true,
+        }));
+        assert_eq!(
+            parse_ack(&encode(&m)),
+            Some(Ack {
+                delivery_tag: 77,
+                multiple: true
+            })
+        );
     }
 
     #[test]
@@ -204,6 +237,8 @@ mod tests {
             }))
         );
         assert!(matches!(&got[2], AMQPClass::Basic(basic::AMQPMethod::Return(r)) if r.reply_code == 312));
-        assert!(matches!(&got[3], AMQPClass::Basic(basic::AMQPMethod::Nack(n)) if n.delivery_tag == 11 && n.multiple && !n.requeue));
+        assert!(
+            matches!(&got[3], AMQPClass::Basic(basic::AMQPMethod::Nack(n)) if n.delivery_tag == 11 && n.multiple && !n.requeue)
+        );
     }
 }

@@ -7,20 +7,26 @@ pub mod frame;
 pub mod properties;
 
 use crate::error::AmqpError;
-use properties::Scanned;
 pub use amq_protocol::protocol::{AMQPClass, parse_class};
 pub use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use properties::Scanned;
 
 /// Whether a class/method pair is one the spec defines for a client to send
 /// or receive; used to tell an unknown method (503) from a malformed one (501).
 pub fn known_method(class: u16, method: u16) -> bool {
     match class {
-        10 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61 | 70 | 71),
+        10 => matches!(
+            method,
+            10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61 | 70 | 71
+        ),
         20 => matches!(method, 10 | 11 | 20 | 21 | 40 | 41),
         30 => matches!(method, 10 | 11),
         40 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 51),
         50 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51),
-        60 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 50 | 60 | 70 | 71 | 72 | 80 | 90 | 100 | 110 | 111 | 120),
+        60 => matches!(
+            method,
+            10 | 11 | 20 | 21 | 30 | 31 | 40 | 50 | 60 | 70 | 71 | 72 | 80 | 90 | 100 | 110 | 111 | 120
+        ),
         85 => matches!(method, 10 | 11),
         90 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31),
         _ => false,
@@ -65,7 +71,11 @@ pub fn decode_all(data: &[u8]) {
                 }
                 frame::FRAME_HEADER if f.payload.len() >= 12 => {
                     let raw = &f.payload[12..];
-                    if let Some(Scanned { headers: Some((a, b)), .. }) = properties::scan(raw) {
+                    if let Some(Scanned {
+                        headers: Some((a, b)),
+                        ..
+                    }) = properties::scan(raw)
+                    {
                         let _ = properties::parse_table(&raw[a..b]);
                     }
                 }

@@ -107,7 +107,9 @@ fn values_equal(a: &AMQPValue, b: &AMQPValue) -> bool {
 /// Validates `arguments` for queue `name`; returns the typed view.
 pub fn parse(arguments: &FieldTable, name: &str, vhost: &str) -> AmqpResult<QueueArgs> {
     let invalid = |key: &str, why: String| {
-        AmqpError::precondition(format!("invalid arg '{key}' for queue '{name}' in vhost '{vhost}': {why}"))
+        AmqpError::precondition(format!(
+            "invalid arg '{key}' for queue '{name}' in vhost '{vhost}': {why}"
+        ))
     };
     let int = |key: &str, v: &AMQPValue, min: i128, max: i128| -> AmqpResult<u64> {
         let i = as_int(v).ok_or_else(|| invalid(key, format!("{{unacceptable_type,{}}}", type_name(v))))?;
@@ -136,7 +138,8 @@ pub fn parse(arguments: &FieldTable, name: &str, vhost: &str) -> AmqpResult<Queu
             "x-delivery-limit" => a.delivery_limit = Some(int(key, v, 0, i64::MAX as i128)?),
             "x-consumer-timeout" => a.consumer_timeout = Some(int(key, v, 0, i64::MAX as i128)?),
             "x-max-priority" => {
-                let i = as_int(v).ok_or_else(|| invalid(key, format!("{{unacceptable_type,{}}}", type_name(v))))?;
+                let i = as_int(v)
+                    .ok_or_else(|| invalid(key, format!("{{unacceptable_type,{}}}", type_name(v))))?;
                 if i < 0 {
                     return Err(invalid(key, format!("{{value_negative,{i}}}")));
                 }
@@ -156,7 +159,12 @@ pub fn parse(arguments: &FieldTable, name: &str, vhost: &str) -> AmqpResult<Queu
             "x-dead-letter-routing-key" => a.dead_letter_routing_key = Some(string(key, v)?),
             "x-single-active-consumer" => match v {
                 AMQPValue::Boolean(b) => a.single_active_consumer = *b,
-                other => return Err(invalid(key, format!("{{unacceptable_type,{}}}", type_name(other)))),
+                other => {
+                    return Err(invalid(
+                        key,
+                        format!("{{unacceptable_type,{}}}", type_name(other)),
+                    ));
+                }
             },
             "x-queue-mode" => {
                 let s = string(key, v)?;
@@ -165,7 +173,8 @@ pub fn parse(arguments: &FieldTable, name: &str, vhost: &str) -> AmqpResult<Queu
                 }
             }
             "x-queue-version" => {
-                let i = as_int(v).ok_or_else(|| invalid(key, format!("{{unacceptable_type,{}}}", type_name(v))))?;
+                let i = as_int(v)
+                    .ok_or_else(|| invalid(key, format!("{{unacceptable_type,{}}}", type_name(v))))?;
                 if !(1..=2).contains(&i) {
                     return Err(invalid(key, format!("{{unacceptable_queue_version,{i}}}")));
                 }
@@ -173,20 +182,31 @@ pub fn parse(arguments: &FieldTable, name: &str, vhost: &str) -> AmqpResult<Queu
             "x-queue-type" => {
                 let s = string(key, v)?;
                 if s != "classic" {
-                    return Err(invalid(key, format!("{{unsupported_queue_type,<<\"{s}\">>}} (Warren runs classic queues only)")));
+                    return Err(invalid(
+                        key,
+                        format!("{{unsupported_queue_type,<<\"{s}\">>}} (Warren runs classic queues only)"),
+                    ));
                 }
             }
             _ => {}
         }
     }
     if a.dead_letter_routing_key.is_some() && a.dead_letter_exchange.is_none() {
-        return Err(invalid("x-dead-letter-routing-key", "routing_key_but_no_dlx_defined".to_string()));
+        return Err(invalid(
+            "x-dead-letter-routing-key",
+            "routing_key_but_no_dlx_defined".to_string(),
+        ));
     }
     Ok(a)
 }
 
 /// RabbitMQ's check that a redeclare matches the existing queue's arguments.
-pub fn check_equivalent(current: &FieldTable, received: &FieldTable, name: &str, vhost: &str) -> AmqpResult<()> {
+pub fn check_equivalent(
+    current: &FieldTable,
+    received: &FieldTable,
+    name: &str,
+    vhost: &str,
+) -> AmqpResult<()> {
     for key in EQUIVALENCE_KEYS {
         let c = current.inner().get(*key);
         let r = received.inner().get(*key);
@@ -194,7 +214,9 @@ pub fn check_equivalent(current: &FieldTable, received: &FieldTable, name: &str,
             (None, None) => true,
             (Some(a), Some(b)) => values_equal(a, b),
             // An absent x-queue-type is the same as "classic".
-            (Some(v), None) | (None, Some(v)) if *key == "x-queue-type" => as_str(v).as_deref() == Some("classic"),
+            (Some(v), None) | (None, Some(v)) if *key == "x-queue-type" => {
+                as_str(v).as_deref() == Some("classic")
+            }
             _ => false,
         };
         if !same {
@@ -225,7 +247,10 @@ mod tests {
     #[test]
     fn validators_and_texts() {
         let e = parse(&t("x-max-priority", AMQPValue::LongInt(300)), "q", "/").unwrap_err();
-        assert_eq!(e.reply_text(), "PRECONDITION_FAILED - invalid arg 'x-max-priority' for queue 'q' in vhost '/': {max_value_exceeded,300}");
+        assert_eq!(
+            e.reply_text(),
+            "PRECONDITION_FAILED - invalid arg 'x-max-priority' for queue 'q' in vhost '/': {max_value_exceeded,300}"
+        );
         let e = parse(&t("x-expires", AMQPValue::LongInt(0)), "q", "/").unwrap_err();
         assert!(e.explanation.ends_with("{value_zero,0}"));
         let e = parse(&t("x-message-ttl", AMQPValue::LongString("1".into())), "q", "/").unwrap_err();
@@ -236,13 +261,43 @@ mod tests {
 
     #[test]
     fn equivalence_texts() {
-        let e = check_equivalent(&FieldTable::default(), &t("x-message-ttl", AMQPValue::LongInt(10)), "q", "/").unwrap_err();
+        let e = check_equivalent(
+            &FieldTable::default(),
+            &t("x-message-ttl", AMQPValue::LongInt(10)),
+            "q",
+            "/",
+        )
+        .unwrap_err();
         assert_eq!(
             e.explanation,
             "inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received the value '10' of type 'signedint' but current is none"
         );
-        assert!(check_equivalent(&t("x-message-ttl", AMQPValue::LongInt(10)), &t("x-message-ttl", AMQPValue::LongLongInt(10)), "q", "/").is_ok());
-        assert!(check_equivalent(&FieldTable::default(), &t("x-queue-type", AMQPValue::LongString("classic".into())), "q", "/").is_ok());
-        assert!(check_equivalent(&FieldTable::default(), &t("x-other", AMQPValue::LongInt(1)), "q", "/").is_ok());
+        assert!(
+            check_equivalent(
+                &t("x-message-ttl", AMQPValue::LongInt(10)),
+                &t("x-message-ttl", AMQPValue::LongLongInt(10)),
+                "q",
+                "/"
+            )
+            .is_ok()
+        );
+        assert!(
+            check_equivalent(
+                &FieldTable::default(),
+                &t("x-queue-type", AMQPValue::LongString("classic".into())),
+                "q",
+                "/"
+            )
+            .is_ok()
+        );
+        assert!(
+            check_equivalent(
+                &FieldTable::default(),
+                &t("x-other", AMQPValue::LongInt(1)),
+                "q",
+                "/"
+            )
+            .is_ok()
+        );
     }
 }

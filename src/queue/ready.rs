@@ -3,6 +3,7 @@
 //! (ordered by the queue-local sequence number they got at enqueue).
 
 use crate::message::Message;
+use crate::store::Slot;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -12,6 +13,8 @@ pub struct QueuedMessage {
     pub seq: u64,
     pub msg: Arc<Message>,
     pub redelivered: bool,
+    /// The message's record in the log (persistent message, durable queue).
+    pub slot: Option<Arc<Slot>>,
 }
 
 #[derive(Debug)]
@@ -25,7 +28,11 @@ pub struct ReadyList {
 impl ReadyList {
     pub fn new(max_priority: Option<u8>) -> Self {
         let n = max_priority.map(|p| p as usize + 1).unwrap_or(1);
-        ReadyList { levels: (0..n).map(|_| VecDeque::new()).collect(), len: 0, bytes: 0 }
+        ReadyList {
+            levels: (0..n).map(|_| VecDeque::new()).collect(),
+            len: 0,
+            bytes: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -77,14 +84,15 @@ impl ReadyList {
         Some(qm)
     }
 
-    pub fn clear(&mut self) -> usize {
-        let n = self.len;
+    /// Empties the list, returning what was in it.
+    pub fn drain(&mut self) -> Vec<QueuedMessage> {
+        let mut out = Vec::with_capacity(self.len);
         for l in &mut self.levels {
-            l.clear();
+            out.extend(l.drain(..));
         }
         self.len = 0;
         self.bytes = 0;
-        n
+        out
     }
 }
 
@@ -95,9 +103,23 @@ mod tests {
     use bytes::Bytes;
 
     fn qm(seq: u64, prio: Option<u8>) -> QueuedMessage {
-        let scanned = Scanned { priority: prio, ..Default::default() };
-        let msg = Arc::new(Message::new(Bytes::new(), Bytes::new(), Bytes::new(), Bytes::from_static(b"x"), scanned));
-        QueuedMessage { seq, msg, redelivered: false }
+        let scanned = Scanned {
+            priority: prio,
+            ..Default::default()
+        };
+        let msg = Arc::new(Message::new(
+            Bytes::new(),
+            Bytes::new(),
+            Bytes::new(),
+            Bytes::from_static(b"x"),
+            scanned,
+        ));
+        QueuedMessage {
+            seq,
+            msg,
+            redelivered: false,
+            slot: None,
+        }
     }
 
     #[test]

@@ -10,11 +10,12 @@ use super::Queue;
 use super::ready::QueuedMessage;
 use crate::protocol::fast;
 use crate::protocol::frame;
+use crate::store::Durable;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use tokio::sync::Notify;
 
 /// Per-consumer prefetch (RabbitMQ's `global=false` QoS). Changed only under
@@ -41,9 +42,106 @@ pub struct ConsumerEntry {
     pub no_ack: bool,
 }
 
+/// Publisher confirms of one channel. Sequence numbers whose message went to
+/// the log wait in `waiting` until the persister has synced it; everything
+/// else is confirmable as soon as the reader has routed it. Confirms go out
+/// as `basic.ack(multiple)` up to the first still-waiting number.
+#[derive(Debug, Default)]
+pub struct ConfirmTracker {
+    /// Highest sequence number the reader has finished routing.
+    pub published: u64,
+    /// Still waiting for the log, ascending.
+    pub waiting: VecDeque<u64>,
+    /// Completed but failed: nacked instead of acked.
+    pub failed: BTreeSet<u64>,
+    /// Confirms have been sent up to here.
+    pub confirmed: u64,
+}
+
+impl ConfirmTracker {
+    /// Marks `seq` as written (or failed).
+    pub fn complete(&mut self, seq: u64, ok: bool) {
+        if let Some(pos) = self.waiting.iter().position(|s| *s == seq) {
+            self.waiting.remove(pos);
+        }
+        if !ok {
+            self.failed.insert(seq);
+        }
+    }
+
+    /// Encodes the confirms that became sendable; returns how many.
+    pub fn flush(&mut self, channel: u16, buf: &mut BytesMut) -> u64 {
+        let upto = match self.waiting.front() {
+            Some(w) => (w - 1).min(self.published),
+            None => self.published,
+        };
+        if upto <= self.confirmed {
+            return 0;
+        }
+        if self.failed.is_empty() {
+            fast::encode_confirm(buf, channel, upto, true, true);
+        } else {
+            for s in self.confirmed + 1..=upto {
+                let ok = !self.failed.remove(&s);
+                fast::encode_confirm(buf, channel, s, false, ok);
+            }
+        }
+        let n = upto - self.confirmed;
+        self.confirmed = upto;
+        n
+    }
+}
+
+/// The confirm of one persistent publish: released when every log append
+/// it waits for is synced. Created with one hold, released by the channel
+/// once routing is done, so it cannot complete half-way through routing.
+pub struct ConfirmWaiter {
+    pub outbox: Arc<Outbox>,
+    pub channel: u16,
+    pub seq: u64,
+    remaining: AtomicUsize,
+    ok: AtomicBool,
+}
+
+impl ConfirmWaiter {
+    pub fn new(outbox: Arc<Outbox>, channel: u16, seq: u64) -> Self {
+        ConfirmWaiter {
+            outbox,
+            channel,
+            seq,
+            remaining: AtomicUsize::new(1),
+            ok: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Durable for ConfirmWaiter {
+    fn add(&self) {
+        self.remaining.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn done(&self, ok: bool) {
+        if !ok {
+            self.ok.store(false, Ordering::Release);
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let ok = self.ok.load(Ordering::Acquire);
+            let (ch, seq) = (self.channel, self.seq);
+            self.outbox.with(|st| {
+                let OutState { buf, channels, .. } = st;
+                if let Some(d) = channels.get_mut(&ch) {
+                    d.confirms.complete(seq, ok);
+                    d.confirms.flush(ch, buf);
+                }
+            });
+        }
+    }
+}
+
 /// What one channel's deliveries share between the queues and the reader.
 #[derive(Debug, Default)]
 pub struct ChannelDeliveries {
+    pub confirms: ConfirmTracker,
     pub next_tag: u64,
     pub unacked: BTreeMap<u64, Unacked>,
     /// RabbitMQ's `global=true` QoS: shared by the channel's consumers.
@@ -195,8 +293,15 @@ impl Outbox {
             return Err(Refused::Busy);
         }
         let was_empty = st.buf.is_empty();
-        let OutState { buf, channels, frame_max, .. } = &mut *st;
-        let Some(ch) = channels.get_mut(&channel) else { return Err(Refused::Gone) };
+        let OutState {
+            buf,
+            channels,
+            frame_max,
+            ..
+        } = &mut *st;
+        let Some(ch) = channels.get_mut(&channel) else {
+            return Err(Refused::Gone);
+        };
         if !no_ack {
             let limit = credit.limit.load(Ordering::Relaxed);
             if limit != 0 && credit.unacked.load(Ordering::Relaxed) >= limit {
@@ -209,13 +314,28 @@ impl Outbox {
         ch.next_tag += 1;
         let tag = ch.next_tag;
         let m = &qm.msg;
-        fast::encode_deliver(buf, channel, consumer_tag, tag, qm.redelivered, &m.exchange, &m.routing_key);
+        fast::encode_deliver(
+            buf,
+            channel,
+            consumer_tag,
+            tag,
+            qm.redelivered,
+            &m.exchange,
+            &m.routing_key,
+        );
         frame::encode_content_header(buf, channel, m.body_size(), &m.properties);
         frame::encode_body(buf, channel, &m.body, *frame_max);
         if !no_ack {
             credit.unacked.fetch_add(1, Ordering::Relaxed);
             ch.global_unacked += 1;
-            ch.unacked.insert(tag, Unacked { queue: queue.clone(), qm: qm.clone(), credit: Some(credit.clone()) });
+            ch.unacked.insert(
+                tag,
+                Unacked {
+                    queue: queue.clone(),
+                    qm: qm.clone(),
+                    credit: Some(credit.clone()),
+                },
+            );
         }
         drop(st);
         if was_empty {
@@ -228,13 +348,27 @@ impl Outbox {
     /// if the channel is gone (the reply is then lost, as in RabbitMQ).
     pub fn deliver_direct(&self, channel: u16, consumer_tag: &[u8], msg: &crate::message::Message) -> bool {
         self.with(|st| {
-            let OutState { buf, channels, frame_max, closed, .. } = st;
+            let OutState {
+                buf,
+                channels,
+                frame_max,
+                closed,
+                ..
+            } = st;
             let ch = match channels.get_mut(&channel) {
                 Some(ch) if !*closed => ch,
                 _ => return false,
             };
             ch.next_tag += 1;
-            fast::encode_deliver(buf, channel, consumer_tag, ch.next_tag, false, &msg.exchange, &msg.routing_key);
+            fast::encode_deliver(
+                buf,
+                channel,
+                consumer_tag,
+                ch.next_tag,
+                false,
+                &msg.exchange,
+                &msg.routing_key,
+            );
             frame::encode_content_header(buf, channel, msg.body_size(), &msg.properties);
             frame::encode_body(buf, channel, &msg.body, *frame_max);
             true
@@ -242,9 +376,22 @@ impl Outbox {
     }
 
     /// Encodes a `basic.get-ok` (never limited by prefetch).
-    pub fn get_ok(&self, channel: u16, no_ack: bool, queue: &Arc<Queue>, qm: QueuedMessage, remaining: u32) -> Result<(), QueuedMessage> {
+    pub fn get_ok(
+        &self,
+        channel: u16,
+        no_ack: bool,
+        queue: &Arc<Queue>,
+        qm: QueuedMessage,
+        remaining: u32,
+    ) -> Result<(), QueuedMessage> {
         self.with(|st| {
-            let OutState { buf, channels, frame_max, closed, .. } = st;
+            let OutState {
+                buf,
+                channels,
+                frame_max,
+                closed,
+                ..
+            } = st;
             let ch = match channels.get_mut(&channel) {
                 Some(ch) if !*closed => ch,
                 _ => return Err(qm),
@@ -252,11 +399,26 @@ impl Outbox {
             ch.next_tag += 1;
             let tag = ch.next_tag;
             let m = &qm.msg;
-            fast::encode_get_ok(buf, channel, tag, qm.redelivered, &m.exchange, &m.routing_key, remaining);
+            fast::encode_get_ok(
+                buf,
+                channel,
+                tag,
+                qm.redelivered,
+                &m.exchange,
+                &m.routing_key,
+                remaining,
+            );
             frame::encode_content_header(buf, channel, m.body_size(), &m.properties);
             frame::encode_body(buf, channel, &m.body, *frame_max);
             if !no_ack {
-                ch.unacked.insert(tag, Unacked { queue: queue.clone(), qm, credit: None });
+                ch.unacked.insert(
+                    tag,
+                    Unacked {
+                        queue: queue.clone(),
+                        qm,
+                        credit: None,
+                    },
+                );
             }
             Ok(())
         })

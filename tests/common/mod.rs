@@ -51,7 +51,10 @@ pub async fn start_with(f: impl FnOnce(&mut warren::Config)) -> TestServer {
     let mut cfg = test_config(dir.path());
     f(&mut cfg);
     let handle = warren::start(cfg).await.expect("broker starts");
-    TestServer { handle: Some(handle), dir }
+    TestServer {
+        handle: Some(handle),
+        dir,
+    }
 }
 
 /// Polls `f` until it returns true or the deadline passes.
@@ -61,13 +64,18 @@ pub async fn eventually<F: FnMut() -> bool>(what: &str, timeout: Duration, mut f
         if f() {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 pub async fn lapin(server: &TestServer) -> lapin::Connection {
-    lapin::Connection::connect(&server.uri(), lapin::ConnectionProperties::default()).await.expect("lapin connects")
+    lapin::Connection::connect(&server.uri(), lapin::ConnectionProperties::default())
+        .await
+        .expect("lapin connects")
 }
 
 /// A frame as the raw client sees it.
@@ -102,19 +110,50 @@ impl Raw {
     pub async fn tcp(addr: std::net::SocketAddr) -> Raw {
         let sock = TcpStream::connect(addr).await.expect("tcp connect");
         sock.set_nodelay(true).ok();
-        Raw { sock, buf: BytesMut::new(), pending: Default::default() }
+        Raw {
+            sock,
+            buf: BytesMut::new(),
+            pending: Default::default(),
+        }
     }
 
     /// Full handshake as guest with the usual capabilities, then channel 1 open.
     pub async fn open(addr: std::net::SocketAddr) -> Raw {
-        let mut r = Raw::login(addr, "guest", "guest", &["consumer_cancel_notify", "authentication_failure_close", "publisher_confirms"]).await;
+        let mut r = Raw::login(
+            addr,
+            "guest",
+            "guest",
+            &[
+                "consumer_cancel_notify",
+                "authentication_failure_close",
+                "publisher_confirms",
+            ],
+        )
+        .await;
         match r.recv().await {
             In::Method(0, AMQPClass::Connection(connection::AMQPMethod::Tune(_))) => {}
             other => panic!("expected connection.tune, got {other:?}"),
         }
-        r.method(0, AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk { channel_max: 2047, frame_max: 131072, heartbeat: 0 }))).await;
-        r.method(0, AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open { virtual_host: "/".into() }))).await;
-        assert!(matches!(r.recv().await, In::Method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)))));
+        r.method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                channel_max: 2047,
+                frame_max: 131072,
+                heartbeat: 0,
+            })),
+        )
+        .await;
+        r.method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: "/".into(),
+            })),
+        )
+        .await;
+        assert!(matches!(
+            r.recv().await,
+            In::Method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)))
+        ));
         r.open_channel(1).await;
         r
     }
@@ -146,7 +185,11 @@ impl Raw {
     }
 
     pub async fn open_channel(&mut self, ch: u16) {
-        self.method(ch, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))).await;
+        self.method(
+            ch,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        )
+        .await;
         match self.recv().await {
             In::Method(c, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))) if c == ch => {}
             other => panic!("expected channel.open-ok, got {other:?}"),
@@ -164,7 +207,15 @@ impl Raw {
     }
 
     /// basic.publish + header + body frames.
-    pub async fn publish(&mut self, ch: u16, exchange: &str, key: &str, mandatory: bool, props: &[u8], body: &[u8]) {
+    pub async fn publish(
+        &mut self,
+        ch: u16,
+        exchange: &str,
+        key: &str,
+        mandatory: bool,
+        props: &[u8],
+        body: &[u8],
+    ) {
         let mut out = BytesMut::new();
         frame::encode_method(
             &mut out,
@@ -186,7 +237,9 @@ impl Raw {
 
     /// Next frame, or panic after 5 s / on EOF.
     pub async fn recv(&mut self) -> In {
-        self.try_recv(Duration::from_secs(5)).await.expect("a frame before the deadline")
+        self.try_recv(Duration::from_secs(5))
+            .await
+            .expect("a frame before the deadline")
     }
 
     /// Next frame; `None` on EOF or timeout.
@@ -203,10 +256,16 @@ impl Raw {
             if self.buf.len() >= 8 && &self.buf[..4] == b"AMQP" {
                 return None; // protocol header from the server: refused
             }
-            if let Some(Frame { kind, channel, payload }) = frame::decode(&mut self.buf, 0).expect("server frames are valid") {
+            if let Some(Frame {
+                kind,
+                channel,
+                payload,
+            }) = frame::decode(&mut self.buf, 0).expect("server frames are valid")
+            {
                 return Some(match kind {
                     frame::FRAME_METHOD => {
-                        let (_, m) = amq_protocol::protocol::parse_class(&payload[..]).expect("server method decodes");
+                        let (_, m) =
+                            amq_protocol::protocol::parse_class(&payload[..]).expect("server method decodes");
                         In::Method(channel, m)
                     }
                     frame::FRAME_HEADER => {
@@ -253,11 +312,23 @@ impl Raw {
         loop {
             match self.recv().await {
                 In::Method(c, AMQPClass::Channel(channel::AMQPMethod::Close(cl))) if c == ch => {
-                    self.method(ch, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}))).await;
-                    return (cl.reply_code, cl.reply_text.to_string(), cl.class_id, cl.method_id);
+                    self.method(
+                        ch,
+                        AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                    )
+                    .await;
+                    return (
+                        cl.reply_code,
+                        cl.reply_text.to_string(),
+                        cl.class_id,
+                        cl.method_id,
+                    );
                 }
                 In::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(cl))) => {
-                    panic!("expected channel.close, got connection.close {} {}", cl.reply_code, cl.reply_text)
+                    panic!(
+                        "expected channel.close, got connection.close {} {}",
+                        cl.reply_code, cl.reply_text
+                    )
                 }
                 _ => continue,
             }
@@ -269,11 +340,23 @@ impl Raw {
         loop {
             match self.recv().await {
                 In::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(cl))) => {
-                    self.method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {}))).await;
-                    return (cl.reply_code, cl.reply_text.to_string(), cl.class_id, cl.method_id);
+                    self.method(
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                    )
+                    .await;
+                    return (
+                        cl.reply_code,
+                        cl.reply_text.to_string(),
+                        cl.class_id,
+                        cl.method_id,
+                    );
                 }
                 In::Method(c, AMQPClass::Channel(channel::AMQPMethod::Close(cl))) => {
-                    panic!("expected connection.close, got channel.close on {c}: {} {}", cl.reply_code, cl.reply_text)
+                    panic!(
+                        "expected connection.close, got channel.close on {c}: {} {}",
+                        cl.reply_code, cl.reply_text
+                    )
                 }
                 _ => continue,
             }
@@ -287,7 +370,10 @@ impl Raw {
         self.method(ch, m).await;
         let mut stash = Vec::new();
         let reply = loop {
-            let f = self.read_frame(Duration::from_secs(5)).await.expect("a reply before the deadline");
+            let f = self
+                .read_frame(Duration::from_secs(5))
+                .await
+                .expect("a reply before the deadline");
             match f {
                 In::Method(c, reply) if (c == ch || c == 0) && !is_async(&reply) => break reply,
                 other => stash.push(other),
@@ -328,7 +414,14 @@ pub mod m {
     use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, exchange, queue, tx};
     use amq_protocol::types::FieldTable;
 
-    pub fn qdecl(name: &str, passive: bool, durable: bool, exclusive: bool, auto_delete: bool, args: FieldTable) -> AMQPClass {
+    pub fn qdecl(
+        name: &str,
+        passive: bool,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        args: FieldTable,
+    ) -> AMQPClass {
         AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
             queue: name.into(),
             passive,
@@ -360,12 +453,28 @@ pub mod m {
         }))
     }
     pub fn qpurge(q: &str) -> AMQPClass {
-        AMQPClass::Queue(queue::AMQPMethod::Purge(queue::Purge { queue: q.into(), nowait: false }))
+        AMQPClass::Queue(queue::AMQPMethod::Purge(queue::Purge {
+            queue: q.into(),
+            nowait: false,
+        }))
     }
     pub fn qdelete(q: &str, if_unused: bool, if_empty: bool) -> AMQPClass {
-        AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete { queue: q.into(), if_unused, if_empty, nowait: false }))
+        AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
+            queue: q.into(),
+            if_unused,
+            if_empty,
+            nowait: false,
+        }))
     }
-    pub fn xdecl(name: &str, kind: &str, passive: bool, durable: bool, auto_delete: bool, internal: bool, args: FieldTable) -> AMQPClass {
+    pub fn xdecl(
+        name: &str,
+        kind: &str,
+        passive: bool,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        args: FieldTable,
+    ) -> AMQPClass {
         AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
             exchange: name.into(),
             kind: kind.into(),
@@ -381,7 +490,11 @@ pub mod m {
         xdecl(name, kind, false, false, false, false, FieldTable::default())
     }
     pub fn xdelete(name: &str, if_unused: bool) -> AMQPClass {
-        AMQPClass::Exchange(exchange::AMQPMethod::Delete(exchange::Delete { exchange: name.into(), if_unused, nowait: false }))
+        AMQPClass::Exchange(exchange::AMQPMethod::Delete(exchange::Delete {
+            exchange: name.into(),
+            if_unused,
+            nowait: false,
+        }))
     }
     pub fn xbind(dest: &str, src: &str, key: &str) -> AMQPClass {
         AMQPClass::Exchange(exchange::AMQPMethod::Bind(exchange::Bind {
@@ -413,22 +526,41 @@ pub mod m {
         }))
     }
     pub fn cancel(tag: &str) -> AMQPClass {
-        AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel { consumer_tag: tag.into(), nowait: false }))
+        AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+            consumer_tag: tag.into(),
+            nowait: false,
+        }))
     }
     pub fn get(q: &str, no_ack: bool) -> AMQPClass {
-        AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get { queue: q.into(), no_ack }))
+        AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+            queue: q.into(),
+            no_ack,
+        }))
     }
     pub fn ack(tag: u64, multiple: bool) -> AMQPClass {
-        AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack { delivery_tag: tag, multiple }))
+        AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+            delivery_tag: tag,
+            multiple,
+        }))
     }
     pub fn nack(tag: u64, multiple: bool, requeue: bool) -> AMQPClass {
-        AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack { delivery_tag: tag, multiple, requeue }))
+        AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
+            delivery_tag: tag,
+            multiple,
+            requeue,
+        }))
     }
     pub fn reject(tag: u64, requeue: bool) -> AMQPClass {
-        AMQPClass::Basic(basic::AMQPMethod::Reject(basic::Reject { delivery_tag: tag, requeue }))
+        AMQPClass::Basic(basic::AMQPMethod::Reject(basic::Reject {
+            delivery_tag: tag,
+            requeue,
+        }))
     }
     pub fn qos(count: u16, global: bool) -> AMQPClass {
-        AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos { prefetch_count: count, global }))
+        AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+            prefetch_count: count,
+            global,
+        }))
     }
     pub fn recover(requeue: bool) -> AMQPClass {
         AMQPClass::Basic(basic::AMQPMethod::Recover(basic::Recover { requeue }))
@@ -495,7 +627,9 @@ impl Msg {
 impl Raw {
     /// Reads the next content-carrying method (deliver, get-ok, return) with its content.
     pub async fn next_message(&mut self) -> Msg {
-        self.try_next_message(Duration::from_secs(5)).await.expect("a message before the deadline")
+        self.try_next_message(Duration::from_secs(5))
+            .await
+            .expect("a message before the deadline")
     }
 
     pub async fn try_next_message(&mut self, timeout: Duration) -> Option<Msg> {
@@ -505,9 +639,15 @@ impl Raw {
                 | In::Method(_, m @ AMQPClass::Basic(basic::AMQPMethod::GetOk(_)))
                 | In::Method(_, m @ AMQPClass::Basic(basic::AMQPMethod::Return(_))) => break m,
                 In::Method(_, m @ AMQPClass::Basic(basic::AMQPMethod::GetEmpty(_))) => {
-                    return Some(Msg { method: m, props: Bytes::new(), body: vec![] });
+                    return Some(Msg {
+                        method: m,
+                        props: Bytes::new(),
+                        body: vec![],
+                    });
                 }
-                In::Method(_, AMQPClass::Channel(channel::AMQPMethod::Close(c))) => panic!("channel closed: {} {}", c.reply_code, c.reply_text),
+                In::Method(_, AMQPClass::Channel(channel::AMQPMethod::Close(c))) => {
+                    panic!("channel closed: {} {}", c.reply_code, c.reply_text)
+                }
                 _ => continue,
             }
         };
@@ -540,7 +680,13 @@ impl Raw {
 
     /// (message_count, consumer_count) of a queue via passive declare.
     pub async fn counts(&mut self, ch: u16, name: &str) -> (u32, u32) {
-        match self.call(ch, m::qdecl(name, true, false, false, false, FieldTable::default())).await {
+        match self
+            .call(
+                ch,
+                m::qdecl(name, true, false, false, false, FieldTable::default()),
+            )
+            .await
+        {
             AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)) => (ok.message_count, ok.consumer_count),
             other => panic!("passive declare failed: {other:?}"),
         }
@@ -559,5 +705,32 @@ pub fn table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
 
 /// Encoded content properties for tests (via amq-protocol).
 pub fn props(p: amq_protocol::protocol::basic::AMQPProperties) -> Vec<u8> {
-    cookie_factory::gen_simple(amq_protocol::protocol::basic::gen_properties(&p), Vec::new()).expect("encode properties")
+    cookie_factory::gen_simple(amq_protocol::protocol::basic::gen_properties(&p), Vec::new())
+        .expect("encode properties")
+}
+
+impl TestServer {
+    /// Graceful stop, then a new broker on the same data directory.
+    pub async fn restart(mut self) -> TestServer {
+        if let Some(h) = self.handle.take() {
+            h.shutdown().await;
+        }
+        let cfg = test_config(self.dir.path());
+        // The old broker's last references go with its tasks; sled's lock on
+        // the directory is released when they do.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let handle = loop {
+            match warren::start(cfg.clone()).await {
+                Ok(h) => break h,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("broker restarts: {e}"),
+            }
+        };
+        TestServer {
+            handle: Some(handle),
+            dir: self.dir,
+        }
+    }
 }

@@ -1,0 +1,327 @@
+//! Durability across restarts of the in-process broker on one data
+//! directory: definitions, persistent messages (order, properties,
+//! redelivered flag), what must not survive, and a damaged log tail.
+
+mod common;
+
+use amq_protocol::protocol::basic::{AMQPProperties, parse_properties};
+use amq_protocol::protocol::{AMQPClass, basic, queue};
+use amq_protocol::types::{AMQPValue, FieldTable};
+use common::*;
+use std::time::Duration;
+
+fn persistent() -> Vec<u8> {
+    props(AMQPProperties::default().with_delivery_mode(2))
+}
+
+async fn exists_queue(r: &mut Raw, name: &str) -> bool {
+    r.method(
+        1,
+        m::qdecl(name, true, false, false, false, FieldTable::default()),
+    )
+    .await;
+    loop {
+        match r.recv().await {
+            In::Method(1, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_))) => return true,
+            In::Method(1, AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::Close(c))) => {
+                assert_eq!(c.reply_code, 404);
+                r.method(1, m::ch_close_ok()).await;
+                r.open_channel(1).await;
+                return false;
+            }
+            _ => continue,
+        }
+    }
+}
+
+async fn drain_bodies(r: &mut Raw, q: &str) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    loop {
+        r.method(1, m::get(q, true)).await;
+        let msg = r.next_message().await;
+        if matches!(msg.method, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(_))) {
+            return out;
+        }
+        let redelivered = msg.redelivered();
+        out.push((String::from_utf8(msg.body).unwrap(), redelivered));
+    }
+}
+
+#[tokio::test]
+async fn definitions_survive_restart_and_transient_ones_do_not() {
+    let s = start().await;
+    let mut r = Raw::open(s.addr()).await;
+    let args = table(&[
+        ("x-max-priority", AMQPValue::LongInt(5)),
+        ("x-message-ttl", AMQPValue::LongInt(60000)),
+    ]);
+    r.call(1, m::qdecl("dq", false, true, false, false, args.clone()))
+        .await;
+    r.call(
+        1,
+        m::qdecl("tq", false, false, false, false, FieldTable::default()),
+    )
+    .await;
+    r.call(
+        1,
+        m::qdecl("adq", false, true, false, true, FieldTable::default()),
+    )
+    .await;
+    r.call(
+        1,
+        m::qdecl("exq", false, true, true, false, FieldTable::default()),
+    )
+    .await;
+    r.call(
+        1,
+        m::xdecl("dx", "topic", false, true, false, false, FieldTable::default()),
+    )
+    .await;
+    r.call(
+        1,
+        m::xdecl("dx2", "fanout", false, true, false, false, FieldTable::default()),
+    )
+    .await;
+    r.call(1, m::x("tx", "direct")).await;
+    r.call(1, m::qbind("dq", "dx", "a.#", FieldTable::default()))
+        .await;
+    r.call(1, m::xbind("dx2", "dx", "b.*")).await;
+    r.call(1, m::qbind("dq", "dx2", "", FieldTable::default())).await;
+    r.call(1, m::qbind("dq", "tx", "k", FieldTable::default())).await; // transient end: not kept
+    r.call(1, m::qbind("tq", "dx", "t", FieldTable::default())).await; // transient queue: not kept
+    drop(r);
+    let s = s.restart().await;
+    let mut r = Raw::open(s.addr()).await;
+    assert!(exists_queue(&mut r, "dq").await);
+    assert!(!exists_queue(&mut r, "tq").await);
+    assert!(!exists_queue(&mut r, "adq").await);
+    assert!(!exists_queue(&mut r, "exq").await);
+    // Same arguments: an equivalent redeclare is accepted, a different one is not.
+    r.call(1, m::qdecl("dq", false, true, false, false, args)).await;
+    r.method(
+        1,
+        m::qdecl("dq", false, true, false, false, FieldTable::default()),
+    )
+    .await;
+    assert_eq!(r.expect_channel_close(1).await.0, 406);
+    r.open_channel(1).await;
+    // Bindings: dx a.# → dq; dx b.* → dx2 → dq.
+    r.publish(1, "dx", "a.x.y", false, &[], b"via-topic").await;
+    r.publish(1, "dx", "b.z", false, &[], b"via-e2e").await;
+    let got: Vec<String> = drain_bodies(&mut r, "dq")
+        .await
+        .into_iter()
+        .map(|(b, _)| b)
+        .collect();
+    assert_eq!(got, vec!["via-topic", "via-e2e"]);
+    r.method(
+        1,
+        m::xdecl("tx", "direct", true, false, false, false, FieldTable::default()),
+    )
+    .await;
+    assert_eq!(r.expect_channel_close(1).await.0, 404, "transient exchange gone");
+    r.open_channel(1).await;
+    // Deleted definitions stay deleted.
+    r.call(1, m::qdelete("dq", false, false)).await;
+    r.call(1, m::xdelete("dx2", false)).await;
+    drop(r);
+    let s = s.restart().await;
+    let mut r = Raw::open(s.addr()).await;
+    assert!(!exists_queue(&mut r, "dq").await);
+    r.method(
+        1,
+        m::xdecl("dx2", "fanout", true, false, false, false, FieldTable::default()),
+    )
+    .await;
+    assert_eq!(r.expect_channel_close(1).await.0, 404);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn persistent_messages_come_back_in_order_with_properties() {
+    let s = start().await;
+    let mut r = Raw::open(s.addr()).await;
+    r.call(
+        1,
+        m::qdecl("pq", false, true, false, false, FieldTable::default()),
+    )
+    .await;
+    r.call(
+        1,
+        m::qdecl("nd", false, false, false, false, FieldTable::default()),
+    )
+    .await;
+    r.call(1, m::confirm_select()).await;
+    let p = props(
+        AMQPProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("text/plain".into())
+            .with_headers(table(&[("h", AMQPValue::LongString("v".into()))])),
+    );
+    for i in 0..50 {
+        r.publish(1, "", "pq", false, &p, format!("p{i}").as_bytes())
+            .await;
+        r.publish(1, "", "pq", false, &[], format!("t{i}").as_bytes())
+            .await; // transient
+    }
+    r.publish(1, "", "nd", false, &p, b"in-a-transient-queue").await;
+    // Wait for every confirm (101 publishes).
+    let mut confirmed = 0;
+    while confirmed < 101 {
+        if let In::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) = r.recv().await {
+            confirmed = a.delivery_tag;
+        }
+    }
+    // Deliver (and leave unacked) the first two persistent messages.
+    r.method(1, m::get("pq", false)).await;
+    assert_eq!(r.next_message().await.body, b"p0");
+    r.method(1, m::get("pq", false)).await;
+    assert_eq!(r.next_message().await.body, b"t0");
+    drop(r);
+    let s = s.restart().await;
+    let mut r = Raw::open(s.addr()).await;
+    assert!(!exists_queue(&mut r, "nd").await);
+    r.method(1, m::get("pq", true)).await;
+    let first = r.next_message().await;
+    assert_eq!(first.body, b"p0");
+    assert!(first.redelivered(), "delivered before the restart");
+    let (_, props) = parse_properties(&first.props[..]).unwrap();
+    assert_eq!(
+        props.content_type().as_ref().map(|c| c.as_str()),
+        Some("text/plain")
+    );
+    assert_eq!(
+        props.headers().as_ref().unwrap().inner().get("h"),
+        Some(&AMQPValue::LongString("v".into()))
+    );
+    let rest = drain_bodies(&mut r, "pq").await;
+    let expected: Vec<(String, bool)> = (1..50).map(|i| (format!("p{i}"), false)).collect();
+    assert_eq!(rest, expected, "only persistent ones, in order, never delivered");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn acked_messages_stay_gone_after_graceful_restart() {
+    let s = start().await;
+    let mut r = Raw::open(s.addr()).await;
+    r.call(
+        1,
+        m::qdecl("aq", false, true, false, false, FieldTable::default()),
+    )
+    .await;
+    for i in 0..20 {
+        r.publish(1, "", "aq", false, &persistent(), format!("m{i}").as_bytes())
+            .await;
+    }
+    r.call(1, m::consume("aq", "c", false, false, FieldTable::default()))
+        .await;
+    let mut last = 0;
+    for _ in 0..15 {
+        last = r.next_message().await.delivery_tag();
+    }
+    r.method(1, m::ack(last, true)).await;
+    eventually("acks applied", Duration::from_secs(5), || {
+        s.broker().vhost("/").unwrap().queue("aq").unwrap().counts().1 == 5
+    })
+    .await;
+    drop(r);
+    let s = s.restart().await;
+    let mut r = Raw::open(s.addr()).await;
+    let got = drain_bodies(&mut r, "aq").await;
+    let expected: Vec<(String, bool)> = (15..20).map(|i| (format!("m{i}"), true)).collect();
+    assert_eq!(got, expected);
+    // Purged and deleted queues' messages do not come back either.
+    for i in 0..5 {
+        r.publish(1, "", "aq", false, &persistent(), format!("x{i}").as_bytes())
+            .await;
+    }
+    r.call(1, m::qpurge("aq")).await;
+    drop(r);
+    let s = s.restart().await;
+    let mut r = Raw::open(s.addr()).await;
+    assert!(drain_bodies(&mut r, "aq").await.is_empty());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn torn_log_tail_is_cut_off_and_the_rest_recovered() {
+    let s = start().await;
+    let mut r = Raw::open(s.addr()).await;
+    r.call(
+        1,
+        m::qdecl("tt", false, true, false, false, FieldTable::default()),
+    )
+    .await;
+    r.call(1, m::confirm_select()).await;
+    for i in 0..10 {
+        r.publish(1, "", "tt", false, &persistent(), format!("m{i}").as_bytes())
+            .await;
+    }
+    let mut confirmed = 0;
+    while confirmed < 10 {
+        if let In::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) = r.recv().await {
+            confirmed = a.delivery_tag;
+        }
+    }
+    drop(r);
+    let dir = s.dir.path().join("messages");
+    if let Some(h) = s.handle.as_ref() {
+        let _ = h; // keep running until stop below
+    }
+    let s = {
+        let mut s = s;
+        if let Some(h) = s.handle.take() {
+            h.shutdown().await;
+        }
+        s
+    };
+    // Append half a record to the newest segment, as a crash mid-write would.
+    let mut segs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segs.sort();
+    let last = segs.last().expect("a segment").clone();
+    let before = std::fs::metadata(&last).unwrap().len();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&last).unwrap();
+        f.write_all(&[0, 0, 1, 0, 0xde, 0xad]).unwrap();
+    }
+    let s = s.restart().await;
+    assert_eq!(
+        std::fs::metadata(&last).unwrap().len(),
+        before,
+        "torn tail cut off"
+    );
+    let mut r = Raw::open(s.addr()).await;
+    let got: Vec<String> = drain_bodies(&mut r, "tt")
+        .await
+        .into_iter()
+        .map(|(b, _)| b)
+        .collect();
+    assert_eq!(got, (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn corrupt_definitions_store_stops_startup_without_touching_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let h = warren::start(test_config(dir.path())).await.unwrap();
+        h.shutdown().await;
+    }
+    let db = dir.path().join("definitions").join("db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    for b in bytes.iter_mut() {
+        *b ^= 0x5A;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    let err = match warren::start(test_config(dir.path())).await {
+        Ok(_) => panic!("a corrupt definitions store must stop startup"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("definitions"), "{err}");
+    assert_eq!(std::fs::read(&db).unwrap(), bytes, "the store is left as it was");
+}
