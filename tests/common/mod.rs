@@ -734,3 +734,109 @@ impl TestServer {
         }
     }
 }
+
+impl Raw {
+    /// Writes bytes; false if the socket is gone (no panic, for crash tests).
+    pub async fn try_send(&mut self, bytes: &[u8]) -> bool {
+        self.sock.write_all(bytes).await.is_ok()
+    }
+}
+
+/// Encodes a publish (method + header + body) into `out`.
+pub fn encode_publish(out: &mut BytesMut, ch: u16, exchange: &str, key: &str, props: &[u8], body: &[u8]) {
+    frame::encode_method(
+        out,
+        ch,
+        &AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: exchange.into(),
+            routing_key: key.into(),
+            mandatory: false,
+            immediate: false,
+        })),
+    );
+    frame::encode_content_header(out, ch, body.len() as u64, props);
+    if !body.is_empty() {
+        frame::encode_body(out, ch, body, 131072);
+    }
+}
+
+/// The real `warren` binary as a child process on ephemeral ports.
+pub struct Child {
+    pub process: std::process::Child,
+    pub amqp: std::net::SocketAddr,
+}
+
+impl Child {
+    pub fn spawn(data_dir: &std::path::Path) -> Child {
+        let ports = data_dir.with_extension(format!("ports-{}", std::process::id()));
+        let _ = std::fs::remove_file(&ports);
+        let process = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args([
+                "--amqp-port",
+                "0",
+                "--mgmt-port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--log-level",
+                "warn",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--ports-file")
+            .arg(&ports)
+            .spawn()
+            .expect("spawn warren");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let text = loop {
+            if let Ok(t) = std::fs::read_to_string(&ports) {
+                break t;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "warren did not write its ports file"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let port: u16 = text
+            .split("\"amqp\":")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|p| p.trim().parse().ok())
+            .expect("amqp port in ports file");
+        Child {
+            process,
+            amqp: ([127, 0, 0, 1], port).into(),
+        }
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+
+    /// SIGTERM; returns the exit status (waits up to 30 s).
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.process.id().to_string();
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.process.try_wait().expect("wait") {
+                return st;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.process.kill();
+                panic!("warren did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
