@@ -241,7 +241,7 @@ async fn drained_million_message_backlog_leaves_at_most_two_segments() {
                 .await
                 .expect("deliveries keep coming");
             n += 1;
-            if n % 500 == 0 || n == total {
+            if n.is_multiple_of(500) || n == total {
                 consumer.method(1, m::ack(msg.delivery_tag(), true)).await;
             }
         }
