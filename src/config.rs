@@ -14,6 +14,7 @@ pub struct Config {
     pub amqp: AmqpConfig,
     pub management: ManagementConfig,
     pub storage: StorageConfig,
+    pub memory: MemoryConfig,
     pub auth: AuthConfig,
     pub identity: IdentityConfig,
     pub consumers: ConsumersConfig,
@@ -47,6 +48,12 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     pub segment_size: u64,
     pub definitions_cache: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    pub queue_budget: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -7,9 +7,9 @@ pub mod users;
 pub mod vhost;
 
 use crate::config::Config;
-use crate::queue::{Queue, RecoveredMessage};
+use crate::queue::Queue;
 use crate::store::definitions::{Definitions, UserDef, VHostDef};
-use crate::store::{MessageStore, Stores};
+use crate::store::{MessageStore, Recovered, Stores};
 use dashmap::DashMap;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,13 +48,17 @@ impl Broker {
         let (defs, loaded) =
             Definitions::open_checked(&dir.join("definitions"), config.storage.definitions_cache)
                 .map_err(|e| e.to_string())?;
-        let (messages, recovered) = MessageStore::open(&dir.join("messages"), config.storage.segment_size)
-            .map_err(|e| {
-                format!(
-                    "cannot open message store {}: {e}",
-                    dir.join("messages").display()
-                )
-            })?;
+        let (messages, recovered) = MessageStore::open(
+            &dir.join("messages"),
+            config.storage.segment_size,
+            config.memory.queue_budget,
+        )
+        .map_err(|e| {
+            format!(
+                "cannot open message store {}: {e}",
+                dir.join("messages").display()
+            )
+        })?;
         let store = Arc::new(Stores { defs, messages });
         let b = Broker {
             vhosts: DashMap::new(),
@@ -124,18 +128,15 @@ impl Broker {
                 tracing::warn!(source = %bd.source, destination = %bd.destination, "stored binding with a missing end skipped");
             }
         }
-        let mut per_queue: HashMap<u64, Vec<RecoveredMessage>> = HashMap::new();
+        let mut per_queue: HashMap<u64, Vec<Recovered>> = HashMap::new();
         let mut orphans = 0usize;
         let total = recovered.len();
         for r in recovered {
             if by_id.contains_key(&r.queue_id) {
-                per_queue
-                    .entry(r.queue_id)
-                    .or_default()
-                    .push((Arc::new(r.message), r.slot, r.delivered));
+                per_queue.entry(r.queue_id).or_default().push(r);
             } else {
                 // Its queue was deleted before the crash: settle it now.
-                store.messages.settle(&r.slot);
+                store.messages.settle(r.loc);
                 orphans += 1;
             }
         }

@@ -128,7 +128,7 @@ impl VHost {
             return None;
         }
         let (destination, destination_type) = match dest {
-            Destination::Queue(q) if q.store.is_some() => (q.name.clone(), "queue"),
+            Destination::Queue(q) if q.persisted => (q.name.clone(), "queue"),
             Destination::Exchange(x) if self.exchanges.get(x).is_some_and(|e| e.durable) => {
                 (x.clone(), "exchange")
             }
@@ -350,7 +350,8 @@ impl VHost {
         let parsed = args::parse(&d.arguments, &name, &self.name)?;
         let owner = d.exclusive.then_some(d.conn_id);
         // Exclusive and auto-delete queues never outlive a restart.
-        let store = if d.durable && !d.exclusive && !d.auto_delete {
+        let persisted = d.durable && !d.exclusive && !d.auto_delete;
+        let store_id = if persisted {
             let id = self.store.defs.next_id().map_err(|e| {
                 AmqpError::new(code::INTERNAL_ERROR, format!("cannot persist definition: {e}"))
             })?;
@@ -362,9 +363,9 @@ impl VHost {
                 arguments: d.arguments.clone(),
             };
             self.persist(self.store.defs.put_queue(&def))?;
-            Some((id, self.store.messages.clone()))
+            id
         } else {
-            None
+            self.store.messages.transient_id()
         };
         let q = Arc::new(Queue::new(QueueSpec {
             name: name.clone(),
@@ -374,7 +375,9 @@ impl VHost {
             exclusive_owner: owner,
             arguments: d.arguments,
             args: parsed,
-            store,
+            store: self.store.messages.clone(),
+            store_id,
+            persisted,
         }));
         let q = self.queues.entry(name).or_insert(q).clone();
         Ok((q, true))
@@ -399,7 +402,7 @@ impl VHost {
     /// Unconditional removal (also used for exclusive and auto-delete queues).
     pub fn remove_queue(&self, q: &Arc<Queue>) -> u32 {
         self.queues.remove_if(&q.name, |_, v| Arc::ptr_eq(v, q));
-        if q.store.is_some() {
+        if q.persisted {
             let r = self
                 .store
                 .defs
@@ -438,7 +441,6 @@ impl VHost {
     /// Recreates a persisted queue at startup.
     pub fn restore_queue(&self, d: &QueueDef) -> Arc<Queue> {
         let parsed = args::parse(&d.arguments, &d.name, &self.name).unwrap_or_default();
-        let store = Some((d.id, self.store.messages.clone()));
         let q = Arc::new(Queue::new(QueueSpec {
             name: d.name.clone(),
             vhost: self.name.clone(),
@@ -447,7 +449,9 @@ impl VHost {
             exclusive_owner: None,
             arguments: d.arguments.clone(),
             args: parsed,
-            store,
+            store: self.store.messages.clone(),
+            store_id: d.id,
+            persisted: true,
         }));
         self.queues.insert(d.name.clone(), q.clone());
         q

@@ -639,7 +639,9 @@ impl Conn {
             Settle::Ack => settle_all(taken),
             Settle::Drop => {
                 for u in &taken {
-                    dead_letter(&self.vhost, &u.queue, &u.qm.msg, Reason::Rejected);
+                    if let Some(m) = &u.qm.msg {
+                        dead_letter(&self.vhost, &u.queue, m, Reason::Rejected);
+                    }
                 }
                 settle_all(taken)
             }

@@ -10,7 +10,7 @@ pub mod sink;
 use crate::error::{AmqpError, AmqpResult, rs};
 use crate::message::Message;
 use crate::protocol::FieldTable;
-use crate::store::{Durable, MessageStore};
+use crate::store::{Durable, MessageStore, NO_LOC};
 use args::QueueArgs;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -63,9 +63,13 @@ pub struct Queue {
     pub arguments: FieldTable,
     pub args: QueueArgs,
     pub stats: QueueStats,
-    /// Set for queues whose definition is persisted: their persistent
-    /// messages go to the log under `store_id`.
-    pub store: Option<(u64, Arc<MessageStore>)>,
+    /// The message log: persistent messages of a persisted queue go there,
+    /// and any message paged out of memory.
+    pub store: Arc<MessageStore>,
+    /// This queue's id in log records.
+    pub store_id: u64,
+    /// The definition is persisted (durable, not exclusive, not auto-delete).
+    pub persisted: bool,
     state: Mutex<QueueState>,
 }
 
@@ -78,12 +82,10 @@ pub struct QueueSpec {
     pub exclusive_owner: Option<u64>,
     pub arguments: FieldTable,
     pub args: QueueArgs,
-    pub store: Option<(u64, Arc<MessageStore>)>,
+    pub store: Arc<MessageStore>,
+    pub store_id: u64,
+    pub persisted: bool,
 }
-
-/// A message recovered from the log: the message, its slot, whether it had
-/// been delivered before the restart.
-pub type RecoveredMessage = (Arc<Message>, Arc<crate::store::Slot>, bool);
 
 impl Queue {
     pub fn new(spec: QueueSpec) -> Self {
@@ -96,6 +98,8 @@ impl Queue {
             arguments,
             args,
             store,
+            store_id,
+            persisted,
         } = spec;
         let ready = ReadyList::new(args.max_priority.filter(|p| *p > 0));
         Queue {
@@ -108,6 +112,8 @@ impl Queue {
             args,
             stats: QueueStats::default(),
             store,
+            store_id,
+            persisted,
             state: Mutex::new(QueueState {
                 ready,
                 consumers: Vec::new(),
@@ -124,27 +130,72 @@ impl Queue {
     }
 
     /// Enqueues a routed message and hands out what consumers can take. A
-    /// persistent message in a durable queue is appended to the log first;
+    /// persistent message in a persisted queue is appended to the log first;
     /// `waiter` (the publisher's confirm) hears when that append is synced.
+    /// Behind a backlog, once the broker's in-memory budget is spent, the
+    /// message is paged out: only its log location stays in the queue.
     pub fn publish(self: &Arc<Self>, msg: Arc<Message>, waiter: Option<&Arc<dyn Durable>>) {
         let mut st = self.state.lock();
         if st.deleted {
             return;
         }
-        let slot = match &self.store {
-            Some((id, store)) if msg.persistent() => Some(store.append(*id, &msg, waiter.cloned())),
-            _ => None,
+        let durable = self.persisted && msg.persistent();
+        let page = !st.ready.is_empty() && self.store.over_budget();
+        let loc = if durable || page {
+            self.store.append(
+                self.store_id,
+                &msg,
+                durable,
+                if durable { waiter.cloned() } else { None },
+            )
+        } else {
+            NO_LOC
         };
         st.next_seq += 1;
-        let qm = QueuedMessage {
-            seq: st.next_seq,
-            msg,
-            redelivered: false,
-            slot,
+        let qm = if page {
+            QueuedMessage::paged(st.next_seq, loc, msg.body.len() as u32, msg.priority())
+        } else {
+            self.store.resident_add(msg.body.len() as u64);
+            QueuedMessage::in_memory(st.next_seq, msg, loc)
         };
         st.ready.push(qm);
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         self.dispatch_locked(&mut st);
+    }
+
+    /// Brings the head's body back from the log if it was paged out. A record
+    /// that cannot be read is dropped with an error (it cannot be delivered).
+    fn page_in_head(&self, st: &mut QueueState) -> bool {
+        loop {
+            let Some(head) = st.ready.peek_mut() else {
+                return false;
+            };
+            if head.msg.is_some() {
+                return true;
+            }
+            match self.store.read(head.loc) {
+                Ok(m) => {
+                    head.msg = Some(Arc::new(m));
+                    self.store.resident_add(head.body_size as u64);
+                    return true;
+                }
+                Err(e) => {
+                    tracing::error!(queue = %self.name, error = %e, "cannot read a paged-out message; dropped");
+                    if let Some(qm) = st.ready.pop() {
+                        self.store.settle(qm.loc);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes the head off the ready list (its bytes leave the memory budget).
+    fn pop_ready(&self, st: &mut QueueState) -> Option<QueuedMessage> {
+        let qm = st.ready.pop()?;
+        if qm.msg.is_some() {
+            self.store.resident_sub(qm.body_size as u64);
+        }
+        Some(qm)
     }
 
     /// Re-runs delivery (after acks freed credit or a socket drained).
@@ -155,6 +206,9 @@ impl Queue {
 
     fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
         while !st.consumers.is_empty() {
+            if !self.page_in_head(st) {
+                break;
+            }
             let Some(head) = st.ready.peek() else { break };
             let mut taken = None;
             for (i, c) in st.consumers.iter().enumerate() {
@@ -170,7 +224,7 @@ impl Queue {
                 }
             }
             let Some(i) = taken else { break };
-            if let Some(qm) = st.ready.pop() {
+            if let Some(qm) = self.pop_ready(st) {
                 if qm.redelivered {
                     self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
                 }
@@ -192,41 +246,51 @@ impl Queue {
     /// channel writes `consume-ok` there, so it precedes the first delivery).
     /// Log bookkeeping once a message left the ready list for a consumer.
     fn after_delivery(&self, qm: &QueuedMessage, no_ack: bool) {
-        if let (Some((_, store)), Some(slot)) = (&self.store, &qm.slot) {
-            if no_ack {
-                store.settle(slot);
-            } else {
-                store.delivered(slot);
-            }
+        if no_ack {
+            self.store.settle(qm.loc);
+        } else if !qm.redelivered {
+            self.store.delivered(qm.loc);
         }
     }
 
     /// Settles messages in the log (acked, dropped, purged, deleted).
     fn forget(&self, msgs: &[QueuedMessage]) {
-        if let Some((_, store)) = &self.store {
-            for qm in msgs {
-                if let Some(slot) = &qm.slot {
-                    store.settle(slot);
-                }
-            }
+        for qm in msgs {
+            self.store.settle(qm.loc);
         }
+    }
+
+    /// Empties the ready list (purge, delete), settling its records.
+    fn drain_ready(&self, st: &mut QueueState) -> Vec<QueuedMessage> {
+        let gone = st.ready.drain();
+        let resident: u64 = gone
+            .iter()
+            .filter(|m| m.msg.is_some())
+            .map(|m| m.body_size as u64)
+            .sum();
+        self.store.resident_sub(resident);
+        self.forget(&gone);
+        gone
     }
 
     /// Puts recovered messages (in log order) on the ready list.
-    pub fn recover(&self, msgs: Vec<RecoveredMessage>) {
+    pub fn recover(&self, msgs: Vec<crate::store::Recovered>) {
         let mut st = self.state.lock();
-        for (msg, slot, delivered) in msgs {
+        for r in msgs {
             st.next_seq += 1;
             let seq = st.next_seq;
-            st.ready.push(QueuedMessage {
-                seq,
-                msg,
-                redelivered: delivered,
-                slot: Some(slot),
-            });
+            let mut qm = match r.message {
+                Some(m) => QueuedMessage::in_memory(seq, Arc::new(m), r.loc),
+                None => QueuedMessage::paged(seq, r.loc, r.body_size, r.priority),
+            };
+            qm.redelivered = r.delivered;
+            st.ready.push(qm);
         }
     }
 
+    /// Adds a consumer. `registered` runs under the queue lock once the
+    /// consumer is accepted and before anything is delivered to it (the
+    /// channel writes `consume-ok` there, so it precedes the first delivery).
     pub fn add_consumer(self: &Arc<Self>, c: Consumer, registered: impl FnOnce()) -> AmqpResult<()> {
         let mut st = self.state.lock();
         if st.deleted {
@@ -262,27 +326,29 @@ impl Queue {
     /// `basic.get`: hands the head message to `outbox`. Returns whether one was sent.
     pub fn get(self: &Arc<Self>, outbox: &Outbox, channel: u16, no_ack: bool) -> bool {
         let mut st = self.state.lock();
-        let Some(qm) = st.ready.pop() else {
+        if !self.page_in_head(&mut st) {
+            return false;
+        }
+        let Some(qm) = self.pop_ready(&mut st) else {
             return false;
         };
         let remaining = st.ready.len() as u32;
-        let slot = qm.slot.clone();
+        let (l, first) = (qm.loc, !qm.redelivered);
         match outbox.get_ok(channel, no_ack, self, qm, remaining) {
             Ok(()) => {
-                if let (Some((_, store)), Some(slot)) = (&self.store, &slot) {
-                    if no_ack {
-                        store.settle(slot);
-                    } else {
-                        store.delivered(slot);
-                    }
-                }
-                if !no_ack {
+                if no_ack {
+                    self.store.settle(l);
+                } else {
                     st.unacked += 1;
+                    if first {
+                        self.store.delivered(l);
+                    }
                 }
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 true
             }
             Err(qm) => {
+                self.store.resident_add(qm.body_size as u64);
                 st.ready.requeue(qm);
                 false
             }
@@ -310,15 +376,17 @@ impl Queue {
         }
         for mut qm in msgs {
             qm.redelivered = true;
+            if qm.msg.is_some() {
+                self.store.resident_add(qm.body_size as u64);
+            }
             st.ready.requeue(qm);
         }
         self.dispatch_locked(&mut st);
     }
 
     pub fn purge(&self) -> u32 {
-        let gone = self.state.lock().ready.drain();
-        self.forget(&gone);
-        gone.len() as u32
+        let mut st = self.state.lock();
+        self.drain_ready(&mut st).len() as u32
     }
 
     pub fn message_count(&self) -> u32 {
@@ -349,10 +417,7 @@ impl Queue {
     pub fn mark_deleted(&self) -> (Vec<Consumer>, u32) {
         let mut st = self.state.lock();
         st.deleted = true;
-        let gone = st.ready.drain();
-        let consumers = std::mem::take(&mut st.consumers);
-        drop(st);
-        self.forget(&gone);
-        (consumers, gone.len() as u32)
+        let gone = self.drain_ready(&mut st);
+        (std::mem::take(&mut st.consumers), gone.len() as u32)
     }
 }

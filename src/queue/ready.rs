@@ -1,20 +1,52 @@
 //! The ready list: messages waiting for a consumer, highest priority first and
 //! FIFO within a priority. Requeued messages go back to their original place
 //! (ordered by the queue-local sequence number they got at enqueue).
+//! An entry is small (32 bytes): a paged-out message is only its log location.
 
 use crate::message::Message;
-use crate::store::Slot;
+use crate::store::{Loc, NO_LOC};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-/// One message in one queue: the shared message plus this queue's view of it.
+/// One message in one queue.
 #[derive(Debug, Clone)]
 pub struct QueuedMessage {
     pub seq: u64,
-    pub msg: Arc<Message>,
+    /// The message, or `None` while it is paged out to the log.
+    pub msg: Option<Arc<Message>>,
+    /// Its record in the log, or `NO_LOC`.
+    pub loc: Loc,
+    pub body_size: u32,
+    pub priority: u8,
     pub redelivered: bool,
-    /// The message's record in the log (persistent message, durable queue).
-    pub slot: Option<Arc<Slot>>,
+}
+
+impl QueuedMessage {
+    pub fn in_memory(seq: u64, msg: Arc<Message>, loc: Loc) -> Self {
+        QueuedMessage {
+            seq,
+            body_size: msg.body.len() as u32,
+            priority: msg.priority(),
+            msg: Some(msg),
+            loc,
+            redelivered: false,
+        }
+    }
+
+    pub fn paged(seq: u64, loc: Loc, body_size: u32, priority: u8) -> Self {
+        QueuedMessage {
+            seq,
+            msg: None,
+            loc,
+            body_size,
+            priority,
+            redelivered: false,
+        }
+    }
+
+    pub fn has_record(&self) -> bool {
+        self.loc != NO_LOC
+    }
 }
 
 #[derive(Debug)]
@@ -47,22 +79,22 @@ impl ReadyList {
         self.bytes
     }
 
-    fn level(&self, m: &Message) -> usize {
-        (m.priority() as usize).min(self.levels.len() - 1)
+    fn level(&self, priority: u8) -> usize {
+        (priority as usize).min(self.levels.len() - 1)
     }
 
     pub fn push(&mut self, qm: QueuedMessage) {
-        let l = self.level(&qm.msg);
+        let l = self.level(qm.priority);
         self.len += 1;
-        self.bytes += qm.msg.body_size();
+        self.bytes += qm.body_size as u64;
         self.levels[l].push_back(qm);
     }
 
     /// Puts a message back where its sequence number says it belongs.
     pub fn requeue(&mut self, qm: QueuedMessage) {
-        let l = self.level(&qm.msg);
+        let l = self.level(qm.priority);
         self.len += 1;
-        self.bytes += qm.msg.body_size();
+        self.bytes += qm.body_size as u64;
         let level = &mut self.levels[l];
         match level.back() {
             Some(last) if last.seq > qm.seq => {
@@ -77,10 +109,15 @@ impl ReadyList {
         self.levels.iter().rev().find_map(|l| l.front())
     }
 
+    /// The head, mutably (to page its body back in).
+    pub fn peek_mut(&mut self) -> Option<&mut QueuedMessage> {
+        self.levels.iter_mut().rev().find_map(|l| l.front_mut())
+    }
+
     pub fn pop(&mut self) -> Option<QueuedMessage> {
         let qm = self.levels.iter_mut().rev().find_map(|l| l.pop_front())?;
         self.len -= 1;
-        self.bytes -= qm.msg.body_size();
+        self.bytes -= qm.body_size as u64;
         Some(qm)
     }
 
@@ -114,12 +151,16 @@ mod tests {
             Bytes::from_static(b"x"),
             scanned,
         ));
-        QueuedMessage {
-            seq,
-            msg,
-            redelivered: false,
-            slot: None,
-        }
+        QueuedMessage::in_memory(seq, msg, NO_LOC)
+    }
+
+    #[test]
+    fn entries_stay_small() {
+        assert!(
+            std::mem::size_of::<QueuedMessage>() <= 40,
+            "{}",
+            std::mem::size_of::<QueuedMessage>()
+        );
     }
 
     #[test]

@@ -313,7 +313,9 @@ impl Outbox {
         }
         ch.next_tag += 1;
         let tag = ch.next_tag;
-        let m = &qm.msg;
+        let Some(m) = &qm.msg else {
+            return Err(Refused::Busy);
+        };
         fast::encode_deliver(
             buf,
             channel,
@@ -398,7 +400,7 @@ impl Outbox {
             };
             ch.next_tag += 1;
             let tag = ch.next_tag;
-            let m = &qm.msg;
+            let Some(m) = &qm.msg else { return Err(qm) };
             fast::encode_get_ok(
                 buf,
                 channel,

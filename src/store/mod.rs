@@ -1,21 +1,48 @@
-//! Persistence: durable definitions in sled (`definitions`) and persistent
-//! messages in an append-only segment log (`segment`) written by one
-//! group-commit persister thread (`persister`).
+//! Persistence: durable definitions in sled (`definitions`) and messages in an
+//! append-only segment log (`segment`) written by one group-commit persister
+//! thread (`persister`).
 //!
 //! The promise: a publisher confirm for a persistent message routed to a
 //! durable queue leaves only after the fdatasync that covers its record.
 //! Settlements (acks, drops, purges) ride the next commit; a crash before
 //! their ack file is synced re-delivers the message (at-least-once).
+//!
+//! The log also holds message bodies paged out of memory: once the bytes of
+//! ready messages held in RAM pass `memory.queue_budget`, new arrivals are
+//! written to the log (transient ones flagged so recovery drops them) and the
+//! queue keeps only their location. Record locations are allocated here, in
+//! the caller, under one short lock together with the send to the persister,
+//! so a queue knows where its message lives at once and needs no per-message
+//! heap object to find it.
 
 pub mod definitions;
 mod persister;
 pub mod segment;
 
 use crate::message::Message;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+
+/// A record's place in the log: `segment id << 32 | offset`.
+pub type Loc = u64;
+/// "No record".
+pub const NO_LOC: Loc = u64::MAX;
+/// Set in a record's queue id when the message is transient: it is in the
+/// log only because it was paged out, and recovery drops it.
+pub const TRANSIENT_BIT: u64 = 1 << 63;
+
+pub fn loc(seg: u64, offset: u32) -> Loc {
+    seg << 32 | offset as u64
+}
+
+pub fn split(l: Loc) -> (u64, u32) {
+    (l >> 32, (l & 0xFFFF_FFFF) as u32)
+}
 
 /// A publisher confirm waiting for log appends: `add` is called once per
 /// append it is attached to, `done` once per append when it is on disk
@@ -25,72 +52,58 @@ pub trait Durable: Send + Sync {
     fn done(&self, ok: bool);
 }
 
-/// Where a persistent message's record lives, filled in by the persister.
-#[derive(Debug)]
-pub struct Slot {
-    /// `segment id << 32 | offset`; `UNSET` until written.
-    loc: AtomicU64,
-    settled: AtomicBool,
-    delivered: AtomicBool,
-}
-
-const UNSET: u64 = u64::MAX;
-
-impl Slot {
-    fn new() -> Self {
-        Slot {
-            loc: AtomicU64::new(UNSET),
-            settled: AtomicBool::new(false),
-            delivered: AtomicBool::new(false),
-        }
-    }
-
-    fn at(seg: u64, offset: u32) -> Self {
-        let s = Slot::new();
-        s.loc.store(seg << 32 | offset as u64, Ordering::Release);
-        s
-    }
-
-    fn location(&self) -> Option<(u64, u32)> {
-        let v = self.loc.load(Ordering::Acquire);
-        (v != UNSET).then_some((v >> 32, (v & 0xFFFF_FFFF) as u32))
-    }
-}
-
 pub(crate) enum Op {
     Append {
+        loc: Loc,
         queue_id: u64,
         msg: Arc<Message>,
-        slot: Arc<Slot>,
         waiter: Option<Arc<dyn Durable>>,
     },
-    Settle(Arc<Slot>),
-    Delivered(Arc<Slot>),
+    Settle(Loc),
+    Delivered(Loc),
     /// Write and sync everything (ack files included), then answer.
     Sync(mpsc::Sender<()>),
     /// Final commit, then the thread exits.
     Stop,
 }
 
-/// A recovered message: its queue, the message, its slot, whether it had
-/// been delivered before the restart.
+/// A recovered message.
 pub struct Recovered {
     pub queue_id: u64,
-    pub message: Message,
-    pub slot: Arc<Slot>,
+    pub loc: Loc,
+    /// `None` when recovery left it paged out (over the memory budget).
+    pub message: Option<Message>,
+    pub body_size: u32,
+    pub priority: u8,
     pub delivered: bool,
 }
 
-/// Both stores of a data directory.
-#[derive(Debug)]
-pub struct Stores {
-    pub defs: definitions::Definitions,
-    pub messages: Arc<MessageStore>,
+/// Where the next record goes.
+struct Alloc {
+    seg: u64,
+    offset: u64,
+}
+
+/// State shared by the store's users and the persister thread.
+pub(crate) struct Shared {
+    pub(crate) dir: PathBuf,
+    /// Everything below this location is written (monotonic).
+    pub(crate) written: AtomicU64,
+    /// Read handles of segments that still hold live records.
+    pub(crate) readers: Mutex<HashMap<u64, Arc<File>>>,
 }
 
 pub struct MessageStore {
     tx: mpsc::Sender<Op>,
-    thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+    alloc: Mutex<Alloc>,
+    segment_size: u64,
+    shared: Arc<Shared>,
+    /// Bytes of ready messages held in memory, all queues together.
+    resident: AtomicU64,
+    /// Ids for queues whose definition is not persisted.
+    next_transient_id: AtomicU64,
+    budget: u64,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     pub dir: PathBuf,
 }
 
@@ -100,55 +113,159 @@ impl std::fmt::Debug for MessageStore {
     }
 }
 
+/// Both stores of a data directory.
+#[derive(Debug)]
+pub struct Stores {
+    pub defs: definitions::Definitions,
+    pub messages: Arc<MessageStore>,
+}
+
 impl MessageStore {
-    /// Opens the log in `dir`, recovering every unsettled record (in log
-    /// order), and starts the persister.
-    pub fn open(dir: &Path, segment_size: u64) -> std::io::Result<(Arc<Self>, Vec<Recovered>)> {
+    /// Opens the log in `dir`, recovering every unsettled durable record (in
+    /// log order; beyond `budget` bytes they stay paged out), and starts the
+    /// persister. Transient records are settled.
+    pub fn open(dir: &Path, segment_size: u64, budget: u64) -> std::io::Result<(Arc<Self>, Vec<Recovered>)> {
         std::fs::create_dir_all(dir)?;
-        let (recovered, live, next_id) = persister::recover(dir)?;
+        let segment_size = segment_size.max(4096);
+        let (recovered, live, next_id, transient) = persister::recover(dir, budget)?;
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            written: AtomicU64::new(loc(next_id, 0)),
+            readers: Mutex::new(HashMap::new()),
+        });
         let (tx, rx) = mpsc::channel();
-        let p = persister::Persister::new(dir.to_path_buf(), segment_size, next_id, live);
+        let p = persister::Persister::new(shared.clone(), next_id, live);
         let thread = std::thread::Builder::new()
             .name("warren-persister".into())
             .spawn(move || p.run(rx))?;
+        let resident = recovered
+            .iter()
+            .filter(|r| r.message.is_some())
+            .map(|r| r.body_size as u64)
+            .sum();
         let store = Arc::new(MessageStore {
             tx,
-            thread: parking_lot::Mutex::new(Some(thread)),
+            alloc: Mutex::new(Alloc {
+                seg: next_id,
+                offset: 0,
+            }),
+            segment_size,
+            shared,
+            resident: AtomicU64::new(resident),
+            next_transient_id: AtomicU64::new(1 << 48),
+            budget,
+            thread: Mutex::new(Some(thread)),
             dir: dir.to_path_buf(),
         });
+        for l in transient {
+            store.settle(l);
+        }
         Ok((store, recovered))
     }
 
-    /// Queues a record for the next group commit. `waiter` hears when it is synced.
-    pub fn append(&self, queue_id: u64, msg: &Arc<Message>, waiter: Option<Arc<dyn Durable>>) -> Arc<Slot> {
-        let slot = Arc::new(Slot::new());
+    /// A log id for a queue whose definition is not persisted (its records
+    /// are all transient-flagged, so no restart ever looks it up).
+    pub fn transient_id(&self) -> u64 {
+        self.next_transient_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// True when new ready messages should be paged out rather than kept.
+    pub fn over_budget(&self) -> bool {
+        self.resident.load(Ordering::Relaxed) >= self.budget
+    }
+
+    /// Accounts ready bytes entering (`+`) or leaving (`-`) memory.
+    pub fn resident_add(&self, bytes: u64) {
+        self.resident.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn resident_sub(&self, bytes: u64) {
+        let _ = self
+            .resident
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(bytes))
+            });
+    }
+
+    pub fn resident(&self) -> u64 {
+        self.resident.load(Ordering::Relaxed)
+    }
+
+    /// Queues a record for the next group commit and returns its location.
+    /// `durable = false` marks a transient message paged out of memory.
+    /// `waiter` hears when the record is synced.
+    pub fn append(
+        &self,
+        queue_id: u64,
+        msg: &Arc<Message>,
+        durable: bool,
+        waiter: Option<Arc<dyn Durable>>,
+    ) -> Loc {
+        let size = segment::encoded_len(&msg.exchange, &msg.routing_key, &msg.properties, &msg.body) as u64;
         if let Some(w) = &waiter {
             w.add();
         }
-        let op = Op::Append {
+        let queue_id = if durable {
+            queue_id
+        } else {
+            queue_id | TRANSIENT_BIT
+        };
+        let mut a = self.alloc.lock();
+        if a.offset > 0 && (a.offset + size > self.segment_size || a.offset + size > u32::MAX as u64) {
+            a.seg += 1;
+            a.offset = 0;
+        }
+        let l = loc(a.seg, a.offset as u32);
+        a.offset += size;
+        // Sent under the allocation lock: the persister sees records in
+        // location order.
+        let r = self.tx.send(Op::Append {
+            loc: l,
             queue_id,
             msg: msg.clone(),
-            slot: slot.clone(),
             waiter,
-        };
-        if let Err(mpsc::SendError(Op::Append { waiter: Some(w), .. })) = self.tx.send(op) {
+        });
+        drop(a);
+        if let Err(mpsc::SendError(Op::Append { waiter: Some(w), .. })) = r {
             w.done(false); // the persister is gone: never confirm
         }
-        slot
+        l
     }
 
-    /// The message is gone from its queue for good (acked, dropped, purged).
-    pub fn settle(&self, slot: &Arc<Slot>) {
-        if !slot.settled.swap(true, Ordering::AcqRel) {
-            let _ = self.tx.send(Op::Settle(slot.clone()));
+    /// The record's message left the broker for good (acked, dropped, purged).
+    pub fn settle(&self, l: Loc) {
+        if l != NO_LOC {
+            let _ = self.tx.send(Op::Settle(l));
         }
     }
 
-    /// The message was handed to a consumer (redelivery hint after a crash).
-    pub fn delivered(&self, slot: &Arc<Slot>) {
-        if !slot.delivered.swap(true, Ordering::AcqRel) {
-            let _ = self.tx.send(Op::Delivered(slot.clone()));
+    /// The message was handed to a consumer (a redelivery hint after a crash).
+    pub fn delivered(&self, l: Loc) {
+        if l != NO_LOC {
+            let _ = self.tx.send(Op::Delivered(l));
         }
+    }
+
+    /// Reads a paged-out message back. Waits for the persister if its record
+    /// has not been written yet.
+    pub fn read(&self, l: Loc) -> std::io::Result<Message> {
+        if self.shared.written.load(Ordering::Acquire) <= l {
+            self.sync();
+        }
+        let (seg, offset) = split(l);
+        let file = {
+            let mut readers = self.shared.readers.lock();
+            match readers.get(&seg) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = Arc::new(File::open(segment::seg_path(&self.shared.dir, seg))?);
+                    readers.insert(seg, f.clone());
+                    f
+                }
+            }
+        };
+        segment::read_at(&file, offset as u64)
+            .and_then(|r| message_of(r).ok_or_else(|| std::io::Error::other("record with bad properties")))
     }
 
     /// Blocks until everything sent so far is written and synced.

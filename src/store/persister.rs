@@ -6,13 +6,13 @@
 //! settled is unlinked with its ack file.
 
 use super::segment::{self, DELIVERED_FLAG};
-use super::{Op, Recovered, Slot, message_of};
+use super::{Loc, Op, Recovered, Shared, TRANSIENT_BIT, loc, message_of, split};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 
 /// Most bytes gathered before a commit is forced even if more work is pending.
@@ -26,10 +26,9 @@ struct Current {
 }
 
 pub(super) struct Persister {
-    dir: PathBuf,
-    segment_size: u64,
-    next_id: u64,
+    shared: Arc<Shared>,
     current: Option<Current>,
+    next_id: u64,
     /// Encoded records not yet written to `current`.
     buf: BytesMut,
     /// Unsettled records per segment.
@@ -40,24 +39,23 @@ pub(super) struct Persister {
     /// Ack files written since their last sync.
     dirty_acks: Vec<u64>,
     waiters: Vec<Arc<dyn super::Durable>>,
-    /// Set after a failed write: the current segment cannot be trusted.
-    broken: bool,
+    /// The last write failed: waiters of this batch are nacked.
+    failed: bool,
 }
 
 impl Persister {
-    pub(super) fn new(dir: PathBuf, segment_size: u64, next_id: u64, live: HashMap<u64, u64>) -> Self {
+    pub(super) fn new(shared: Arc<Shared>, next_id: u64, live: HashMap<u64, u64>) -> Self {
         Persister {
-            dir,
-            segment_size: segment_size.max(4096),
-            next_id,
+            shared,
             current: None,
+            next_id,
             buf: BytesMut::with_capacity(256 * 1024),
             live,
             acks: HashMap::new(),
             ack_files: HashMap::new(),
             dirty_acks: Vec::new(),
             waiters: Vec::new(),
-            broken: false,
+            failed: false,
         }
     }
 
@@ -90,25 +88,16 @@ impl Persister {
     fn apply(&mut self, op: Op) {
         match op {
             Op::Append {
+                loc: l,
                 queue_id,
                 msg,
-                slot,
                 waiter,
             } => {
-                let size =
-                    segment::encoded_len(&msg.exchange, &msg.routing_key, &msg.properties, &msg.body) as u64;
-                if let Err(e) = self.make_room(size) {
-                    tracing::error!(error = %e, "message store: cannot open a segment");
-                    if let Some(w) = waiter {
-                        w.done(false);
-                    }
-                    return;
+                let (seg, offset) = split(l);
+                if let Err(e) = self.position(seg, offset as u64) {
+                    tracing::error!(error = %e, segment = seg, "message store: cannot open a segment");
+                    self.failed = true;
                 }
-                let Some(cur) = self.current.as_ref() else {
-                    return;
-                };
-                let offset = cur.len + self.buf.len() as u64;
-                let id = cur.id;
                 segment::encode(
                     &mut self.buf,
                     queue_id,
@@ -117,17 +106,13 @@ impl Persister {
                     &msg.properties,
                     &msg.body,
                 );
-                slot.loc
-                    .store(id << 32 | offset, std::sync::atomic::Ordering::Release);
-                *self.live.entry(id).or_insert(0) += 1;
+                *self.live.entry(seg).or_insert(0) += 1;
                 if let Some(w) = waiter {
                     self.waiters.push(w);
                 }
             }
-            Op::Settle(slot) => {
-                let Some((seg, offset)) = slot.location() else {
-                    return;
-                };
+            Op::Settle(l) => {
+                let (seg, offset) = split(l);
                 self.acks
                     .entry(seg)
                     .or_default()
@@ -136,10 +121,8 @@ impl Persister {
                     *n = n.saturating_sub(1);
                 }
             }
-            Op::Delivered(slot) => {
-                let Some((seg, offset)) = slot.location() else {
-                    return;
-                };
+            Op::Delivered(l) => {
+                let (seg, offset) = split(l);
                 self.acks
                     .entry(seg)
                     .or_default()
@@ -149,68 +132,61 @@ impl Persister {
         }
     }
 
-    /// Ensures the current segment can take `size` more bytes, rolling to a
-    /// new one when it is full (a record larger than a segment gets its own).
-    fn make_room(&mut self, size: u64) -> std::io::Result<()> {
-        let full = match &self.current {
-            None => true,
-            Some(c) => {
-                let used = c.len + self.buf.len() as u64;
-                self.broken || (used > 0 && used + size > self.segment_size) || used + size > u32::MAX as u64
-            }
-        };
-        if !full {
+    /// Makes `seg` the current segment (the allocator moved on to it).
+    fn position(&mut self, seg: u64, offset: u64) -> std::io::Result<()> {
+        if self.current.as_ref().is_some_and(|c| c.id == seg) {
+            let c = self.current.as_ref().map(|c| c.len).unwrap_or(0);
+            debug_assert_eq!(
+                c + self.buf.len() as u64,
+                offset,
+                "records arrive in allocation order"
+            );
             return Ok(());
         }
-        if self.current.is_some() {
-            // Finish the old segment: its bytes must be synced before waiters
-            // of later records are released (they are all released together).
-            self.write_and_sync_current()?;
-        }
-        let id = self.next_id;
-        self.next_id += 1;
+        // Finish the old segment before records of the new one are written:
+        // every waiter of this batch is released only after both are synced.
+        self.write_and_sync_current();
         let file = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(segment::seg_path(&self.dir, id))?;
-        self.current = Some(Current { id, file, len: 0 });
-        self.live.entry(id).or_insert(0);
-        self.broken = false;
+            .open(segment::seg_path(&self.shared.dir, seg))?;
+        let len = file.metadata()?.len();
+        self.current = Some(Current { id: seg, file, len });
+        self.live.entry(seg).or_insert(0);
+        self.next_id = self.next_id.max(seg + 1);
         Ok(())
     }
 
-    fn write_and_sync_current(&mut self) -> std::io::Result<()> {
+    fn write_and_sync_current(&mut self) {
         let Some(cur) = self.current.as_mut() else {
-            return Ok(());
+            self.buf.clear();
+            return;
         };
         if self.buf.is_empty() {
-            return Ok(());
+            return;
         }
-        let r = cur.file.write_all(&self.buf).and_then(|_| cur.file.sync_data());
-        match r {
+        match cur.file.write_all(&self.buf).and_then(|_| cur.file.sync_data()) {
             Ok(()) => {
                 cur.len += self.buf.len() as u64;
-                self.buf.clear();
-                Ok(())
+                self.shared
+                    .written
+                    .fetch_max(loc(cur.id, cur.len.min(u32::MAX as u64) as u32), Ordering::AcqRel);
             }
             Err(e) => {
-                self.buf.clear();
-                self.broken = true;
-                Err(e)
+                tracing::error!(error = %e, segment = cur.id, "message store: write/sync failed; this batch's publishes are nacked");
+                self.failed = true;
+                // Keep the file consistent with what was acknowledged.
+                let _ = cur.file.set_len(cur.len);
             }
         }
+        self.buf.clear();
     }
 
     /// Writes the batch, syncs, releases waiters, writes ack entries,
     /// unlinks fully settled segments. `sync_acks` also syncs ack files.
     fn commit(&mut self, sync_acks: bool) {
-        let ok = match self.write_and_sync_current() {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, "message store: write/sync failed; publishes in this batch are nacked");
-                false
-            }
-        };
+        self.write_and_sync_current();
+        let ok = !std::mem::take(&mut self.failed);
         for w in self.waiters.drain(..) {
             w.done(ok);
         }
@@ -242,7 +218,7 @@ impl Persister {
                 OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .open(segment::ack_path(&self.dir, seg))?,
+                    .open(segment::ack_path(&self.shared.dir, seg))?,
             ),
         };
         f.write_all(bytes)?;
@@ -263,25 +239,32 @@ impl Persister {
         for id in done {
             self.live.remove(&id);
             self.ack_files.remove(&id);
+            self.shared.readers.lock().remove(&id);
             self.dirty_acks.retain(|s| *s != id);
             // The segment first: if only the ack file went, its records
             // would come back as unsettled.
-            if let Err(e) = std::fs::remove_file(segment::seg_path(&self.dir, id)) {
+            if let Err(e) = std::fs::remove_file(segment::seg_path(&self.shared.dir, id)) {
                 tracing::warn!(error = %e, segment = id, "message store: cannot remove segment");
                 continue;
             }
-            let _ = std::fs::remove_file(segment::ack_path(&self.dir, id));
+            let _ = std::fs::remove_file(segment::ack_path(&self.shared.dir, id));
         }
     }
 }
 
-/// Scans every segment: unsettled records in log order, live counts per
-/// segment, and the next segment id. A damaged tail of the last segment is
-/// cut off with a warning; damage elsewhere ends that segment's scan.
-pub(super) fn recover(dir: &std::path::Path) -> std::io::Result<(Vec<Recovered>, HashMap<u64, u64>, u64)> {
+/// What recovery found: unsettled durable records in log order, live
+/// counts per segment, the next segment id, and transient records (to settle).
+type Found = (Vec<Recovered>, HashMap<u64, u64>, u64, Vec<Loc>);
+
+/// Scans every segment. A damaged tail of the last segment is cut off with a
+/// warning; damage elsewhere ends that segment's scan. Bodies are kept in
+/// memory up to `budget` bytes; the rest stay paged out.
+pub(super) fn recover(dir: &std::path::Path, budget: u64) -> std::io::Result<Found> {
     let ids = segment::list(dir)?;
     let mut out = Vec::new();
+    let mut transient = Vec::new();
     let mut live = HashMap::new();
+    let mut resident = 0u64;
     let last = ids.last().copied();
     for id in &ids {
         let path = segment::seg_path(dir, *id);
@@ -308,25 +291,46 @@ pub(super) fn recover(dir: &std::path::Path) -> std::io::Result<(Vec<Recovered>,
             if settled.contains(&offset) {
                 continue;
             }
+            n += 1;
+            let l = loc(*id, offset);
+            if rec.queue_id & TRANSIENT_BIT != 0 {
+                transient.push(l);
+                continue;
+            }
             let queue_id = rec.queue_id;
+            let body_size = rec.body.len() as u32;
             let Some(message) = message_of(rec) else {
                 tracing::warn!(
                     segment = id,
                     offset,
                     "message store: record with bad properties skipped"
                 );
+                transient.push(l);
                 continue;
             };
-            n += 1;
-            let was_delivered = delivered.contains(&offset);
-            let slot = Slot::at(*id, offset);
-            slot.delivered
-                .store(was_delivered, std::sync::atomic::Ordering::Relaxed);
+            let priority = message.priority();
+            let keep = resident + body_size as u64 <= budget;
+            if keep {
+                resident += body_size as u64;
+            }
             out.push(Recovered {
                 queue_id,
-                message,
-                slot: Arc::new(slot),
-                delivered: was_delivered,
+                loc: l,
+                // Copy the kept body out of the segment buffer, so the
+                // buffer is freed once recovery is done.
+                message: keep.then(|| {
+                    let m = message;
+                    crate::message::Message::new(
+                        Bytes::copy_from_slice(&m.exchange),
+                        Bytes::copy_from_slice(&m.routing_key),
+                        Bytes::copy_from_slice(&m.properties),
+                        Bytes::copy_from_slice(&m.body),
+                        m.scanned,
+                    )
+                }),
+                body_size,
+                priority,
+                delivered: delivered.contains(&offset),
             });
         }
         if n == 0 {
@@ -337,5 +341,5 @@ pub(super) fn recover(dir: &std::path::Path) -> std::io::Result<(Vec<Recovered>,
         }
     }
     let next = last.map(|l| l + 1).unwrap_or(1);
-    Ok((out, live, next))
+    Ok((out, live, next, transient))
 }

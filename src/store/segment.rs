@@ -176,6 +176,25 @@ pub fn parse_acks(data: &[u8]) -> (std::collections::HashSet<u32>, std::collecti
     (settled, delivered)
 }
 
+/// Reads one record at `offset` of an open segment (checksum verified).
+pub fn read_at(file: &std::fs::File, offset: u64) -> std::io::Result<Record> {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; RECORD_HEADER];
+    file.read_exact_at(&mut head, offset)?;
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    let mut payload = vec![0u8; len];
+    file.read_exact_at(&mut payload, offset + RECORD_HEADER as u64)?;
+    if crc32fast::hash(&payload) != crc {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "record checksum mismatch",
+        ));
+    }
+    decode_payload(&Bytes::from(payload))
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "undecodable record"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
