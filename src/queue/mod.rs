@@ -10,7 +10,7 @@ pub mod sink;
 use crate::error::{AmqpError, AmqpResult, rs};
 use crate::message::Message;
 use crate::protocol::FieldTable;
-use crate::store::{Durable, MessageStore, NO_LOC};
+use crate::store::{Durable, MessageStore, NO_LOC, footprint};
 use args::QueueArgs;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -155,7 +155,7 @@ impl Queue {
         let qm = if page {
             QueuedMessage::paged(st.next_seq, loc, msg.body.len() as u32, msg.priority())
         } else {
-            self.store.resident_add(msg.body.len() as u64);
+            self.store.resident_add(footprint(msg.body.len() as u32));
             QueuedMessage::in_memory(st.next_seq, msg, loc)
         };
         st.ready.push(qm);
@@ -176,7 +176,7 @@ impl Queue {
             match self.store.read(head.loc) {
                 Ok(m) => {
                     head.msg = Some(Arc::new(m));
-                    self.store.resident_add(head.body_size as u64);
+                    self.store.resident_add(footprint(head.body_size));
                     return true;
                 }
                 Err(e) => {
@@ -193,7 +193,7 @@ impl Queue {
     fn pop_ready(&self, st: &mut QueueState) -> Option<QueuedMessage> {
         let qm = st.ready.pop()?;
         if qm.msg.is_some() {
-            self.store.resident_sub(qm.body_size as u64);
+            self.store.resident_sub(footprint(qm.body_size));
         }
         Some(qm)
     }
@@ -266,7 +266,7 @@ impl Queue {
         let resident: u64 = gone
             .iter()
             .filter(|m| m.msg.is_some())
-            .map(|m| m.body_size as u64)
+            .map(|m| footprint(m.body_size))
             .sum();
         self.store.resident_sub(resident);
         self.forget(&gone);
@@ -348,7 +348,7 @@ impl Queue {
                 true
             }
             Err(qm) => {
-                self.store.resident_add(qm.body_size as u64);
+                self.store.resident_add(footprint(qm.body_size));
                 st.ready.requeue(qm);
                 false
             }
@@ -377,7 +377,7 @@ impl Queue {
         for mut qm in msgs {
             qm.redelivered = true;
             if qm.msg.is_some() {
-                self.store.resident_add(qm.body_size as u64);
+                self.store.resident_add(footprint(qm.body_size));
             }
             st.ready.requeue(qm);
         }

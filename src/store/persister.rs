@@ -309,9 +309,9 @@ pub(super) fn recover(dir: &std::path::Path, budget: u64) -> std::io::Result<Fou
                 continue;
             };
             let priority = message.priority();
-            let keep = resident + body_size as u64 <= budget;
+            let keep = resident + super::footprint(body_size) <= budget;
             if keep {
-                resident += body_size as u64;
+                resident += super::footprint(body_size);
             }
             out.push(Recovered {
                 queue_id,
