@@ -382,3 +382,58 @@ async fn backlog_beyond_the_memory_budget_is_paged_to_the_log() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn failed_sync_nacks_the_publishes_it_covered() {
+    let s = start_with(|c| c.storage.segment_size = 65536).await;
+    let mut r = Raw::open(s.addr()).await;
+    r.call(
+        1,
+        m::qdecl("dq", false, true, false, false, FieldTable::default()),
+    )
+    .await;
+    r.call(1, m::confirm_select()).await;
+    // The next segments are /dev/full: every write to them fails (ENOSPC).
+    let dir = s.dir.path().join("messages");
+    for id in 2..40u64 {
+        std::os::unix::fs::symlink("/dev/full", dir.join(format!("{id:020}.seg"))).unwrap();
+    }
+    let body = vec![7u8; 4000];
+    let (mut acks, mut nacks) = (
+        std::collections::BTreeSet::new(),
+        std::collections::BTreeSet::new(),
+    );
+    for _ in 0..40 {
+        r.publish(1, "", "dq", false, &persistent(), &body).await;
+    }
+    while acks.len() + nacks.len() < 40 {
+        match r.recv().await {
+            In::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) => {
+                let tags: Vec<u64> = if a.multiple {
+                    (1..=a.delivery_tag)
+                        .filter(|t| !acks.contains(t) && !nacks.contains(t))
+                        .collect()
+                } else {
+                    vec![a.delivery_tag]
+                };
+                acks.extend(tags);
+            }
+            In::Method(1, AMQPClass::Basic(basic::AMQPMethod::Nack(n))) => {
+                assert!(!n.multiple);
+                nacks.insert(n.delivery_tag);
+            }
+            _ => {}
+        }
+    }
+    // The first segment took ~16 messages; everything after it failed.
+    assert!(
+        !acks.is_empty(),
+        "publishes written to the good segment are acked"
+    );
+    assert!(!nacks.is_empty(), "publishes whose sync failed are nacked");
+    assert!(
+        acks.iter().max() < nacks.iter().min(),
+        "acks {acks:?} nacks {nacks:?}"
+    );
+    s.stop().await;
+}

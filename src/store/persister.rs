@@ -143,9 +143,10 @@ impl Persister {
             );
             return Ok(());
         }
-        // Finish the old segment before records of the new one are written:
-        // every waiter of this batch is released only after both are synced.
+        // Finish the old segment before records of the new one are written,
+        // and answer the publishes it covers.
         self.write_and_sync_current();
+        self.release_waiters();
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -186,10 +187,7 @@ impl Persister {
     /// unlinks fully settled segments. `sync_acks` also syncs ack files.
     fn commit(&mut self, sync_acks: bool) {
         self.write_and_sync_current();
-        let ok = !std::mem::take(&mut self.failed);
-        for w in self.waiters.drain(..) {
-            w.done(ok);
-        }
+        self.release_waiters();
         let pending: Vec<(u64, Vec<u8>)> = self.acks.drain().collect();
         for (seg, bytes) in pending {
             if let Err(e) = self.write_acks(seg, &bytes) {
@@ -206,6 +204,14 @@ impl Persister {
             }
         }
         self.unlink_settled();
+    }
+
+    /// Confirms (or, after a failed write, nacks) every publish written so far.
+    fn release_waiters(&mut self) {
+        let ok = !std::mem::take(&mut self.failed);
+        for w in self.waiters.drain(..) {
+            w.done(ok);
+        }
     }
 
     fn write_acks(&mut self, seg: u64, bytes: &[u8]) -> std::io::Result<()> {
