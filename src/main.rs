@@ -103,12 +103,24 @@ async fn wait_for_signal() {
     }
 }
 
+/// Reports an error that happens before logging is configured (bad
+/// configuration): through a plain stderr subscriber, still via tracing.
+fn fatal(msg: &str) {
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || tracing::error!("{msg}"));
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let cfg = match load(&cli) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("warren: {e}");
+            fatal(&format!("warren: {e}"));
             return ExitCode::from(2);
         }
     };
@@ -117,13 +129,13 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Err(e) = init_logging(&cfg) {
-        eprintln!("warren: {e}");
+        fatal(&format!("warren: {e}"));
         return ExitCode::from(2);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("warren: cannot start the runtime: {e}");
+            tracing::error!("warren: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
