@@ -66,7 +66,8 @@ fn init_logging(cfg: &Config) -> Result<(), String> {
         .map_err(|e| format!("invalid value for 'log.level': {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if cfg.log.format == "json" {
         builder.json().init();
     } else {
