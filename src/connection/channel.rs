@@ -963,7 +963,9 @@ impl Conn {
             q.publish(msg.clone(), waiter.as_ref());
         }
         if let Some(w) = waiter {
-            w.done(true); // routing is over: release the channel's hold
+            // Routing is over: release the channel's hold (confirms that
+            // became ready go out with the end-of-batch flush).
+            w.done(true);
         }
         self.chan(ch).routed = routed;
         Ok(())

@@ -120,21 +120,35 @@ impl Durable for ConfirmWaiter {
         self.remaining.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn done(&self, ok: bool) {
+    fn done(&self, ok: bool) -> bool {
         if !ok {
             self.ok.store(false, Ordering::Release);
         }
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let ok = self.ok.load(Ordering::Acquire);
-            let (ch, seq) = (self.channel, self.seq);
-            self.outbox.with(|st| {
-                let OutState { buf, channels, .. } = st;
-                if let Some(d) = channels.get_mut(&ch) {
-                    d.confirms.complete(seq, ok);
-                    d.confirms.flush(ch, buf);
-                }
-            });
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return false;
         }
+        let ok = self.ok.load(Ordering::Acquire);
+        let (ch, seq) = (self.channel, self.seq);
+        self.outbox.with(|st| {
+            if let Some(d) = st.channels.get_mut(&ch) {
+                d.confirms.complete(seq, ok);
+            }
+        });
+        true
+    }
+
+    fn stream(&self) -> (usize, u16) {
+        (Arc::as_ptr(&self.outbox) as usize, self.channel)
+    }
+
+    fn flush(&self) {
+        let ch = self.channel;
+        self.outbox.with(|st| {
+            let OutState { buf, channels, .. } = st;
+            if let Some(d) = channels.get_mut(&ch) {
+                d.confirms.flush(ch, buf);
+            }
+        });
     }
 }
 

@@ -55,10 +55,14 @@ pub fn footprint(body_size: u32) -> u64 {
 
 /// A publisher confirm waiting for log appends: `add` is called once per
 /// append it is attached to, `done` once per append when it is on disk
-/// (`true`) or failed.
+/// (`true`) or failed, returning true for the last one. Confirms are sent by
+/// `flush`, called once per `stream` (a publisher's channel) after a batch,
+/// so one commit yields one `basic.ack(multiple)` per channel.
 pub trait Durable: Send + Sync {
     fn add(&self);
-    fn done(&self, ok: bool);
+    fn done(&self, ok: bool) -> bool;
+    fn stream(&self) -> (usize, u16);
+    fn flush(&self);
 }
 
 pub(crate) enum Op {
@@ -235,8 +239,10 @@ impl MessageStore {
             waiter,
         });
         drop(a);
-        if let Err(mpsc::SendError(Op::Append { waiter: Some(w), .. })) = r {
-            w.done(false); // the persister is gone: never confirm
+        if let Err(mpsc::SendError(Op::Append { waiter: Some(w), .. })) = r
+            && w.done(false)
+        {
+            w.flush(); // the persister is gone: never confirm
         }
         l
     }

@@ -209,8 +209,17 @@ impl Persister {
     /// Confirms (or, after a failed write, nacks) every publish written so far.
     fn release_waiters(&mut self) {
         let ok = !std::mem::take(&mut self.failed);
+        let mut streams: Vec<((usize, u16), Arc<dyn super::Durable>)> = Vec::new();
         for w in self.waiters.drain(..) {
-            w.done(ok);
+            if w.done(ok) {
+                let key = w.stream();
+                if !streams.iter().any(|(k, _)| *k == key) {
+                    streams.push((key, w));
+                }
+            }
+        }
+        for (_, w) in streams {
+            w.flush();
         }
     }
 
