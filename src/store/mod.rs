@@ -80,6 +80,55 @@ pub(crate) enum Op {
     Stop,
 }
 
+/// The persister's inbox. Senders push under a short lock and wake the
+/// persister only for work somebody waits on (a publisher confirm, a read of
+/// a paged-out message, shutdown); settlements, delivery marks and pages of
+/// transient messages ride along with the next commit, at the latest after
+/// one idle tick. This keeps the persister from being woken for every ack.
+pub(crate) struct Inbox {
+    ops: Mutex<Vec<Op>>,
+    ready: parking_lot::Condvar,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// How long settlements may wait for a commit when nothing urgent comes.
+pub(crate) const IDLE_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl Inbox {
+    fn new() -> Self {
+        Inbox {
+            ops: Mutex::new(Vec::with_capacity(1024)),
+            ready: parking_lot::Condvar::new(),
+            closed: Default::default(),
+        }
+    }
+
+    /// Queues `op`; gives it back if the persister has stopped.
+    fn send(&self, op: Op, urgent: bool) -> Result<(), Op> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(op);
+        }
+        self.ops.lock().push(op);
+        if urgent {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Takes everything queued, waiting for work (at most one idle tick).
+    pub(crate) fn take(&self, into: &mut Vec<Op>) {
+        let mut ops = self.ops.lock();
+        if ops.is_empty() {
+            self.ready.wait_for(&mut ops, IDLE_TICK);
+        }
+        std::mem::swap(&mut *ops, into);
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+}
+
 /// A recovered message.
 pub struct Recovered {
     pub queue_id: u64,
@@ -107,7 +156,7 @@ pub(crate) struct Shared {
 }
 
 pub struct MessageStore {
-    tx: mpsc::Sender<Op>,
+    inbox: Arc<Inbox>,
     alloc: Mutex<Alloc>,
     segment_size: u64,
     shared: Arc<Shared>,
@@ -146,18 +195,19 @@ impl MessageStore {
             written: AtomicU64::new(loc(next_id, 0)),
             readers: Mutex::new(HashMap::new()),
         });
-        let (tx, rx) = mpsc::channel();
+        let inbox = Arc::new(Inbox::new());
         let p = persister::Persister::new(shared.clone(), next_id, live);
+        let rx = inbox.clone();
         let thread = std::thread::Builder::new()
             .name("warren-persister".into())
-            .spawn(move || p.run(rx))?;
+            .spawn(move || p.run(&rx))?;
         let resident = recovered
             .iter()
             .filter(|r| r.message.is_some())
             .map(|r| footprint(r.body_size))
             .sum();
         let store = Arc::new(MessageStore {
-            tx,
+            inbox,
             alloc: Mutex::new(Alloc {
                 seg: next_id,
                 offset: 0,
@@ -232,14 +282,18 @@ impl MessageStore {
         a.offset += size;
         // Sent under the allocation lock: the persister sees records in
         // location order.
-        let r = self.tx.send(Op::Append {
-            loc: l,
-            queue_id,
-            msg: msg.clone(),
-            waiter,
-        });
+        let urgent = waiter.is_some();
+        let r = self.inbox.send(
+            Op::Append {
+                loc: l,
+                queue_id,
+                msg: msg.clone(),
+                waiter,
+            },
+            urgent,
+        );
         drop(a);
-        if let Err(mpsc::SendError(Op::Append { waiter: Some(w), .. })) = r
+        if let Err(Op::Append { waiter: Some(w), .. }) = r
             && w.done(false)
         {
             w.flush(); // the persister is gone: never confirm
@@ -250,14 +304,14 @@ impl MessageStore {
     /// The record's message left the broker for good (acked, dropped, purged).
     pub fn settle(&self, l: Loc) {
         if l != NO_LOC {
-            let _ = self.tx.send(Op::Settle(l));
+            let _ = self.inbox.send(Op::Settle(l), false);
         }
     }
 
     /// The message was handed to a consumer (a redelivery hint after a crash).
     pub fn delivered(&self, l: Loc) {
         if l != NO_LOC {
-            let _ = self.tx.send(Op::Delivered(l));
+            let _ = self.inbox.send(Op::Delivered(l), false);
         }
     }
 
@@ -286,7 +340,7 @@ impl MessageStore {
     /// Blocks until everything sent so far is written and synced.
     pub fn sync(&self) {
         let (tx, rx) = mpsc::channel();
-        if self.tx.send(Op::Sync(tx)).is_ok() {
+        if self.inbox.send(Op::Sync(tx), true).is_ok() {
             let _ = rx.recv();
         }
     }
@@ -294,7 +348,7 @@ impl MessageStore {
     /// Syncs everything and stops the persister (graceful shutdown).
     pub fn close(&self) {
         self.sync();
-        let _ = self.tx.send(Op::Stop);
+        let _ = self.inbox.send(Op::Stop, true);
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();
         }

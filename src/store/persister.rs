@@ -59,19 +59,25 @@ impl Persister {
         }
     }
 
-    pub(super) fn run(mut self, rx: mpsc::Receiver<Op>) {
+    pub(super) fn run(mut self, inbox: &super::Inbox) {
         let mut syncs: Vec<mpsc::Sender<()>> = Vec::new();
-        while let Ok(first) = rx.recv() {
+        let mut ops: Vec<Op> = Vec::with_capacity(1024);
+        loop {
+            inbox.take(&mut ops);
+            if ops.is_empty() {
+                continue; // idle tick with nothing pending
+            }
             let mut stop = false;
-            let mut op = Some(first);
-            while let Some(o) = op.take() {
+            for o in ops.drain(..) {
                 match o {
                     Op::Sync(reply) => syncs.push(reply),
                     Op::Stop => stop = true,
                     other => self.apply(other),
                 }
-                if self.buf.len() < MAX_BATCH_BYTES && !stop {
-                    op = rx.try_recv().ok();
+                // Very large batches are written as they grow.
+                if self.buf.len() >= MAX_BATCH_BYTES {
+                    self.write_and_sync_current();
+                    self.release_waiters();
                 }
             }
             self.commit(!syncs.is_empty() || stop);
@@ -79,10 +85,10 @@ impl Persister {
                 let _ = s.send(());
             }
             if stop {
+                inbox.close();
                 return;
             }
         }
-        self.commit(true);
     }
 
     fn apply(&mut self, op: Op) {
