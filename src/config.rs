@@ -154,10 +154,7 @@ impl Config {
             return bad("amqp.frame_max", "must be 0 or at least 4096");
         }
         if self.amqp.max_message_size == 0 || self.amqp.max_message_size > 536_870_912 {
-            return bad(
-                "amqp.max_message_size",
-                "must be between 1 and 536870912 (512 MiB)",
-            );
+            return bad("amqp.max_message_size", "must be between 1 and 536870912 (512 MiB)");
         }
         if self.amqp.write_buffer_high_water < 4096 {
             return bad("amqp.write_buffer_high_water", "must be at least 4096");

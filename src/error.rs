@@ -69,18 +69,8 @@ pub struct AmqpError {
 impl AmqpError {
     /// An error whose scope follows from its code (RabbitMQ's soft/hard split).
     pub fn new(code: u16, explanation: impl Into<String>) -> Self {
-        let scope = if code::is_hard(code) {
-            Scope::Connection
-        } else {
-            Scope::Channel
-        };
-        AmqpError {
-            code,
-            explanation: explanation.into(),
-            class_id: 0,
-            method_id: 0,
-            scope,
-        }
+        let scope = if code::is_hard(code) { Scope::Connection } else { Scope::Channel };
+        AmqpError { code, explanation: explanation.into(), class_id: 0, method_id: 0, scope }
     }
 
     pub fn not_found(what: impl Into<String>) -> Self {
@@ -140,14 +130,7 @@ impl AmqpError {
 
 impl fmt::Display for AmqpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {} (class {} method {})",
-            self.code,
-            self.reply_text(),
-            self.class_id,
-            self.method_id
-        )
+        write!(f, "{} {} (class {} method {})", self.code, self.reply_text(), self.class_id, self.method_id)
     }
 }
 

@@ -25,13 +25,7 @@ impl Message {
         body: Bytes,
         scanned: Scanned,
     ) -> Self {
-        Message {
-            exchange,
-            routing_key,
-            properties,
-            body,
-            scanned,
-        }
+        Message { exchange, routing_key, properties, body, scanned }
     }
 
     pub fn body_size(&self) -> u64 {

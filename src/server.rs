@@ -26,29 +26,20 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
     std::fs::create_dir_all(&config.storage.data_dir).map_err(|e| {
         std::io::Error::new(
             e.kind(),
-            format!(
-                "cannot create data dir {}: {e}",
-                config.storage.data_dir.display()
-            ),
+            format!("cannot create data dir {}: {e}", config.storage.data_dir.display()),
         )
     })?;
-    let amqp = TcpListener::bind((config.amqp.bind.as_str(), config.amqp.port))
-        .await
-        .map_err(|e| {
+    let amqp = TcpListener::bind((config.amqp.bind.as_str(), config.amqp.port)).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot bind AMQP {}:{}: {e}", config.amqp.bind, config.amqp.port),
+        )
+    })?;
+    let mgmt =
+        TcpListener::bind((config.management.bind.as_str(), config.management.port)).await.map_err(|e| {
             std::io::Error::new(
                 e.kind(),
-                format!("cannot bind AMQP {}:{}: {e}", config.amqp.bind, config.amqp.port),
-            )
-        })?;
-    let mgmt = TcpListener::bind((config.management.bind.as_str(), config.management.port))
-        .await
-        .map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot bind management {}:{}: {e}",
-                    config.management.bind, config.management.port
-                ),
+                format!("cannot bind management {}:{}: {e}", config.management.bind, config.management.port),
             )
         })?;
     let amqp_addr = amqp.local_addr()?;
@@ -62,13 +53,7 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
     let accept = tokio::spawn(accept_loop(broker.clone(), amqp, rx.clone()));
     let http = tokio::spawn(crate::mgmt::serve(broker.clone(), mgmt, rx));
     tracing::info!(%amqp_addr, %mgmt_addr, "Warren started");
-    Ok(ServerHandle {
-        amqp_addr,
-        mgmt_addr,
-        broker,
-        shutdown: tx,
-        tasks: vec![accept, http],
-    })
+    Ok(ServerHandle { amqp_addr, mgmt_addr, broker, shutdown: tx, tasks: vec![accept, http] })
 }
 
 async fn accept_loop(broker: Arc<Broker>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {

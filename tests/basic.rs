@@ -17,16 +17,10 @@ async fn lapin_publish_consume_ack_roundtrip_with_properties() {
     let s = start().await;
     let conn = lapin(&s).await;
     let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(
-        "lq".into(),
-        lapin::options::QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+    ch.queue_declare("lq".into(), lapin::options::QueueDeclareOptions::default(), FieldTable::default())
         .await
         .unwrap();
+    ch.confirm_select(lapin::options::ConfirmSelectOptions::default()).await.unwrap();
     let props = lapin::BasicProperties::default()
         .with_content_type("text/plain".into())
         .with_correlation_id("c-1".into())
@@ -54,20 +48,10 @@ async fn lapin_publish_consume_ack_roundtrip_with_properties() {
         .await
         .unwrap();
     assert!(consumer.tag().as_str().starts_with("amq.ctag-"));
-    let d = tokio::time::timeout(Duration::from_secs(5), consumer.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(d.data, b"hello");
-    assert_eq!(
-        d.properties.correlation_id().as_ref().map(|c| c.as_str()),
-        Some("c-1")
-    );
-    assert_eq!(
-        d.properties.headers().as_ref().unwrap().inner().get("n"),
-        Some(&AMQPValue::LongLongInt(7))
-    );
+    assert_eq!(d.properties.correlation_id().as_ref().map(|c| c.as_str()), Some("c-1"));
+    assert_eq!(d.properties.headers().as_ref().unwrap().inner().get("n"), Some(&AMQPValue::LongLongInt(7)));
     assert!(!d.redelivered);
     d.ack(lapin::options::BasicAckOptions::default()).await.unwrap();
     eventually("ack settles", Duration::from_secs(5), || {
@@ -86,10 +70,7 @@ async fn mandatory_unroutable_is_returned_before_the_confirm() {
     match &ret.method {
         AMQPClass::Basic(basic::AMQPMethod::Return(rt)) => {
             assert_eq!((rt.reply_code, rt.reply_text.as_str()), (312, "NO_ROUTE"));
-            assert_eq!(
-                (rt.exchange.as_str(), rt.routing_key.as_str()),
-                ("amq.direct", "nowhere")
-            );
+            assert_eq!((rt.exchange.as_str(), rt.routing_key.as_str()), ("amq.direct", "nowhere"));
         }
         other => panic!("expected basic.return, got {other:?}"),
     }
@@ -99,8 +80,7 @@ async fn mandatory_unroutable_is_returned_before_the_confirm() {
         other => panic!("expected confirm ack, got {other:?}"),
     }
     // Not mandatory: dropped silently, still confirmed.
-    r.publish(1, "amq.direct", "nowhere", false, &[], b"dropped")
-        .await;
+    r.publish(1, "amq.direct", "nowhere", false, &[], b"dropped").await;
     match r.recv().await {
         In::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) => assert_eq!(a.delivery_tag, 2),
         other => panic!("expected confirm ack, got {other:?}"),
@@ -122,10 +102,7 @@ async fn immediate_is_540_connection_error() {
     )
     .await;
     let (code, text, class, method) = r.expect_connection_close().await;
-    assert_eq!(
-        (code, text.as_str(), class, method),
-        (540, "NOT_IMPLEMENTED - immediate=true", 60, 40)
-    );
+    assert_eq!((code, text.as_str(), class, method), (540, "NOT_IMPLEMENTED - immediate=true", 60, 40));
 }
 
 #[tokio::test]
@@ -155,14 +132,11 @@ async fn consume_tags_reuse_and_exclusive() {
     let s = start().await;
     let mut r = Raw::open(s.addr()).await;
     r.declare(1, "cx").await;
-    let ok = r
-        .call(1, m::consume("cx", "mytag", false, false, FieldTable::default()))
-        .await;
+    let ok = r.call(1, m::consume("cx", "mytag", false, false, FieldTable::default())).await;
     assert!(
         matches!(ok, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(c)) if c.consumer_tag.as_str() == "mytag")
     );
-    r.method(1, m::consume("cx", "mytag", false, false, FieldTable::default()))
-        .await;
+    r.method(1, m::consume("cx", "mytag", false, false, FieldTable::default())).await;
     let (code, text, class, method) = r.expect_connection_close().await;
     assert_eq!(
         (code, text.as_str(), class, method),
@@ -171,23 +145,16 @@ async fn consume_tags_reuse_and_exclusive() {
 
     let mut a = Raw::open(s.addr()).await;
     a.declare(1, "ex").await;
-    a.call(1, m::consume("ex", "only", false, true, FieldTable::default()))
-        .await;
+    a.call(1, m::consume("ex", "only", false, true, FieldTable::default())).await;
     let mut b = Raw::open(s.addr()).await;
-    b.method(1, m::consume("ex", "second", false, false, FieldTable::default()))
-        .await;
+    b.method(1, m::consume("ex", "second", false, false, FieldTable::default())).await;
     let (code, text, _, _) = b.expect_channel_close(1).await;
-    assert_eq!(
-        (code, text.as_str()),
-        (403, "ACCESS_REFUSED - queue 'ex' in vhost '/' in exclusive use")
-    );
+    assert_eq!((code, text.as_str()), (403, "ACCESS_REFUSED - queue 'ex' in vhost '/' in exclusive use"));
     // Exclusive consume on a queue that already has a consumer.
     b.open_channel(1).await;
     b.declare(1, "ex2").await;
-    b.call(1, m::consume("ex2", "plain", false, false, FieldTable::default()))
-        .await;
-    a.method(1, m::consume("ex2", "excl", false, true, FieldTable::default()))
-        .await;
+    b.call(1, m::consume("ex2", "plain", false, false, FieldTable::default())).await;
+    a.method(1, m::consume("ex2", "excl", false, true, FieldTable::default())).await;
     assert_eq!(a.expect_channel_close(1).await.0, 403);
 }
 
@@ -195,8 +162,7 @@ async fn consume_tags_reuse_and_exclusive() {
 async fn consume_on_missing_queue_is_404() {
     let s = start().await;
     let mut r = Raw::open(s.addr()).await;
-    r.method(1, m::consume("ghost", "", false, false, FieldTable::default()))
-        .await;
+    r.method(1, m::consume("ghost", "", false, false, FieldTable::default())).await;
     let (code, text, class, method) = r.expect_channel_close(1).await;
     assert_eq!(
         (code, text.as_str(), class, method),
@@ -209,10 +175,8 @@ async fn round_robin_and_consumer_priorities() {
     let s = start().await;
     let mut r = Raw::open(s.addr()).await;
     r.declare(1, "rr").await;
-    r.call(1, m::consume("rr", "a", true, false, FieldTable::default()))
-        .await;
-    r.call(1, m::consume("rr", "b", true, false, FieldTable::default()))
-        .await;
+    r.call(1, m::consume("rr", "a", true, false, FieldTable::default())).await;
+    r.call(1, m::consume("rr", "b", true, false, FieldTable::default())).await;
     for i in 0..4 {
         r.send_to(1, "rr", format!("{i}").as_bytes()).await;
     }
@@ -227,28 +191,9 @@ async fn round_robin_and_consumer_priorities() {
     r.open_channel(2).await;
     r.declare(2, "prio").await;
     r.call(2, m::qos(1, false)).await;
-    r.call(
-        2,
-        m::consume(
-            "prio",
-            "low",
-            false,
-            false,
-            table(&[("x-priority", AMQPValue::LongInt(1))]),
-        ),
-    )
-    .await;
-    r.call(
-        2,
-        m::consume(
-            "prio",
-            "high",
-            false,
-            false,
-            table(&[("x-priority", AMQPValue::LongInt(10))]),
-        ),
-    )
-    .await;
+    r.call(2, m::consume("prio", "low", false, false, table(&[("x-priority", AMQPValue::LongInt(1))]))).await;
+    r.call(2, m::consume("prio", "high", false, false, table(&[("x-priority", AMQPValue::LongInt(10))])))
+        .await;
     r.send_to(2, "prio", b"1").await;
     let first = r.next_message().await;
     assert_eq!(first.consumer_tag(), "high");
@@ -262,14 +207,12 @@ async fn cancel_and_server_sent_cancel_on_queue_delete() {
     let s = start().await;
     let mut r = Raw::open(s.addr()).await;
     r.declare(1, "cc").await;
-    r.call(1, m::consume("cc", "t", true, false, FieldTable::default()))
-        .await;
+    r.call(1, m::consume("cc", "t", true, false, FieldTable::default())).await;
     let ok = r.call(1, m::cancel("t")).await;
     assert!(matches!(ok, AMQPClass::Basic(basic::AMQPMethod::CancelOk(c)) if c.consumer_tag.as_str() == "t"));
     r.send_to(1, "cc", b"after-cancel").await;
     assert!(r.try_next_message(SHORT).await.is_none());
-    r.call(1, m::consume("cc", "t2", true, false, FieldTable::default()))
-        .await;
+    r.call(1, m::consume("cc", "t2", true, false, FieldTable::default())).await;
     assert_eq!(r.next_message().await.body, b"after-cancel");
 
     let mut other = Raw::open(s.addr()).await;
@@ -301,10 +244,7 @@ async fn get_get_empty_and_message_count() {
     r.method(1, m::get("g", true)).await;
     assert_eq!(r.next_message().await.body, b"2");
     r.method(1, m::get("g", true)).await;
-    assert!(matches!(
-        r.next_message().await.method,
-        AMQPClass::Basic(basic::AMQPMethod::GetEmpty(_))
-    ));
+    assert!(matches!(r.next_message().await.method, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(_))));
 }
 
 #[tokio::test]
@@ -330,12 +270,7 @@ async fn nack_requeue_keeps_position_and_sets_redelivered() {
     }
     assert_eq!(
         seen,
-        vec![
-            ("m1".into(), true),
-            ("m2".into(), true),
-            ("m3".into(), false),
-            ("m4".into(), false)
-        ]
+        vec![("m1".into(), true), ("m2".into(), true), ("m3".into(), false), ("m4".into(), false)]
     );
 }
 
@@ -347,8 +282,7 @@ async fn ack_multiple_reject_and_unknown_tag() {
     for i in 0..5 {
         r.send_to(1, "acks", format!("{i}").as_bytes()).await;
     }
-    r.call(1, m::consume("acks", "c", false, false, FieldTable::default()))
-        .await;
+    r.call(1, m::consume("acks", "c", false, false, FieldTable::default())).await;
     let mut tags = Vec::new();
     for _ in 0..5 {
         tags.push(r.next_message().await.delivery_tag());
@@ -384,8 +318,7 @@ async fn unacked_are_requeued_on_channel_close_and_recover() {
     let mut r = Raw::open(s.addr()).await;
     r.declare(1, "rq").await;
     r.send_to(1, "rq", b"x").await;
-    r.call(1, m::consume("rq", "c", false, false, FieldTable::default()))
-        .await;
+    r.call(1, m::consume("rq", "c", false, false, FieldTable::default())).await;
     let first = r.next_message().await;
     assert!(!first.redelivered());
     // basic.recover(requeue=true): redelivered to the same channel.
@@ -418,10 +351,8 @@ async fn qos_per_consumer_and_global() {
     }
     // Per-consumer limit 2 (applies to consumers created after).
     r.call(1, m::qos(2, false)).await;
-    r.call(1, m::consume("qa", "ca", false, false, FieldTable::default()))
-        .await;
-    r.call(1, m::consume("qb", "cb", false, false, FieldTable::default()))
-        .await;
+    r.call(1, m::consume("qa", "ca", false, false, FieldTable::default())).await;
+    r.call(1, m::consume("qb", "cb", false, false, FieldTable::default())).await;
     let mut got = Vec::new();
     while let Some(msg) = r.try_next_message(SHORT).await {
         got.push(msg);
@@ -439,10 +370,7 @@ async fn qos_per_consumer_and_global() {
     let payload = [0u8, 60, 0, 10, 0, 0, 0, 5, 0, 0, 0];
     r.send(&raw_frame(1, 1, &payload, 0xCE)).await;
     let (code, text, class, method) = r.expect_connection_close().await;
-    assert_eq!(
-        (code, text.as_str(), class, method),
-        (540, "NOT_IMPLEMENTED - prefetch_size!=0 (5)", 60, 10)
-    );
+    assert_eq!((code, text.as_str(), class, method), (540, "NOT_IMPLEMENTED - prefetch_size!=0 (5)", 60, 10));
 }
 
 #[tokio::test]
@@ -451,8 +379,7 @@ async fn no_ack_consumers_ignore_prefetch() {
     let mut r = Raw::open(s.addr()).await;
     r.declare(1, "na").await;
     r.call(1, m::qos(1, false)).await;
-    r.call(1, m::consume("na", "c", true, false, FieldTable::default()))
-        .await;
+    r.call(1, m::consume("na", "c", true, false, FieldTable::default())).await;
     for _ in 0..10 {
         r.send_to(1, "na", b"x").await;
     }
@@ -466,22 +393,13 @@ async fn transactions_commit_rollback_and_mode_errors() {
     let s = start().await;
     let mut r = Raw::open(s.addr()).await;
     r.declare(1, "txq").await;
-    assert!(matches!(
-        r.call(1, m::tx_select()).await,
-        AMQPClass::Tx(tx::AMQPMethod::SelectOk(_))
-    ));
+    assert!(matches!(r.call(1, m::tx_select()).await, AMQPClass::Tx(tx::AMQPMethod::SelectOk(_))));
     r.send_to(1, "txq", b"rolled-back").await;
-    assert!(matches!(
-        r.call(1, m::tx_rollback()).await,
-        AMQPClass::Tx(tx::AMQPMethod::RollbackOk(_))
-    ));
+    assert!(matches!(r.call(1, m::tx_rollback()).await, AMQPClass::Tx(tx::AMQPMethod::RollbackOk(_))));
     assert_eq!(r.counts(1, "txq").await.0, 0);
     r.send_to(1, "txq", b"committed").await;
     assert_eq!(r.counts(1, "txq").await.0, 0, "not visible before commit");
-    assert!(matches!(
-        r.call(1, m::tx_commit()).await,
-        AMQPClass::Tx(tx::AMQPMethod::CommitOk(_))
-    ));
+    assert!(matches!(r.call(1, m::tx_commit()).await, AMQPClass::Tx(tx::AMQPMethod::CommitOk(_))));
     assert_eq!(r.counts(1, "txq").await.0, 1);
     // Acks inside a transaction apply at commit.
     r.method(1, m::get("txq", false)).await;
@@ -496,10 +414,7 @@ async fn transactions_commit_rollback_and_mode_errors() {
 
     r.method(1, m::confirm_select()).await;
     let (code, text, _, _) = r.expect_channel_close(1).await;
-    assert_eq!(
-        (code, text.as_str()),
-        (406, "PRECONDITION_FAILED - cannot switch from tx to confirm mode")
-    );
+    assert_eq!((code, text.as_str()), (406, "PRECONDITION_FAILED - cannot switch from tx to confirm mode"));
     r.open_channel(1).await;
     assert!(matches!(
         r.call(1, m::confirm_select()).await,
@@ -507,10 +422,7 @@ async fn transactions_commit_rollback_and_mode_errors() {
     ));
     r.method(1, m::tx_select()).await;
     let (code, text, _, _) = r.expect_channel_close(1).await;
-    assert_eq!(
-        (code, text.as_str()),
-        (406, "PRECONDITION_FAILED - cannot switch from confirm to tx mode")
-    );
+    assert_eq!((code, text.as_str()), (406, "PRECONDITION_FAILED - cannot switch from confirm to tx mode"));
     r.open_channel(1).await;
     r.method(1, m::tx_commit()).await;
     let (code, text, class, method) = r.expect_channel_close(1).await;
@@ -540,18 +452,12 @@ async fn publish_property_checks() {
     let p = props(amq_protocol::protocol::basic::AMQPProperties::default().with_expiration("abc".into()));
     r.publish(1, "", "pp", false, &p, b"x").await;
     let (code, text, _, _) = r.expect_channel_close(1).await;
-    assert_eq!(
-        (code, text.as_str()),
-        (406, "PRECONDITION_FAILED - invalid expiration 'abc': no_integer")
-    );
+    assert_eq!((code, text.as_str()), (406, "PRECONDITION_FAILED - invalid expiration 'abc': no_integer"));
     r.open_channel(1).await;
     let p = props(amq_protocol::protocol::basic::AMQPProperties::default().with_expiration("-1".into()));
     r.publish(1, "", "pp", false, &p, b"x").await;
     let (_, text, _, _) = r.expect_channel_close(1).await;
-    assert_eq!(
-        text,
-        "PRECONDITION_FAILED - invalid expiration '-1': {value_negative,-1}"
-    );
+    assert_eq!(text, "PRECONDITION_FAILED - invalid expiration '-1': {value_negative,-1}");
     r.open_channel(1).await;
     let p = props(
         amq_protocol::protocol::basic::AMQPProperties::default()
@@ -594,8 +500,5 @@ async fn flow_false_is_540() {
     let mut r = Raw::open(s.addr()).await;
     r.method(1, m::flow(false)).await;
     let (code, text, class, method) = r.expect_connection_close().await;
-    assert_eq!(
-        (code, text.as_str(), class, method),
-        (540, "NOT_IMPLEMENTED - active=false", 20, 20)
-    );
+    assert_eq!((code, text.as_str(), class, method), (540, "NOT_IMPLEMENTED - active=false", 20, 20));
 }

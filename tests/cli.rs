@@ -21,11 +21,7 @@ fn print_config_shows_embedded_defaults_and_overrides() {
     assert!(text.contains("data_dir = \"./data\""));
 
     // env overrides the default, a flag overrides env.
-    let out = warren()
-        .args(["--print-config"])
-        .env("WARREN_AMQP_PORT", "5999")
-        .output()
-        .unwrap();
+    let out = warren().args(["--print-config"]).env("WARREN_AMQP_PORT", "5999").output().unwrap();
     assert!(String::from_utf8(out.stdout).unwrap().contains("port = 5999"));
     let out = warren()
         .args(["--print-config", "--amqp-port", "6001"])
@@ -45,37 +41,22 @@ fn print_config_shows_embedded_defaults_and_overrides() {
         .output()
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        text.contains("heartbeat = 15") && text.contains("port = 7001"),
-        "{text}"
-    );
+    assert!(text.contains("heartbeat = 15") && text.contains("port = 7001"), "{text}");
 }
 
 #[test]
 fn invalid_configuration_names_the_key_and_exits_non_zero() {
-    let out = warren()
-        .arg("--print-config")
-        .env("WARREN_AMQP_FRAME_MAX", "12")
-        .output()
-        .unwrap();
+    let out = warren().arg("--print-config").env("WARREN_AMQP_FRAME_MAX", "12").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("amqp.frame_max"), "{err}");
-    let out = warren()
-        .arg("--print-config")
-        .env("WARREN_AMQP_PORT", "not-a-port")
-        .output()
-        .unwrap();
+    let out = warren().arg("--print-config").env("WARREN_AMQP_PORT", "not-a-port").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8(out.stderr).unwrap().contains("amqp.port"));
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("bad.toml");
     std::fs::write(&f, "[amqp]\nno_such_key = 1\n").unwrap();
-    let out = warren()
-        .args(["--print-config", "--config"])
-        .arg(&f)
-        .output()
-        .unwrap();
+    let out = warren().args(["--print-config", "--config"]).arg(&f).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8(out.stderr).unwrap().contains("no_such_key"));
 }
@@ -109,16 +90,8 @@ fn binary_serves_and_exits_zero_on_sigterm() {
         assert!(Instant::now() < deadline, "ports file never appeared");
         std::thread::sleep(Duration::from_millis(20));
     };
-    let port: u16 = text
-        .split("\"amqp\":")
-        .nth(1)
-        .unwrap()
-        .split(',')
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let port: u16 =
+        text.split("\"amqp\":").nth(1).unwrap().split(',').next().unwrap().trim().parse().unwrap();
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     use std::io::{Read, Write};
     s.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
@@ -127,13 +100,7 @@ fn binary_serves_and_exits_zero_on_sigterm() {
     assert_eq!(head[0], 1, "connection.start method frame");
     // SIGTERM: graceful shutdown, exit status 0.
     let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {

@@ -18,9 +18,7 @@ fn tune_ok(channel_max: u16, frame_max: u32, heartbeat: u16) -> AMQPClass {
 }
 
 fn open_vhost(v: &str) -> AMQPClass {
-    AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-        virtual_host: v.into(),
-    }))
+    AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open { virtual_host: v.into() }))
 }
 
 async fn expect_tune(r: &mut Raw) -> connection::Tune {
@@ -33,11 +31,7 @@ async fn expect_tune(r: &mut Raw) -> connection::Tune {
 #[tokio::test]
 async fn wrong_protocol_header_gets_servers_header_and_close() {
     let s = start().await;
-    for header in [
-        &b"GET / HTTP/1.1\r\n\r\n"[..],
-        b"AMQP\x01\x01\x00\x0a",
-        b"AMQP\x00\x00\x09\x00",
-    ] {
+    for header in [&b"GET / HTTP/1.1\r\n\r\n"[..], b"AMQP\x01\x01\x00\x0a", b"AMQP\x00\x00\x09\x00"] {
         let mut r = Raw::tcp(s.addr()).await;
         r.send(header).await;
         let got = r.read_raw(Duration::from_secs(5)).await;
@@ -65,9 +59,7 @@ async fn start_advertises_rabbitmq_identity_and_capabilities() {
     assert!(
         p.contains_key("warren_version") && p.contains_key("information") && p.contains_key("cluster_name")
     );
-    let Some(AMQPValue::FieldTable(caps)) = p.get("capabilities") else {
-        panic!("no capabilities")
-    };
+    let Some(AMQPValue::FieldTable(caps)) = p.get("capabilities") else { panic!("no capabilities") };
     for c in [
         "publisher_confirms",
         "exchange_exchange_bindings",
@@ -79,11 +71,7 @@ async fn start_advertises_rabbitmq_identity_and_capabilities() {
         "per_consumer_qos",
         "direct_reply_to",
     ] {
-        assert_eq!(
-            caps.inner().get(c),
-            Some(&AMQPValue::Boolean(true)),
-            "capability {c}"
-        );
+        assert_eq!(caps.inner().get(c), Some(&AMQPValue::Boolean(true)), "capability {c}");
     }
 }
 
@@ -102,11 +90,9 @@ async fn plain_and_amqplain_logins_and_tune_values() {
         ("LOGIN", AMQPValue::LongString("guest".into())),
         ("PASSWORD", AMQPValue::LongString("guest".into())),
     ]);
-    let encoded = cookie_factory::gen_simple(
-        amq_protocol::types::generation::gen_field_table(&creds),
-        Vec::new(),
-    )
-    .unwrap();
+    let encoded =
+        cookie_factory::gen_simple(amq_protocol::types::generation::gen_field_table(&creds), Vec::new())
+            .unwrap();
     r.method(
         0,
         AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
@@ -132,10 +118,7 @@ async fn wrong_password_closes_403_only_with_capability() {
     );
     // Without the capability: the socket is just closed.
     let mut r = Raw::login(s.addr(), "nobody", "x", &[]).await;
-    assert!(
-        r.try_recv(Duration::from_secs(5)).await.is_none(),
-        "no frame without the capability"
-    );
+    assert!(r.try_recv(Duration::from_secs(5)).await.is_none(), "no frame without the capability");
     let mut ok = Raw::open(s.addr()).await;
     ok.declare(1, "").await;
 }
@@ -157,13 +140,7 @@ async fn unknown_mechanism_is_503() {
     )
     .await;
     let (code, text, _, _) = r.expect_connection_close().await;
-    assert_eq!(
-        (code, text.as_str()),
-        (
-            503,
-            "COMMAND_INVALID - unknown authentication mechanism 'EXTERNAL'"
-        )
-    );
+    assert_eq!((code, text.as_str()), (503, "COMMAND_INVALID - unknown authentication mechanism 'EXTERNAL'"));
 }
 
 #[tokio::test]
@@ -208,10 +185,7 @@ async fn unknown_vhost_is_530() {
     r.method(0, tune_ok(2047, 131072, 0)).await;
     r.method(0, open_vhost("nope")).await;
     let (code, text, class, method) = r.expect_connection_close().await;
-    assert_eq!(
-        (code, text.as_str(), class, method),
-        (530, "NOT_ALLOWED - vhost nope not found", 10, 40)
-    );
+    assert_eq!((code, text.as_str(), class, method), (530, "NOT_ALLOWED - vhost nope not found", 10, 40));
 }
 
 #[tokio::test]
@@ -231,10 +205,7 @@ async fn server_sends_heartbeats_and_drops_silent_clients() {
         other => panic!("expected a heartbeat, got {other:?}"),
     }
     // We send nothing back: after two missed intervals the socket is closed.
-    assert!(
-        r.closed_within(Duration::from_secs(6)).await,
-        "silent client must be dropped"
-    );
+    assert!(r.closed_within(Duration::from_secs(6)).await, "silent client must be dropped");
 }
 
 #[tokio::test]
@@ -279,10 +250,7 @@ async fn close_handshake_both_directions() {
             })),
         )
         .await;
-    assert!(matches!(
-        reply,
-        AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
-    ));
+    assert!(matches!(reply, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))));
     assert!(r.closed_within(Duration::from_secs(5)).await);
     // Server-initiated (a hard error): close, we answer close-ok, socket closes.
     let mut r = Raw::open(s.addr()).await;
@@ -305,10 +273,7 @@ async fn update_secret_is_acknowledged() {
             })),
         )
         .await;
-    assert!(matches!(
-        reply,
-        AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(_))
-    ));
+    assert!(matches!(reply, AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(_))));
 }
 
 #[tokio::test]
@@ -323,14 +288,10 @@ async fn channel_open_close_flow_and_channel_max() {
     let reply = r.call(1, m::flow(true)).await;
     assert!(matches!(reply, AMQPClass::Channel(channel::AMQPMethod::FlowOk(f)) if f.active));
     let reply = r.call(1, m::ch_close()).await;
-    assert!(matches!(
-        reply,
-        AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))
-    ));
+    assert!(matches!(reply, AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))));
     r.open_channel(1).await; // reopen after close
     r.open_channel(2).await;
-    r.method(3, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})))
-        .await;
+    r.method(3, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))).await;
     let (code, text, class, method) = r.expect_connection_close().await;
     assert_eq!(code, 530);
     assert_eq!(
@@ -351,13 +312,9 @@ async fn channel_errors_504_for_unopened_and_second_open() {
         (504, "CHANNEL_ERROR - expected 'channel.open'", 50, 10)
     );
     let mut r = Raw::open(s.addr()).await;
-    r.method(1, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})))
-        .await;
+    r.method(1, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))).await;
     let (code, text, _, _) = r.expect_connection_close().await;
-    assert_eq!(
-        (code, text.as_str()),
-        (504, "CHANNEL_ERROR - second 'channel.open' seen")
-    );
+    assert_eq!((code, text.as_str()), (504, "CHANNEL_ERROR - second 'channel.open' seen"));
 }
 
 #[tokio::test]
@@ -395,37 +352,19 @@ async fn unknown_frame_type_and_method_and_truncated_args() {
     assert!(text.contains("unknown_frame"));
 
     let mut r = Raw::open(s.addr()).await;
-    r.send(&raw_frame(
-        frame::FRAME_METHOD,
-        1,
-        &[0x03, 0xE7, 0, 10],
-        frame::FRAME_END,
-    ))
-    .await;
+    r.send(&raw_frame(frame::FRAME_METHOD, 1, &[0x03, 0xE7, 0, 10], frame::FRAME_END)).await;
     let (code, text, class, method) = r.expect_connection_close().await;
     assert_eq!((code, class, method), (503, 999, 10));
     assert_eq!(text, "COMMAND_INVALID - unknown method: class 999, method 10");
 
     let mut r = Raw::open(s.addr()).await;
-    r.send(&raw_frame(
-        frame::FRAME_METHOD,
-        1,
-        &[0, 60, 3, 231],
-        frame::FRAME_END,
-    ))
-    .await;
+    r.send(&raw_frame(frame::FRAME_METHOD, 1, &[0, 60, 3, 231], frame::FRAME_END)).await;
     let (code, _, class, method) = r.expect_connection_close().await;
     assert_eq!((code, class, method), (503, 60, 999));
 
     // queue.declare cut short: cannot decode → 501.
     let mut r = Raw::open(s.addr()).await;
-    r.send(&raw_frame(
-        frame::FRAME_METHOD,
-        1,
-        &[0, 50, 0, 10, 0, 0, 5, b'a'],
-        frame::FRAME_END,
-    ))
-    .await;
+    r.send(&raw_frame(frame::FRAME_METHOD, 1, &[0, 50, 0, 10, 0, 0, 5, b'a'], frame::FRAME_END)).await;
     let (code, _, class, method) = r.expect_connection_close().await;
     assert_eq!((code, class, method), (501, 50, 10));
     let mut ok = Raw::open(s.addr()).await;
@@ -436,15 +375,11 @@ async fn unknown_frame_type_and_method_and_truncated_args() {
 async fn content_without_publish_is_505() {
     let s = start().await;
     let mut r = Raw::open(s.addr()).await;
-    r.send(&raw_frame(frame::FRAME_BODY, 1, b"orphan body", frame::FRAME_END))
-        .await;
+    r.send(&raw_frame(frame::FRAME_BODY, 1, b"orphan body", frame::FRAME_END)).await;
     let (code, text, _, _) = r.expect_connection_close().await;
     assert_eq!(
         (code, text.as_str()),
-        (
-            505,
-            "UNEXPECTED_FRAME - expected method frame, got non method frame instead"
-        )
+        (505, "UNEXPECTED_FRAME - expected method frame, got non method frame instead")
     );
 
     // A method where the content header belongs.
@@ -472,8 +407,7 @@ async fn content_without_publish_is_505() {
 
     // A heartbeat on a non-zero channel.
     let mut r = Raw::open(s.addr()).await;
-    r.send(&raw_frame(frame::FRAME_HEARTBEAT, 1, b"", frame::FRAME_END))
-        .await;
+    r.send(&raw_frame(frame::FRAME_HEARTBEAT, 1, b"", frame::FRAME_END)).await;
     let (code, _, _, _) = r.expect_connection_close().await;
     assert_eq!(code, 505);
 }
@@ -486,10 +420,7 @@ async fn max_message_size_is_406_on_the_channel() {
     r.send_to(1, "big", &[1u8; 1001]).await;
     let (code, text, class, method) = r.expect_channel_close(1).await;
     assert_eq!((code, class, method), (406, 60, 40));
-    assert_eq!(
-        text,
-        "PRECONDITION_FAILED - message size 1001 is larger than configured max size 1000"
-    );
+    assert_eq!(text, "PRECONDITION_FAILED - message size 1001 is larger than configured max size 1000");
     r.open_channel(2).await;
     r.send_to(2, "big", &[1u8; 1000]).await;
     assert_eq!(r.counts(2, "big").await.0, 1);
@@ -511,11 +442,7 @@ async fn one_thousand_connections_with_a_channel_each() {
         assert_eq!(conns.len(), (chunk + 1) * 50);
     }
     eventually("1000 connections counted", Duration::from_secs(10), || {
-        s.broker()
-            .counters
-            .connections
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 1000
+        s.broker().counters.connections.load(std::sync::atomic::Ordering::Relaxed) == 1000
     })
     .await;
     // Every connection is served: declare on each.

@@ -79,13 +79,10 @@ async fn publisher(
 async fn drain(addr: std::net::SocketAddr) -> HashMap<String, u32> {
     let mut r = Raw::open(addr).await;
     r.call(1, m::qos(1000, false)).await;
-    r.call(1, m::consume(QUEUE, "drain", false, false, FieldTable::default()))
-        .await;
+    r.call(1, m::consume(QUEUE, "drain", false, false, FieldTable::default())).await;
     let mut seen: HashMap<String, u32> = HashMap::new();
     while let Some(msg) = r.try_next_message(Duration::from_millis(1500)).await {
-        *seen
-            .entry(String::from_utf8(msg.body.clone()).unwrap())
-            .or_default() += 1;
+        *seen.entry(String::from_utf8(msg.body.clone()).unwrap()).or_default() += 1;
         r.method(1, m::ack(msg.delivery_tag(), false)).await;
     }
     seen
@@ -100,11 +97,7 @@ async fn kill_dash_nine_five_times_loses_no_confirmed_message() {
         let child = Child::spawn(&data);
         if round == 0 {
             let mut r = Raw::open(child.amqp).await;
-            r.call(
-                1,
-                m::qdecl(QUEUE, false, true, false, false, FieldTable::default()),
-            )
-            .await;
+            r.call(1, m::qdecl(QUEUE, false, true, false, false, FieldTable::default())).await;
         }
         let stop = Arc::new(AtomicBool::new(false));
         let count = Arc::new(AtomicU64::new(0));
@@ -120,10 +113,7 @@ async fn kill_dash_nine_five_times_loses_no_confirmed_message() {
         // Let a few thousand confirms happen, then kill mid-stream.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while count.load(Ordering::Relaxed) < 3000 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "publishers made no progress"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "publishers made no progress");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         child.kill9();
@@ -144,11 +134,7 @@ async fn kill_dash_nine_five_times_loses_no_confirmed_message() {
         missing.len()
     );
     assert!(confirmed_all.len() >= 15_000);
-    assert!(
-        missing.is_empty(),
-        "confirmed but lost: {:?}",
-        &missing[..missing.len().min(10)]
-    );
+    assert!(missing.is_empty(), "confirmed but lost: {:?}", &missing[..missing.len().min(10)]);
     assert_eq!(child.terminate().code(), Some(0));
 }
 
@@ -159,22 +145,13 @@ async fn graceful_restart_loses_and_duplicates_nothing() {
     let child = Child::spawn(&data);
     {
         let mut r = Raw::open(child.amqp).await;
-        r.call(
-            1,
-            m::qdecl(QUEUE, false, true, false, false, FieldTable::default()),
-        )
-        .await;
+        r.call(1, m::qdecl(QUEUE, false, true, false, false, FieldTable::default())).await;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for p in 0..3 {
-        tasks.push(tokio::spawn(publisher(
-            child.amqp,
-            format!("g-p{p}"),
-            stop.clone(),
-            count.clone(),
-        )));
+        tasks.push(tokio::spawn(publisher(child.amqp, format!("g-p{p}"), stop.clone(), count.clone())));
     }
     while count.load(Ordering::Relaxed) < 3000 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -202,10 +179,7 @@ async fn graceful_restart_loses_and_duplicates_nothing() {
     let duplicates: u32 = seen.values().map(|n| n - 1).sum();
     assert_eq!(duplicates, 0);
     for b in &consumed {
-        assert!(
-            !seen.contains_key(b),
-            "acked before the restart but came back: {b}"
-        );
+        assert!(!seen.contains_key(b), "acked before the restart but came back: {b}");
     }
     for b in confirmed.difference(&consumed) {
         assert!(seen.contains_key(b), "confirmed, never consumed, lost: {b}");
@@ -220,26 +194,17 @@ async fn drained_million_message_backlog_leaves_at_most_two_segments() {
     let child = Child::spawn(&data);
     let total: u64 = 1_000_000;
     let mut publisher = Raw::open(child.amqp).await;
-    publisher
-        .call(
-            1,
-            m::qdecl(QUEUE, false, true, false, false, FieldTable::default()),
-        )
-        .await;
+    publisher.call(1, m::qdecl(QUEUE, false, true, false, false, FieldTable::default())).await;
     let mut consumer = Raw::open(child.amqp).await;
     consumer.call(1, m::qos(2000, false)).await;
-    consumer
-        .call(1, m::consume(QUEUE, "c", false, false, FieldTable::default()))
-        .await;
+    consumer.call(1, m::consume(QUEUE, "c", false, false, FieldTable::default())).await;
     let p = persistent();
     let body = vec![b'x'; 1024];
     let consume = tokio::spawn(async move {
         let mut n = 0u64;
         while n < total {
-            let msg = consumer
-                .try_next_message(Duration::from_secs(30))
-                .await
-                .expect("deliveries keep coming");
+            let msg =
+                consumer.try_next_message(Duration::from_secs(30)).await.expect("deliveries keep coming");
             n += 1;
             if n.is_multiple_of(500) || n == total {
                 consumer.method(1, m::ack(msg.delivery_tag(), true)).await;
@@ -256,10 +221,8 @@ async fn drained_million_message_backlog_leaves_at_most_two_segments() {
         publisher.send(&out).await;
         sent += 500;
     }
-    let (ready, _) = tokio::time::timeout(Duration::from_secs(600), consume)
-        .await
-        .expect("drained in time")
-        .unwrap();
+    let (ready, _) =
+        tokio::time::timeout(Duration::from_secs(600), consume).await.expect("drained in time").unwrap();
     assert_eq!(ready, 0);
     let msgs = data.join("messages");
     let segments = || {
@@ -270,11 +233,7 @@ async fn drained_million_message_backlog_leaves_at_most_two_segments() {
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while segments() > 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} segments left after draining",
-            segments()
-        );
+        assert!(std::time::Instant::now() < deadline, "{} segments left after draining", segments());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("segments on disk after 1,000,000 × 1 KiB drained: {}", segments());

@@ -15,11 +15,7 @@ fn persistent() -> Vec<u8> {
 }
 
 async fn exists_queue(r: &mut Raw, name: &str) -> bool {
-    r.method(
-        1,
-        m::qdecl(name, true, false, false, false, FieldTable::default()),
-    )
-    .await;
+    r.method(1, m::qdecl(name, true, false, false, false, FieldTable::default())).await;
     loop {
         match r.recv().await {
             In::Method(1, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_))) => return true,
@@ -51,40 +47,16 @@ async fn drain_bodies(r: &mut Raw, q: &str) -> Vec<(String, bool)> {
 async fn definitions_survive_restart_and_transient_ones_do_not() {
     let s = start().await;
     let mut r = Raw::open(s.addr()).await;
-    let args = table(&[
-        ("x-max-priority", AMQPValue::LongInt(5)),
-        ("x-message-ttl", AMQPValue::LongInt(60000)),
-    ]);
-    r.call(1, m::qdecl("dq", false, true, false, false, args.clone()))
-        .await;
-    r.call(
-        1,
-        m::qdecl("tq", false, false, false, false, FieldTable::default()),
-    )
-    .await;
-    r.call(
-        1,
-        m::qdecl("adq", false, true, false, true, FieldTable::default()),
-    )
-    .await;
-    r.call(
-        1,
-        m::qdecl("exq", false, true, true, false, FieldTable::default()),
-    )
-    .await;
-    r.call(
-        1,
-        m::xdecl("dx", "topic", false, true, false, false, FieldTable::default()),
-    )
-    .await;
-    r.call(
-        1,
-        m::xdecl("dx2", "fanout", false, true, false, false, FieldTable::default()),
-    )
-    .await;
+    let args =
+        table(&[("x-max-priority", AMQPValue::LongInt(5)), ("x-message-ttl", AMQPValue::LongInt(60000))]);
+    r.call(1, m::qdecl("dq", false, true, false, false, args.clone())).await;
+    r.call(1, m::qdecl("tq", false, false, false, false, FieldTable::default())).await;
+    r.call(1, m::qdecl("adq", false, true, false, true, FieldTable::default())).await;
+    r.call(1, m::qdecl("exq", false, true, true, false, FieldTable::default())).await;
+    r.call(1, m::xdecl("dx", "topic", false, true, false, false, FieldTable::default())).await;
+    r.call(1, m::xdecl("dx2", "fanout", false, true, false, false, FieldTable::default())).await;
     r.call(1, m::x("tx", "direct")).await;
-    r.call(1, m::qbind("dq", "dx", "a.#", FieldTable::default()))
-        .await;
+    r.call(1, m::qbind("dq", "dx", "a.#", FieldTable::default())).await;
     r.call(1, m::xbind("dx2", "dx", "b.*")).await;
     r.call(1, m::qbind("dq", "dx2", "", FieldTable::default())).await;
     r.call(1, m::qbind("dq", "tx", "k", FieldTable::default())).await; // transient end: not kept
@@ -98,27 +70,15 @@ async fn definitions_survive_restart_and_transient_ones_do_not() {
     assert!(!exists_queue(&mut r, "exq").await);
     // Same arguments: an equivalent redeclare is accepted, a different one is not.
     r.call(1, m::qdecl("dq", false, true, false, false, args)).await;
-    r.method(
-        1,
-        m::qdecl("dq", false, true, false, false, FieldTable::default()),
-    )
-    .await;
+    r.method(1, m::qdecl("dq", false, true, false, false, FieldTable::default())).await;
     assert_eq!(r.expect_channel_close(1).await.0, 406);
     r.open_channel(1).await;
     // Bindings: dx a.# → dq; dx b.* → dx2 → dq.
     r.publish(1, "dx", "a.x.y", false, &[], b"via-topic").await;
     r.publish(1, "dx", "b.z", false, &[], b"via-e2e").await;
-    let got: Vec<String> = drain_bodies(&mut r, "dq")
-        .await
-        .into_iter()
-        .map(|(b, _)| b)
-        .collect();
+    let got: Vec<String> = drain_bodies(&mut r, "dq").await.into_iter().map(|(b, _)| b).collect();
     assert_eq!(got, vec!["via-topic", "via-e2e"]);
-    r.method(
-        1,
-        m::xdecl("tx", "direct", true, false, false, false, FieldTable::default()),
-    )
-    .await;
+    r.method(1, m::xdecl("tx", "direct", true, false, false, false, FieldTable::default())).await;
     assert_eq!(r.expect_channel_close(1).await.0, 404, "transient exchange gone");
     r.open_channel(1).await;
     // Deleted definitions stay deleted.
@@ -128,11 +88,7 @@ async fn definitions_survive_restart_and_transient_ones_do_not() {
     let s = s.restart().await;
     let mut r = Raw::open(s.addr()).await;
     assert!(!exists_queue(&mut r, "dq").await);
-    r.method(
-        1,
-        m::xdecl("dx2", "fanout", true, false, false, false, FieldTable::default()),
-    )
-    .await;
+    r.method(1, m::xdecl("dx2", "fanout", true, false, false, false, FieldTable::default())).await;
     assert_eq!(r.expect_channel_close(1).await.0, 404);
     s.stop().await;
 }
@@ -141,16 +97,8 @@ async fn definitions_survive_restart_and_transient_ones_do_not() {
 async fn persistent_messages_come_back_in_order_with_properties() {
     let s = start().await;
     let mut r = Raw::open(s.addr()).await;
-    r.call(
-        1,
-        m::qdecl("pq", false, true, false, false, FieldTable::default()),
-    )
-    .await;
-    r.call(
-        1,
-        m::qdecl("nd", false, false, false, false, FieldTable::default()),
-    )
-    .await;
+    r.call(1, m::qdecl("pq", false, true, false, false, FieldTable::default())).await;
+    r.call(1, m::qdecl("nd", false, false, false, false, FieldTable::default())).await;
     r.call(1, m::confirm_select()).await;
     let p = props(
         AMQPProperties::default()
@@ -159,10 +107,8 @@ async fn persistent_messages_come_back_in_order_with_properties() {
             .with_headers(table(&[("h", AMQPValue::LongString("v".into()))])),
     );
     for i in 0..50 {
-        r.publish(1, "", "pq", false, &p, format!("p{i}").as_bytes())
-            .await;
-        r.publish(1, "", "pq", false, &[], format!("t{i}").as_bytes())
-            .await; // transient
+        r.publish(1, "", "pq", false, &p, format!("p{i}").as_bytes()).await;
+        r.publish(1, "", "pq", false, &[], format!("t{i}").as_bytes()).await; // transient
     }
     r.publish(1, "", "nd", false, &p, b"in-a-transient-queue").await;
     // Wait for every confirm (101 publishes).
@@ -186,14 +132,8 @@ async fn persistent_messages_come_back_in_order_with_properties() {
     assert_eq!(first.body, b"p0");
     assert!(first.redelivered(), "delivered before the restart");
     let (_, props) = parse_properties(&first.props[..]).unwrap();
-    assert_eq!(
-        props.content_type().as_ref().map(|c| c.as_str()),
-        Some("text/plain")
-    );
-    assert_eq!(
-        props.headers().as_ref().unwrap().inner().get("h"),
-        Some(&AMQPValue::LongString("v".into()))
-    );
+    assert_eq!(props.content_type().as_ref().map(|c| c.as_str()), Some("text/plain"));
+    assert_eq!(props.headers().as_ref().unwrap().inner().get("h"), Some(&AMQPValue::LongString("v".into())));
     let rest = drain_bodies(&mut r, "pq").await;
     let expected: Vec<(String, bool)> = (1..50).map(|i| (format!("p{i}"), false)).collect();
     assert_eq!(rest, expected, "only persistent ones, in order, never delivered");
@@ -204,17 +144,11 @@ async fn persistent_messages_come_back_in_order_with_properties() {
 async fn acked_messages_stay_gone_after_graceful_restart() {
     let s = start().await;
     let mut r = Raw::open(s.addr()).await;
-    r.call(
-        1,
-        m::qdecl("aq", false, true, false, false, FieldTable::default()),
-    )
-    .await;
+    r.call(1, m::qdecl("aq", false, true, false, false, FieldTable::default())).await;
     for i in 0..20 {
-        r.publish(1, "", "aq", false, &persistent(), format!("m{i}").as_bytes())
-            .await;
+        r.publish(1, "", "aq", false, &persistent(), format!("m{i}").as_bytes()).await;
     }
-    r.call(1, m::consume("aq", "c", false, false, FieldTable::default()))
-        .await;
+    r.call(1, m::consume("aq", "c", false, false, FieldTable::default())).await;
     let mut last = 0;
     for _ in 0..15 {
         last = r.next_message().await.delivery_tag();
@@ -232,8 +166,7 @@ async fn acked_messages_stay_gone_after_graceful_restart() {
     assert_eq!(got, expected);
     // Purged and deleted queues' messages do not come back either.
     for i in 0..5 {
-        r.publish(1, "", "aq", false, &persistent(), format!("x{i}").as_bytes())
-            .await;
+        r.publish(1, "", "aq", false, &persistent(), format!("x{i}").as_bytes()).await;
     }
     r.call(1, m::qpurge("aq")).await;
     drop(r);
@@ -247,15 +180,10 @@ async fn acked_messages_stay_gone_after_graceful_restart() {
 async fn torn_log_tail_is_cut_off_and_the_rest_recovered() {
     let s = start().await;
     let mut r = Raw::open(s.addr()).await;
-    r.call(
-        1,
-        m::qdecl("tt", false, true, false, false, FieldTable::default()),
-    )
-    .await;
+    r.call(1, m::qdecl("tt", false, true, false, false, FieldTable::default())).await;
     r.call(1, m::confirm_select()).await;
     for i in 0..10 {
-        r.publish(1, "", "tt", false, &persistent(), format!("m{i}").as_bytes())
-            .await;
+        r.publish(1, "", "tt", false, &persistent(), format!("m{i}").as_bytes()).await;
     }
     let mut confirmed = 0;
     while confirmed < 10 {
@@ -290,17 +218,9 @@ async fn torn_log_tail_is_cut_off_and_the_rest_recovered() {
         f.write_all(&[0, 0, 1, 0, 0xde, 0xad]).unwrap();
     }
     let s = s.restart().await;
-    assert_eq!(
-        std::fs::metadata(&last).unwrap().len(),
-        before,
-        "torn tail cut off"
-    );
+    assert_eq!(std::fs::metadata(&last).unwrap().len(), before, "torn tail cut off");
     let mut r = Raw::open(s.addr()).await;
-    let got: Vec<String> = drain_bodies(&mut r, "tt")
-        .await
-        .into_iter()
-        .map(|(b, _)| b)
-        .collect();
+    let got: Vec<String> = drain_bodies(&mut r, "tt").await.into_iter().map(|(b, _)| b).collect();
     assert_eq!(got, (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>());
     s.stop().await;
 }
@@ -330,34 +250,20 @@ async fn corrupt_definitions_store_stops_startup_without_touching_it() {
 async fn backlog_beyond_the_memory_budget_is_paged_to_the_log() {
     let s = start_with(|c| c.memory.queue_budget = 20_000).await;
     let mut r = Raw::open(s.addr()).await;
-    r.call(
-        1,
-        m::qdecl("deep", false, false, false, false, FieldTable::default()),
-    )
-    .await; // transient queue
-    r.call(
-        1,
-        m::qdecl("deepd", false, true, false, false, FieldTable::default()),
-    )
-    .await; // durable
+    r.call(1, m::qdecl("deep", false, false, false, false, FieldTable::default())).await; // transient queue
+    r.call(1, m::qdecl("deepd", false, true, false, false, FieldTable::default())).await; // durable
     let body = |i: usize| format!("{i:0>100}");
     for i in 0..5000 {
         r.publish(1, "", "deep", false, &[], body(i).as_bytes()).await;
-        r.publish(1, "", "deepd", false, &persistent(), body(i).as_bytes())
-            .await;
+        r.publish(1, "", "deepd", false, &persistent(), body(i).as_bytes()).await;
     }
     assert_eq!(r.counts(1, "deep").await.0, 5000);
     assert_eq!(r.counts(1, "deepd").await.0, 5000);
     let store = s.broker().store.messages.clone();
-    assert!(
-        store.resident() <= 20_000 + 400,
-        "resident bytes {} over budget",
-        store.resident()
-    );
+    assert!(store.resident() <= 20_000 + 400, "resident bytes {} over budget", store.resident());
     // Everything comes back, in order, bodies intact.
     r.call(1, m::qos(500, false)).await;
-    r.call(1, m::consume("deep", "c", false, false, FieldTable::default()))
-        .await;
+    r.call(1, m::consume("deep", "c", false, false, FieldTable::default())).await;
     for i in 0..5000 {
         let msg = r.next_message().await;
         assert_eq!(msg.body, body(i).as_bytes(), "message {i}");
@@ -374,11 +280,7 @@ async fn backlog_beyond_the_memory_budget_is_paged_to_the_log() {
     let _ = store;
     for i in 0..5000 {
         r.method(1, m::get("deepd", true)).await;
-        assert_eq!(
-            r.next_message().await.body,
-            body(i).as_bytes(),
-            "durable message {i}"
-        );
+        assert_eq!(r.next_message().await.body, body(i).as_bytes(), "durable message {i}");
     }
     s.stop().await;
 }
@@ -387,11 +289,7 @@ async fn backlog_beyond_the_memory_budget_is_paged_to_the_log() {
 async fn failed_sync_nacks_the_publishes_it_covered() {
     let s = start_with(|c| c.storage.segment_size = 65536).await;
     let mut r = Raw::open(s.addr()).await;
-    r.call(
-        1,
-        m::qdecl("dq", false, true, false, false, FieldTable::default()),
-    )
-    .await;
+    r.call(1, m::qdecl("dq", false, true, false, false, FieldTable::default())).await;
     r.call(1, m::confirm_select()).await;
     // The next segments are /dev/full: every write to them fails (ENOSPC).
     let dir = s.dir.path().join("messages");
@@ -399,10 +297,7 @@ async fn failed_sync_nacks_the_publishes_it_covered() {
         std::os::unix::fs::symlink("/dev/full", dir.join(format!("{id:020}.seg"))).unwrap();
     }
     let body = vec![7u8; 4000];
-    let (mut acks, mut nacks) = (
-        std::collections::BTreeSet::new(),
-        std::collections::BTreeSet::new(),
-    );
+    let (mut acks, mut nacks) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
     for _ in 0..40 {
         r.publish(1, "", "dq", false, &persistent(), &body).await;
     }
@@ -410,9 +305,7 @@ async fn failed_sync_nacks_the_publishes_it_covered() {
         match r.recv().await {
             In::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) => {
                 let tags: Vec<u64> = if a.multiple {
-                    (1..=a.delivery_tag)
-                        .filter(|t| !acks.contains(t) && !nacks.contains(t))
-                        .collect()
+                    (1..=a.delivery_tag).filter(|t| !acks.contains(t) && !nacks.contains(t)).collect()
                 } else {
                     vec![a.delivery_tag]
                 };
@@ -426,14 +319,8 @@ async fn failed_sync_nacks_the_publishes_it_covered() {
         }
     }
     // The first segment took ~16 messages; everything after it failed.
-    assert!(
-        !acks.is_empty(),
-        "publishes written to the good segment are acked"
-    );
+    assert!(!acks.is_empty(), "publishes written to the good segment are acked");
     assert!(!nacks.is_empty(), "publishes whose sync failed are nacked");
-    assert!(
-        acks.iter().max() < nacks.iter().min(),
-        "acks {acks:?} nacks {nacks:?}"
-    );
+    assert!(acks.iter().max() < nacks.iter().min(), "acks {acks:?} nacks {nacks:?}");
     s.stop().await;
 }

@@ -18,10 +18,7 @@ async fn drain(r: &mut Raw, ch: u16, q: &str) -> Vec<String> {
     loop {
         r.method(ch, m::get(q, true)).await;
         let msg = r.next_message().await;
-        if matches!(
-            msg.method,
-            AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::GetEmpty(_))
-        ) {
+        if matches!(msg.method, AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::GetEmpty(_))) {
             return out;
         }
         out.push(String::from_utf8(msg.body).unwrap());
@@ -39,48 +36,29 @@ async fn predeclared_exchanges_exist_and_are_protected() {
         ("amq.headers", "headers"),
         ("amq.match", "headers"),
     ] {
-        let reply = r
-            .call(
-                1,
-                m::xdecl(name, kind, true, false, false, false, FieldTable::default()),
-            )
-            .await;
+        let reply = r.call(1, m::xdecl(name, kind, true, false, false, false, FieldTable::default())).await;
         assert!(declare_ok(&reply), "{name}");
         // Redeclaring with the same properties is fine.
-        let reply = r
-            .call(
-                1,
-                m::xdecl(name, kind, false, true, false, false, FieldTable::default()),
-            )
-            .await;
+        let reply = r.call(1, m::xdecl(name, kind, false, true, false, false, FieldTable::default())).await;
         assert!(declare_ok(&reply), "{name} redeclare");
     }
     r.method(1, m::xdelete("amq.direct", false)).await;
     let (code, text, class, method) = r.expect_channel_close(1).await;
     assert_eq!((code, class, method), (403, 40, 20));
-    assert_eq!(
-        text,
-        "ACCESS_REFUSED - deletion of system exchange 'amq.direct' in vhost '/' not allowed"
-    );
+    assert_eq!(text, "ACCESS_REFUSED - deletion of system exchange 'amq.direct' in vhost '/' not allowed");
     r.open_channel(2).await;
     r.method(2, m::x("", "direct")).await;
     let (code, text, _, _) = r.expect_channel_close(2).await;
     assert_eq!(
         (code, text.as_str()),
-        (
-            403,
-            "ACCESS_REFUSED - operation not permitted on the default exchange"
-        )
+        (403, "ACCESS_REFUSED - operation not permitted on the default exchange")
     );
     r.open_channel(3).await;
     r.method(3, m::x("amq.custom", "direct")).await;
     let (code, text, _, _) = r.expect_channel_close(3).await;
     assert_eq!(
         (code, text.as_str()),
-        (
-            403,
-            "ACCESS_REFUSED - exchange name 'amq.custom' contains reserved prefix 'amq.*'"
-        )
+        (403, "ACCESS_REFUSED - exchange name 'amq.custom' contains reserved prefix 'amq.*'")
     );
     r.open_channel(4).await;
     r.declare(4, "dq").await;
@@ -93,19 +71,7 @@ async fn predeclared_exchanges_exist_and_are_protected() {
 async fn declare_passive_equivalence_and_unknown_type() {
     let s = start().await;
     let mut r = Raw::open(s.addr()).await;
-    r.method(
-        1,
-        m::xdecl(
-            "missing",
-            "direct",
-            true,
-            false,
-            false,
-            false,
-            FieldTable::default(),
-        ),
-    )
-    .await;
+    r.method(1, m::xdecl("missing", "direct", true, false, false, false, FieldTable::default())).await;
     let (code, text, class, method) = r.expect_channel_close(1).await;
     assert_eq!(
         (code, text.as_str(), class, method),
@@ -114,17 +80,9 @@ async fn declare_passive_equivalence_and_unknown_type() {
 
     r.open_channel(1).await;
     assert!(declare_ok(
-        &r.call(
-            1,
-            m::xdecl("e1", "direct", false, true, false, false, FieldTable::default())
-        )
-        .await
+        &r.call(1, m::xdecl("e1", "direct", false, true, false, false, FieldTable::default())).await
     ));
-    r.method(
-        1,
-        m::xdecl("e1", "fanout", false, true, false, false, FieldTable::default()),
-    )
-    .await;
+    r.method(1, m::xdecl("e1", "fanout", false, true, false, false, FieldTable::default())).await;
     let (code, text, _, _) = r.expect_channel_close(1).await;
     assert_eq!(code, 406);
     assert_eq!(
@@ -132,11 +90,7 @@ async fn declare_passive_equivalence_and_unknown_type() {
         "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'e1' in vhost '/': received 'fanout' but current is 'direct'"
     );
     r.open_channel(1).await;
-    r.method(
-        1,
-        m::xdecl("e1", "direct", false, false, false, false, FieldTable::default()),
-    )
-    .await;
+    r.method(1, m::xdecl("e1", "direct", false, false, false, false, FieldTable::default())).await;
     let (code, text, _, _) = r.expect_channel_close(1).await;
     assert_eq!(code, 406);
     assert_eq!(
@@ -149,12 +103,7 @@ async fn declare_passive_equivalence_and_unknown_type() {
     let (code, text, class, method) = r.expect_connection_close().await;
     assert_eq!(
         (code, text.as_str(), class, method),
-        (
-            503,
-            "COMMAND_INVALID - unknown exchange type 'no-such-type'",
-            40,
-            10
-        )
+        (503, "COMMAND_INVALID - unknown exchange type 'no-such-type'", 40, 10)
     );
 }
 
@@ -164,14 +113,10 @@ async fn delete_if_unused_and_missing() {
     let mut r = Raw::open(s.addr()).await;
     r.call(1, m::x("del", "fanout")).await;
     r.declare(1, "delq").await;
-    r.call(1, m::qbind("delq", "del", "", FieldTable::default()))
-        .await;
+    r.call(1, m::qbind("delq", "del", "", FieldTable::default())).await;
     r.method(1, m::xdelete("del", true)).await;
     let (code, text, _, _) = r.expect_channel_close(1).await;
-    assert_eq!(
-        (code, text.as_str()),
-        (406, "PRECONDITION_FAILED - exchange 'del' in vhost '/' in use")
-    );
+    assert_eq!((code, text.as_str()), (406, "PRECONDITION_FAILED - exchange 'del' in vhost '/' in use"));
     r.open_channel(1).await;
     assert!(matches!(
         r.call(1, m::xdelete("del", false)).await,
@@ -182,11 +127,7 @@ async fn delete_if_unused_and_missing() {
         r.call(1, m::xdelete("del", false)).await,
         AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(_))
     ));
-    r.method(
-        1,
-        m::xdecl("del", "fanout", true, false, false, false, FieldTable::default()),
-    )
-    .await;
+    r.method(1, m::xdecl("del", "fanout", true, false, false, false, FieldTable::default())).await;
     assert_eq!(r.expect_channel_close(1).await.0, 404);
 }
 
@@ -203,37 +144,17 @@ async fn direct_fanout_topic_headers_routing() {
     r.call(1, m::x("hx", "headers")).await;
     r.call(1, m::qbind("d1", "dx", "a", FieldTable::default())).await;
     r.call(1, m::qbind("d2", "dx", "b", FieldTable::default())).await;
-    r.call(1, m::qbind("f1", "fx", "ignored", FieldTable::default()))
-        .await;
+    r.call(1, m::qbind("f1", "fx", "ignored", FieldTable::default())).await;
     r.call(1, m::qbind("f2", "fx", "", FieldTable::default())).await;
-    r.call(1, m::qbind("t1", "tx", "*.orange.*", FieldTable::default()))
-        .await;
-    r.call(1, m::qbind("t2", "tx", "*.*.rabbit", FieldTable::default()))
-        .await;
-    r.call(1, m::qbind("t2", "tx", "lazy.#", FieldTable::default()))
-        .await;
+    r.call(1, m::qbind("t1", "tx", "*.orange.*", FieldTable::default())).await;
+    r.call(1, m::qbind("t2", "tx", "*.*.rabbit", FieldTable::default())).await;
+    r.call(1, m::qbind("t2", "tx", "lazy.#", FieldTable::default())).await;
     r.call(1, m::qbind("t3", "tx", "#", FieldTable::default())).await;
     let s_ = |v: &str| AMQPValue::LongString(v.into());
-    r.call(
-        1,
-        m::qbind(
-            "hall",
-            "hx",
-            "",
-            table(&[("x-match", s_("all")), ("a", s_("1")), ("b", s_("2"))]),
-        ),
-    )
-    .await;
-    r.call(
-        1,
-        m::qbind(
-            "hany",
-            "hx",
-            "",
-            table(&[("x-match", s_("any")), ("a", s_("1")), ("b", s_("2"))]),
-        ),
-    )
-    .await;
+    r.call(1, m::qbind("hall", "hx", "", table(&[("x-match", s_("all")), ("a", s_("1")), ("b", s_("2"))])))
+        .await;
+    r.call(1, m::qbind("hany", "hx", "", table(&[("x-match", s_("any")), ("a", s_("1")), ("b", s_("2"))])))
+        .await;
 
     r.publish(1, "dx", "a", false, &[], b"to-d1").await;
     r.publish(1, "fx", "whatever", false, &[], b"to-fans").await;
@@ -250,19 +171,9 @@ async fn direct_fanout_topic_headers_routing() {
     let with_headers = |pairs: &[(&str, AMQPValue)]| {
         props(amq_protocol::protocol::basic::AMQPProperties::default().with_headers(table(pairs)))
     };
-    r.publish(
-        1,
-        "hx",
-        "",
-        false,
-        &with_headers(&[("a", s_("1")), ("b", s_("2"))]),
-        b"both",
-    )
-    .await;
-    r.publish(1, "hx", "", false, &with_headers(&[("a", s_("1"))]), b"only-a")
-        .await;
-    r.publish(1, "hx", "", false, &with_headers(&[("c", s_("3"))]), b"neither")
-        .await;
+    r.publish(1, "hx", "", false, &with_headers(&[("a", s_("1")), ("b", s_("2"))]), b"both").await;
+    r.publish(1, "hx", "", false, &with_headers(&[("a", s_("1"))]), b"only-a").await;
+    r.publish(1, "hx", "", false, &with_headers(&[("c", s_("3"))]), b"neither").await;
 
     assert_eq!(drain(&mut r, 1, "d1").await, vec!["to-d1"]);
     assert!(drain(&mut r, 1, "d2").await.is_empty());
@@ -270,16 +181,12 @@ async fn direct_fanout_topic_headers_routing() {
     assert_eq!(drain(&mut r, 1, "f2").await, vec!["to-fans"]);
     assert_eq!(drain(&mut r, 1, "t1").await, vec!["qor", "loe", "qof"]);
     assert_eq!(drain(&mut r, 1, "t2").await, vec!["qor", "loe", "lbf", "l"]);
-    assert_eq!(
-        drain(&mut r, 1, "t3").await,
-        vec!["qor", "loe", "qof", "lbf", "l", "qbf"]
-    );
+    assert_eq!(drain(&mut r, 1, "t3").await, vec!["qor", "loe", "qof", "lbf", "l", "qbf"]);
     assert_eq!(drain(&mut r, 1, "hall").await, vec!["both"]);
     assert_eq!(drain(&mut r, 1, "hany").await, vec!["both", "only-a"]);
 
     // Invalid x-match on bind → 406.
-    r.method(1, m::qbind("hall", "hx", "", table(&[("x-match", s_("bogus"))])))
-        .await;
+    r.method(1, m::qbind("hall", "hx", "", table(&[("x-match", s_("bogus"))]))).await;
     let (code, text, _, _) = r.expect_channel_close(1).await;
     assert_eq!(code, 406);
     assert!(text.contains("Invalid x-match field value"), "{text}");
@@ -294,45 +201,18 @@ async fn headers_with_x_modes_and_void_presence() {
         r.declare(1, q).await;
     }
     let s_ = |v: &str| AMQPValue::LongString(v.into());
+    r.call(1, m::qbind("allx", "hx", "", table(&[("x-match", s_("all-with-x")), ("x-k", s_("1"))]))).await;
     r.call(
         1,
-        m::qbind(
-            "allx",
-            "hx",
-            "",
-            table(&[("x-match", s_("all-with-x")), ("x-k", s_("1"))]),
-        ),
+        m::qbind("anyx", "hx", "", table(&[("x-match", s_("any-with-x")), ("x-k", s_("1")), ("z", s_("9"))])),
     )
     .await;
-    r.call(
-        1,
-        m::qbind(
-            "anyx",
-            "hx",
-            "",
-            table(&[("x-match", s_("any-with-x")), ("x-k", s_("1")), ("z", s_("9"))]),
-        ),
-    )
-    .await;
-    r.call(
-        1,
-        m::qbind("void", "hx", "", table(&[("present", AMQPValue::Void)])),
-    )
-    .await;
+    r.call(1, m::qbind("void", "hx", "", table(&[("present", AMQPValue::Void)]))).await;
     let h = |pairs: &[(&str, AMQPValue)]| {
         props(amq_protocol::protocol::basic::AMQPProperties::default().with_headers(table(pairs)))
     };
-    r.publish(1, "hx", "", false, &h(&[("x-k", s_("1"))]), b"xk")
-        .await;
-    r.publish(
-        1,
-        "hx",
-        "",
-        false,
-        &h(&[("present", AMQPValue::LongLongInt(5))]),
-        b"present",
-    )
-    .await;
+    r.publish(1, "hx", "", false, &h(&[("x-k", s_("1"))]), b"xk").await;
+    r.publish(1, "hx", "", false, &h(&[("present", AMQPValue::LongLongInt(5))]), b"present").await;
     assert_eq!(drain(&mut r, 1, "allx").await, vec!["xk"]);
     assert_eq!(drain(&mut r, 1, "anyx").await, vec!["xk"]);
     assert_eq!(drain(&mut r, 1, "void").await, vec!["present"]);
@@ -370,19 +250,11 @@ async fn exchange_to_exchange_bindings_cycles_and_one_copy() {
 async fn auto_delete_exchange_goes_with_its_last_binding() {
     let s = start().await;
     let mut r = Raw::open(s.addr()).await;
-    r.call(
-        1,
-        m::xdecl("ad", "direct", false, false, true, false, FieldTable::default()),
-    )
-    .await;
+    r.call(1, m::xdecl("ad", "direct", false, false, true, false, FieldTable::default())).await;
     r.declare(1, "adq").await;
     r.call(1, m::qbind("adq", "ad", "k", FieldTable::default())).await;
     r.call(1, m::qunbind("adq", "ad", "k")).await;
-    r.method(
-        1,
-        m::xdecl("ad", "direct", true, false, false, false, FieldTable::default()),
-    )
-    .await;
+    r.method(1, m::xdecl("ad", "direct", true, false, false, false, FieldTable::default())).await;
     assert_eq!(r.expect_channel_close(1).await.0, 404);
 }
 
@@ -392,26 +264,19 @@ async fn alternate_exchange_gets_unroutable_messages() {
     let mut r = Raw::open(s.addr()).await;
     r.call(1, m::x("ae", "fanout")).await;
     r.declare(1, "unrouted").await;
-    r.call(1, m::qbind("unrouted", "ae", "", FieldTable::default()))
-        .await;
+    r.call(1, m::qbind("unrouted", "ae", "", FieldTable::default())).await;
     let args = table(&[("alternate-exchange", AMQPValue::LongString("ae".into()))]);
-    r.call(1, m::xdecl("main", "direct", false, false, false, false, args))
-        .await;
+    r.call(1, m::xdecl("main", "direct", false, false, false, false, args)).await;
     r.declare(1, "routed").await;
-    r.call(1, m::qbind("routed", "main", "yes", FieldTable::default()))
-        .await;
+    r.call(1, m::qbind("routed", "main", "yes", FieldTable::default())).await;
     r.publish(1, "main", "yes", true, &[], b"r").await;
     r.publish(1, "main", "no", true, &[], b"u").await; // mandatory: via AE counts as routed
     assert_eq!(drain(&mut r, 1, "routed").await, vec!["r"]);
     assert_eq!(drain(&mut r, 1, "unrouted").await, vec!["u"]);
-    assert!(
-        r.try_next_message(Duration::from_millis(200)).await.is_none(),
-        "no basic.return for AE-routed"
-    );
+    assert!(r.try_next_message(Duration::from_millis(200)).await.is_none(), "no basic.return for AE-routed");
     // Redeclare with a different AE → 406.
     let other = table(&[("alternate-exchange", AMQPValue::LongString("other".into()))]);
-    r.method(1, m::xdecl("main", "direct", false, false, false, false, other))
-        .await;
+    r.method(1, m::xdecl("main", "direct", false, false, false, false, other)).await;
     let (code, text, _, _) = r.expect_channel_close(1).await;
     assert_eq!(code, 406);
     assert!(text.contains("inequivalent arg 'alternate-exchange'"), "{text}");
@@ -421,33 +286,17 @@ async fn alternate_exchange_gets_unroutable_messages() {
 async fn internal_exchange_refuses_publish_but_routes_e2e() {
     let s = start().await;
     let mut r = Raw::open(s.addr()).await;
-    r.call(
-        1,
-        m::xdecl(
-            "inner",
-            "fanout",
-            false,
-            false,
-            false,
-            true,
-            FieldTable::default(),
-        ),
-    )
-    .await;
+    r.call(1, m::xdecl("inner", "fanout", false, false, false, true, FieldTable::default())).await;
     r.call(1, m::x("outer", "fanout")).await;
     r.call(1, m::xbind("inner", "outer", "")).await;
     r.declare(1, "iq").await;
-    r.call(1, m::qbind("iq", "inner", "", FieldTable::default()))
-        .await;
+    r.call(1, m::qbind("iq", "inner", "", FieldTable::default())).await;
     r.publish(1, "outer", "", false, &[], b"through").await;
     assert_eq!(drain(&mut r, 1, "iq").await, vec!["through"]);
     r.publish(1, "inner", "", false, &[], b"direct").await;
     let (code, text, class, method) = r.expect_channel_close(1).await;
     assert_eq!((code, class, method), (403, 60, 40));
-    assert_eq!(
-        text,
-        "ACCESS_REFUSED - cannot publish to internal exchange 'inner' in vhost '/'"
-    );
+    assert_eq!(text, "ACCESS_REFUSED - cannot publish to internal exchange 'inner' in vhost '/'");
 }
 
 #[tokio::test]

@@ -25,30 +25,19 @@ async fn server_named_queue_and_last_declared_queue() {
     let name = ok.queue.to_string();
     assert!(name.starts_with("amq.gen-"), "{name}");
     assert_eq!(name.len(), "amq.gen-".len() + 22);
-    assert!(
-        name["amq.gen-".len()..]
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    );
+    assert!(name["amq.gen-".len()..].chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
     // "" now means that queue for bind, publish via binding, get, purge, consume, delete.
-    r.call(1, m::qbind("", "amq.direct", "lastq", FieldTable::default()))
-        .await;
+    r.call(1, m::qbind("", "amq.direct", "lastq", FieldTable::default())).await;
     r.publish(1, "amq.direct", "lastq", false, &[], b"one").await;
     r.publish(1, "amq.direct", "lastq", false, &[], b"two").await;
     r.method(1, m::get("", true)).await;
     assert_eq!(r.next_message().await.body, b"one");
     let purged = r.call(1, m::qpurge("")).await;
     assert!(matches!(purged, AMQPClass::Queue(queue::AMQPMethod::PurgeOk(p)) if p.message_count == 1));
-    let passive = declare_ok(
-        r.call(1, m::qdecl("", true, false, false, false, FieldTable::default()))
-            .await,
-    );
+    let passive = declare_ok(r.call(1, m::qdecl("", true, false, false, false, FieldTable::default())).await);
     assert_eq!(passive.queue.as_str(), name);
     let deleted = r.call(1, m::qdelete("", false, false)).await;
-    assert!(matches!(
-        deleted,
-        AMQPClass::Queue(queue::AMQPMethod::DeleteOk(_))
-    ));
+    assert!(matches!(deleted, AMQPClass::Queue(queue::AMQPMethod::DeleteOk(_))));
 
     // A fresh channel has no last declared queue.
     r.open_channel(2).await;
@@ -64,11 +53,7 @@ async fn server_named_queue_and_last_declared_queue() {
 async fn passive_declare_missing_and_counts() {
     let s = start().await;
     let mut r = Raw::open(s.addr()).await;
-    r.method(
-        1,
-        m::qdecl("nothere", true, false, false, false, FieldTable::default()),
-    )
-    .await;
+    r.method(1, m::qdecl("nothere", true, false, false, false, FieldTable::default())).await;
     let (code, text, class, method) = r.expect_channel_close(1).await;
     assert_eq!(
         (code, text.as_str(), class, method),
@@ -78,11 +63,7 @@ async fn passive_declare_missing_and_counts() {
     r.declare(1, "counted").await;
     r.send_to(1, "counted", b"a").await;
     r.send_to(1, "counted", b"b").await;
-    r.method(
-        1,
-        m::consume("counted", "c1", false, false, FieldTable::default()),
-    )
-    .await;
+    r.method(1, m::consume("counted", "c1", false, false, FieldTable::default())).await;
     r.next_message().await;
     r.next_message().await;
     // declare-ok counts ready messages only (both are unacked now) and consumers.
@@ -93,16 +74,8 @@ async fn passive_declare_missing_and_counts() {
 async fn redeclare_equivalence_texts() {
     let s = start().await;
     let mut r = Raw::open(s.addr()).await;
-    r.call(
-        1,
-        m::qdecl("eq", false, true, false, false, FieldTable::default()),
-    )
-    .await;
-    r.method(
-        1,
-        m::qdecl("eq", false, false, false, false, FieldTable::default()),
-    )
-    .await;
+    r.call(1, m::qdecl("eq", false, true, false, false, FieldTable::default())).await;
+    r.method(1, m::qdecl("eq", false, false, false, false, FieldTable::default())).await;
     let (code, text, _, _) = r.expect_channel_close(1).await;
     assert_eq!(code, 406);
     assert_eq!(
@@ -110,8 +83,7 @@ async fn redeclare_equivalence_texts() {
         "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'eq' in vhost '/': received 'false' but current is 'true'"
     );
     r.open_channel(1).await;
-    r.method(1, m::qdecl("eq", false, true, false, true, FieldTable::default()))
-        .await;
+    r.method(1, m::qdecl("eq", false, true, false, true, FieldTable::default())).await;
     let (_, text, _, _) = r.expect_channel_close(1).await;
     assert_eq!(
         text,
@@ -137,14 +109,7 @@ async fn argument_validation_and_celery_arguments() {
     let mut r = Raw::open(s.addr()).await;
     r.method(
         1,
-        m::qdecl(
-            "p",
-            false,
-            false,
-            false,
-            false,
-            table(&[("x-max-priority", AMQPValue::LongInt(300))]),
-        ),
+        m::qdecl("p", false, false, false, false, table(&[("x-max-priority", AMQPValue::LongInt(300))])),
     )
     .await;
     let (code, text, _, _) = r.expect_channel_close(1).await;
@@ -154,25 +119,12 @@ async fn argument_validation_and_celery_arguments() {
         "PRECONDITION_FAILED - invalid arg 'x-max-priority' for queue 'p' in vhost '/': {max_value_exceeded,300}"
     );
     r.open_channel(1).await;
-    r.method(
-        1,
-        m::qdecl(
-            "e",
-            false,
-            false,
-            false,
-            false,
-            table(&[("x-expires", AMQPValue::LongInt(0))]),
-        ),
-    )
-    .await;
+    r.method(1, m::qdecl("e", false, false, false, false, table(&[("x-expires", AMQPValue::LongInt(0))])))
+        .await;
     let (code, text, _, _) = r.expect_channel_close(1).await;
     assert_eq!(
         (code, text.as_str()),
-        (
-            406,
-            "PRECONDITION_FAILED - invalid arg 'x-expires' for queue 'e' in vhost '/': {value_zero,0}"
-        )
+        (406, "PRECONDITION_FAILED - invalid arg 'x-expires' for queue 'e' in vhost '/': {value_zero,0}")
     );
     r.open_channel(1).await;
     r.method(
@@ -192,17 +144,9 @@ async fn argument_validation_and_celery_arguments() {
     assert!(text.ends_with("routing_key_but_no_dlx_defined"), "{text}");
     // What Celery's remote control declares is accepted.
     r.open_channel(1).await;
-    let celery = table(&[
-        ("x-message-ttl", AMQPValue::LongInt(300000)),
-        ("x-expires", AMQPValue::LongInt(10000)),
-    ]);
-    declare_ok(
-        r.call(
-            1,
-            m::qdecl("celery@host.celery.pidbox", false, false, false, true, celery),
-        )
-        .await,
-    );
+    let celery =
+        table(&[("x-message-ttl", AMQPValue::LongInt(300000)), ("x-expires", AMQPValue::LongInt(10000))]);
+    declare_ok(r.call(1, m::qdecl("celery@host.celery.pidbox", false, false, false, true, celery)).await);
 }
 
 #[tokio::test]
@@ -212,10 +156,7 @@ async fn reserved_prefix_is_403() {
     r.method(1, m::q("amq.mine")).await;
     let (code, text, class, method) = r.expect_channel_close(1).await;
     assert_eq!((code, class, method), (403, 50, 10));
-    assert_eq!(
-        text,
-        "ACCESS_REFUSED - queue name 'amq.mine' contains reserved prefix 'amq.*'"
-    );
+    assert_eq!(text, "ACCESS_REFUSED - queue name 'amq.mine' contains reserved prefix 'amq.*'");
     // `amq_` (aio-pika's robust channels) is not reserved.
     r.open_channel(1).await;
     r.declare(1, "amq_not_reserved").await;
@@ -225,12 +166,7 @@ async fn reserved_prefix_is_403() {
 async fn exclusive_queue_is_locked_to_its_connection_and_deleted_with_it() {
     let s = start().await;
     let mut owner = Raw::open(s.addr()).await;
-    owner
-        .call(
-            1,
-            m::qdecl("mine", false, false, true, false, FieldTable::default()),
-        )
-        .await;
+    owner.call(1, m::qdecl("mine", false, false, true, false, FieldTable::default())).await;
     let mut other = Raw::open(s.addr()).await;
     let attempts = [
         m::qdecl("mine", true, false, false, false, FieldTable::default()),
@@ -251,11 +187,9 @@ async fn exclusive_queue_is_locked_to_its_connection_and_deleted_with_it() {
     owner.method(1, m::q("mine")).await;
     assert_eq!(owner.expect_channel_close(1).await.0, 405);
     drop(owner);
-    eventually(
-        "exclusive queue deleted with its connection",
-        Duration::from_secs(5),
-        || !s.broker().vhost("/").expect("vhost").queues.contains_key("mine"),
-    )
+    eventually("exclusive queue deleted with its connection", Duration::from_secs(5), || {
+        !s.broker().vhost("/").expect("vhost").queues.contains_key("mine")
+    })
     .await;
 }
 
@@ -263,22 +197,13 @@ async fn exclusive_queue_is_locked_to_its_connection_and_deleted_with_it() {
 async fn auto_delete_only_after_a_consumer_existed() {
     let s = start().await;
     let mut r = Raw::open(s.addr()).await;
-    r.call(
-        1,
-        m::qdecl("ad", false, false, false, true, FieldTable::default()),
-    )
-    .await;
+    r.call(1, m::qdecl("ad", false, false, false, true, FieldTable::default())).await;
     r.send_to(1, "ad", b"x").await;
     assert_eq!(r.counts(1, "ad").await, (1, 0)); // never consumed: stays
-    r.call(1, m::consume("ad", "t1", true, false, FieldTable::default()))
-        .await;
+    r.call(1, m::consume("ad", "t1", true, false, FieldTable::default())).await;
     r.next_message().await;
     r.call(1, m::cancel("t1")).await;
-    r.method(
-        1,
-        m::qdecl("ad", true, false, false, false, FieldTable::default()),
-    )
-    .await;
+    r.method(1, m::qdecl("ad", true, false, false, false, FieldTable::default())).await;
     assert_eq!(r.expect_channel_close(1).await.0, 404);
 }
 
@@ -294,32 +219,20 @@ async fn purge_and_delete_rules() {
     let (code, text, class, method) = r.expect_channel_close(1).await;
     assert_eq!(
         (code, text.as_str(), class, method),
-        (
-            406,
-            "PRECONDITION_FAILED - queue 'pd' in vhost '/' not empty",
-            50,
-            40
-        )
+        (406, "PRECONDITION_FAILED - queue 'pd' in vhost '/' not empty", 50, 40)
     );
     r.open_channel(1).await;
     let purged = r.call(1, m::qpurge("pd")).await;
     assert!(matches!(purged, AMQPClass::Queue(queue::AMQPMethod::PurgeOk(p)) if p.message_count == 3));
-    r.call(1, m::consume("pd", "c", false, false, FieldTable::default()))
-        .await;
+    r.call(1, m::consume("pd", "c", false, false, FieldTable::default())).await;
     r.open_channel(2).await;
     r.method(2, m::qdelete("pd", true, false)).await;
     let (code, text, _, _) = r.expect_channel_close(2).await;
-    assert_eq!(
-        (code, text.as_str()),
-        (406, "PRECONDITION_FAILED - queue 'pd' in vhost '/' in use")
-    );
+    assert_eq!((code, text.as_str()), (406, "PRECONDITION_FAILED - queue 'pd' in vhost '/' in use"));
     r.open_channel(2).await;
     r.send_to(2, "pd", b"unacked").await;
     let deleted = r.call(2, m::qdelete("pd", false, false)).await;
-    assert!(matches!(
-        deleted,
-        AMQPClass::Queue(queue::AMQPMethod::DeleteOk(_))
-    ));
+    assert!(matches!(deleted, AMQPClass::Queue(queue::AMQPMethod::DeleteOk(_))));
     // Deleting a missing queue is ok with 0 messages.
     let again = r.call(2, m::qdelete("pd", false, false)).await;
     assert!(matches!(again, AMQPClass::Queue(queue::AMQPMethod::DeleteOk(d)) if d.message_count == 0));
@@ -330,27 +243,18 @@ async fn bind_and_unbind_queue() {
     let s = start().await;
     let mut r = Raw::open(s.addr()).await;
     r.declare(1, "bq").await;
-    r.call(1, m::qbind("bq", "amq.topic", "a.*", FieldTable::default()))
-        .await;
+    r.call(1, m::qbind("bq", "amq.topic", "a.*", FieldTable::default())).await;
     r.publish(1, "amq.topic", "a.b", false, &[], b"bound").await;
     r.call(1, m::qunbind("bq", "amq.topic", "a.*")).await;
     r.publish(1, "amq.topic", "a.b", false, &[], b"unbound").await;
     assert_eq!(r.counts(1, "bq").await.0, 1);
     // Unbinding a binding that does not exist is ok.
     r.call(1, m::qunbind("bq", "amq.topic", "never")).await;
-    r.method(1, m::qbind("missing", "amq.topic", "k", FieldTable::default()))
-        .await;
+    r.method(1, m::qbind("missing", "amq.topic", "k", FieldTable::default())).await;
     let (code, text, _, _) = r.expect_channel_close(1).await;
-    assert_eq!(
-        (code, text.as_str()),
-        (404, "NOT_FOUND - no queue 'missing' in vhost '/'")
-    );
+    assert_eq!((code, text.as_str()), (404, "NOT_FOUND - no queue 'missing' in vhost '/'"));
     r.open_channel(1).await;
-    r.method(1, m::qbind("bq", "missing-x", "k", FieldTable::default()))
-        .await;
+    r.method(1, m::qbind("bq", "missing-x", "k", FieldTable::default())).await;
     let (code, text, _, _) = r.expect_channel_close(1).await;
-    assert_eq!(
-        (code, text.as_str()),
-        (404, "NOT_FOUND - no exchange 'missing-x' in vhost '/'")
-    );
+    assert_eq!((code, text.as_str()), (404, "NOT_FOUND - no exchange 'missing-x' in vhost '/'"));
 }

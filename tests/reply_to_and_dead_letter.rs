@@ -25,12 +25,8 @@ async fn direct_reply_to_round_trip_and_liveness_check() {
     let mut client = Raw::open(srv.addr()).await;
     let mut server = Raw::open(srv.addr()).await;
     server.declare(1, "rpc").await;
-    let ok = client
-        .call(
-            1,
-            m::consume("amq.rabbitmq.reply-to", "", true, false, FieldTable::default()),
-        )
-        .await;
+    let ok =
+        client.call(1, m::consume("amq.rabbitmq.reply-to", "", true, false, FieldTable::default())).await;
     assert!(matches!(ok, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_))));
     let p = props(
         AMQPProperties::default()
@@ -45,12 +41,7 @@ async fn direct_reply_to_round_trip_and_liveness_check() {
     assert!(reply_to.starts_with("amq.rabbitmq.reply-to."), "{reply_to}");
     assert_eq!(rp.correlation_id().as_ref().map(|c| c.as_str()), Some("c1"));
     // The server can check the requester is alive.
-    let alive = server
-        .call(
-            1,
-            m::qdecl(&reply_to, true, false, false, false, FieldTable::default()),
-        )
-        .await;
+    let alive = server.call(1, m::qdecl(&reply_to, true, false, false, false, FieldTable::default())).await;
     assert!(matches!(alive, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)) if ok.consumer_count == 1));
     server
         .publish(
@@ -66,10 +57,7 @@ async fn direct_reply_to_round_trip_and_liveness_check() {
     assert_eq!(reply.body, b"pong");
     match &reply.method {
         AMQPClass::Basic(basic::AMQPMethod::Deliver(d)) => {
-            assert_eq!(
-                (d.exchange.as_str(), d.routing_key.as_str()),
-                ("", reply_to.as_str())
-            );
+            assert_eq!((d.exchange.as_str(), d.routing_key.as_str()), ("", reply_to.as_str()));
             assert!(!d.redelivered);
         }
         other => panic!("{other:?}"),
@@ -78,12 +66,7 @@ async fn direct_reply_to_round_trip_and_liveness_check() {
     drop(client);
     let mut gone = false;
     for _ in 0..200 {
-        server
-            .method(
-                1,
-                m::qdecl(&reply_to, true, false, false, false, FieldTable::default()),
-            )
-            .await;
+        server.method(1, m::qdecl(&reply_to, true, false, false, false, FieldTable::default())).await;
         match server.recv().await {
             In::Method(1, AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::Close(c))) => {
                 assert_eq!(c.reply_code, 404);
@@ -109,40 +92,17 @@ async fn direct_reply_to_misuse_texts() {
     let (code, text, class, method) = r.expect_channel_close(1).await;
     assert_eq!(
         (code, text.as_str(), class, method),
-        (
-            406,
-            "PRECONDITION_FAILED - fast reply consumer does not exist",
-            60,
-            40
-        )
+        (406, "PRECONDITION_FAILED - fast reply consumer does not exist", 60, 40)
     );
     r.open_channel(1).await;
-    r.method(
-        1,
-        m::consume("amq.rabbitmq.reply-to", "", false, false, FieldTable::default()),
-    )
-    .await;
+    r.method(1, m::consume("amq.rabbitmq.reply-to", "", false, false, FieldTable::default())).await;
     let (code, text, _, _) = r.expect_channel_close(1).await;
-    assert_eq!(
-        (code, text.as_str()),
-        (406, "PRECONDITION_FAILED - reply consumer cannot acknowledge")
-    );
+    assert_eq!((code, text.as_str()), (406, "PRECONDITION_FAILED - reply consumer cannot acknowledge"));
     r.open_channel(1).await;
-    r.call(
-        1,
-        m::consume("amq.rabbitmq.reply-to", "a", true, false, FieldTable::default()),
-    )
-    .await;
-    r.method(
-        1,
-        m::consume("amq.rabbitmq.reply-to", "b", true, false, FieldTable::default()),
-    )
-    .await;
+    r.call(1, m::consume("amq.rabbitmq.reply-to", "a", true, false, FieldTable::default())).await;
+    r.method(1, m::consume("amq.rabbitmq.reply-to", "b", true, false, FieldTable::default())).await;
     let (code, text, _, _) = r.expect_channel_close(1).await;
-    assert_eq!(
-        (code, text.as_str()),
-        (406, "PRECONDITION_FAILED - reply consumer already set")
-    );
+    assert_eq!((code, text.as_str()), (406, "PRECONDITION_FAILED - reply consumer already set"));
 }
 
 #[tokio::test]
@@ -153,12 +113,9 @@ async fn reject_dead_letters_with_x_death() {
     r.call(1, m::x("dlx", "fanout")).await;
     r.call(1, m::qbind("dlq", "dlx", "", FieldTable::default())).await;
     let args = table(&[("x-dead-letter-exchange", s("dlx"))]);
-    r.call(1, m::qdecl("work", false, false, false, false, args))
-        .await;
+    r.call(1, m::qdecl("work", false, false, false, false, args)).await;
     let p = props(
-        AMQPProperties::default()
-            .with_headers(table(&[("k", s("v"))]))
-            .with_expiration("60000".into()),
+        AMQPProperties::default().with_headers(table(&[("k", s("v"))])).with_expiration("60000".into()),
     );
     r.publish(1, "", "work", false, &p, b"doomed").await;
     r.method(1, m::get("work", false)).await;
@@ -173,20 +130,13 @@ async fn reject_dead_letters_with_x_death() {
     assert_eq!(h.inner().get("x-first-death-queue"), Some(&s("work")));
     assert_eq!(h.inner().get("x-first-death-exchange"), Some(&s("")));
     assert_eq!(h.inner().get("x-last-death-reason"), Some(&s("rejected")));
-    let Some(AMQPValue::FieldArray(deaths)) = h.inner().get("x-death") else {
-        panic!("no x-death")
-    };
-    let AMQPValue::FieldTable(d) = &deaths.as_slice()[0] else {
-        panic!("entry")
-    };
+    let Some(AMQPValue::FieldArray(deaths)) = h.inner().get("x-death") else { panic!("no x-death") };
+    let AMQPValue::FieldTable(d) = &deaths.as_slice()[0] else { panic!("entry") };
     assert_eq!(d.inner().get("count"), Some(&AMQPValue::LongLongInt(1)));
     assert_eq!(d.inner().get("reason"), Some(&s("rejected")));
     assert_eq!(d.inner().get("queue"), Some(&s("work")));
     assert_eq!(d.inner().get("exchange"), Some(&s("")));
-    assert_eq!(
-        d.inner().get("routing-keys"),
-        Some(&AMQPValue::FieldArray(vec![s("work")].into()))
-    );
+    assert_eq!(d.inner().get("routing-keys"), Some(&AMQPValue::FieldArray(vec![s("work")].into())));
     assert_eq!(d.inner().get("original-expiration"), Some(&s("60000")));
     assert!(matches!(d.inner().get("time"), Some(AMQPValue::Timestamp(_))));
     let (_, p) = parse_properties(&dead.props[..]).unwrap();
@@ -197,19 +147,11 @@ async fn reject_dead_letters_with_x_death() {
     }
 
     // Dead-lettered again from the same queue: count goes to 2, still one entry.
-    let args = table(&[
-        ("x-dead-letter-exchange", s("")),
-        ("x-dead-letter-routing-key", s("work")),
-    ]);
-    r.call(1, m::qdecl("bounce", false, false, false, false, args))
-        .await;
+    let args = table(&[("x-dead-letter-exchange", s("")), ("x-dead-letter-routing-key", s("work"))]);
+    r.call(1, m::qdecl("bounce", false, false, false, false, args)).await;
     r.call(1, m::qunbind("dlq", "dlx", "")).await;
-    let args_work2 = table(&[
-        ("x-dead-letter-exchange", s("")),
-        ("x-dead-letter-routing-key", s("bounce")),
-    ]);
-    r.call(1, m::qdecl("work2", false, false, false, false, args_work2))
-        .await;
+    let args_work2 = table(&[("x-dead-letter-exchange", s("")), ("x-dead-letter-routing-key", s("bounce"))]);
+    r.call(1, m::qdecl("work2", false, false, false, false, args_work2)).await;
     // work2 → (reject) → bounce → (reject) → work → (reject) → dlx (unbound: dropped)
     r.send_to(1, "work2", b"loop").await;
     for q in ["work2", "bounce"] {
@@ -220,9 +162,7 @@ async fn reject_dead_letters_with_x_death() {
     r.method(1, m::get("work", true)).await;
     let m3 = r.next_message().await;
     let h = headers_of(&m3);
-    let Some(AMQPValue::FieldArray(deaths)) = h.inner().get("x-death") else {
-        panic!("no x-death")
-    };
+    let Some(AMQPValue::FieldArray(deaths)) = h.inner().get("x-death") else { panic!("no x-death") };
     let queues: Vec<AMQPValue> = deaths
         .as_slice()
         .iter()
@@ -241,8 +181,7 @@ async fn missing_dlx_drops_and_malformed_x_death_is_replaced() {
     let srv = start().await;
     let mut r = Raw::open(srv.addr()).await;
     let args = table(&[("x-dead-letter-exchange", s("nowhere"))]);
-    r.call(1, m::qdecl("lost", false, false, false, false, args))
-        .await;
+    r.call(1, m::qdecl("lost", false, false, false, false, args)).await;
     r.send_to(1, "lost", b"x").await;
     r.method(1, m::get("lost", false)).await;
     let tag = r.next_message().await.delivery_tag();
@@ -250,10 +189,7 @@ async fn missing_dlx_drops_and_malformed_x_death_is_replaced() {
     assert_eq!(r.counts(1, "lost").await.0, 0);
 
     r.declare(1, "target").await;
-    let args = table(&[
-        ("x-dead-letter-exchange", s("")),
-        ("x-dead-letter-routing-key", s("target")),
-    ]);
+    let args = table(&[("x-dead-letter-exchange", s("")), ("x-dead-letter-routing-key", s("target"))]);
     r.call(1, m::qdecl("src", false, false, false, false, args)).await;
     let p = props(AMQPProperties::default().with_headers(table(&[("x-death", s("not an array"))])));
     r.publish(1, "", "src", false, &p, b"y").await;
@@ -270,22 +206,11 @@ async fn delivery_mode_must_be_1_or_2() {
     let srv = start().await;
     let mut r = Raw::open(srv.addr()).await;
     r.declare(1, "dm").await;
-    r.publish(
-        1,
-        "",
-        "dm",
-        false,
-        &props(AMQPProperties::default().with_delivery_mode(3)),
-        b"x",
-    )
-    .await;
+    r.publish(1, "", "dm", false, &props(AMQPProperties::default().with_delivery_mode(3)), b"x").await;
     let (code, text, _, _) = r.expect_channel_close(1).await;
     assert_eq!(
         (code, text.as_str()),
-        (
-            406,
-            "PRECONDITION_FAILED - invalid message: {delivery_mode_unknown,3}"
-        )
+        (406, "PRECONDITION_FAILED - invalid message: {delivery_mode_unknown,3}")
     );
 }
 
@@ -297,15 +222,9 @@ async fn shutdown_closes_clients_with_320() {
     let (code, text, _, _) = r.expect_connection_close().await;
     assert_eq!(
         (code, text.as_str()),
-        (
-            320,
-            "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
-        )
+        (320, "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'")
     );
-    tokio::time::timeout(Duration::from_secs(15), stopper)
-        .await
-        .expect("shutdown completes")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(15), stopper).await.expect("shutdown completes").unwrap();
 }
 
 #[tokio::test]
@@ -324,16 +243,13 @@ async fn no_cancel_notification_without_the_capability() {
     .await;
     r.method(
         0,
-        AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-            virtual_host: "/".into(),
-        })),
+        AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open { virtual_host: "/".into() })),
     )
     .await;
     r.recv().await;
     r.open_channel(1).await;
     r.declare(1, "nc").await;
-    r.call(1, m::consume("nc", "t", true, false, FieldTable::default()))
-        .await;
+    r.call(1, m::consume("nc", "t", true, false, FieldTable::default())).await;
     // frame_max 4096: a 10 000-byte body (published on a connection with a
     // larger frame_max) arrives in 3 body frames.
     let mut other = Raw::open(srv.addr()).await;

@@ -55,21 +55,17 @@ pub fn dead_letter(vhost: &VHost, queue: &Queue, msg: &Message, reason: Reason) 
     };
     let mut headers = props.headers().clone().unwrap_or_default();
     let cc: Vec<String> = match headers.inner().get("CC") {
-        Some(AMQPValue::FieldArray(a)) => a
-            .as_slice()
-            .iter()
-            .filter_map(crate::queue::args::as_str)
-            .collect(),
+        Some(AMQPValue::FieldArray(a)) => {
+            a.as_slice().iter().filter_map(crate::queue::args::as_str).collect()
+        }
         _ => Vec::new(),
     };
     let original_key = String::from_utf8_lossy(&msg.routing_key).into_owned();
     let mut death_keys = vec![original_key.clone()];
     death_keys.extend(cc.iter().cloned());
     let exchange = String::from_utf8_lossy(&msg.exchange).into_owned();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
 
     let mut info = FieldTable::default();
     info.insert("reason".into(), ls(reason.as_str()));
@@ -78,9 +74,7 @@ pub fn dead_letter(vhost: &VHost, queue: &Queue, msg: &Message, reason: Reason) 
     info.insert("exchange".into(), ls(&exchange));
     info.insert(
         "routing-keys".into(),
-        AMQPValue::FieldArray(FieldArray::from(
-            death_keys.iter().map(|k| ls(k)).collect::<Vec<_>>(),
-        )),
+        AMQPValue::FieldArray(FieldArray::from(death_keys.iter().map(|k| ls(k)).collect::<Vec<_>>())),
     );
     if let Some(exp) = props.expiration() {
         info.insert("original-expiration".into(), ls(exp.as_str()));
@@ -95,20 +89,14 @@ pub fn dead_letter(vhost: &VHost, queue: &Queue, msg: &Message, reason: Reason) 
         str_of(t.inner().get("queue")).as_deref() == Some(queue.name.as_str())
             && str_of(t.inner().get("reason")).as_deref() == Some(reason.as_str())
     };
-    let found = deaths
-        .iter()
-        .position(|d| matches!(d, AMQPValue::FieldTable(t) if same(t)));
+    let found = deaths.iter().position(|d| matches!(d, AMQPValue::FieldTable(t) if same(t)));
     match found {
         Some(i) => {
             let mut entry = match deaths.remove(i) {
                 AMQPValue::FieldTable(t) => t,
                 _ => FieldTable::default(),
             };
-            let count = entry
-                .inner()
-                .get("count")
-                .and_then(crate::queue::args::as_int)
-                .unwrap_or(0) as i64;
+            let count = entry.inner().get("count").and_then(crate::queue::args::as_int).unwrap_or(0) as i64;
             entry.insert("count".into(), AMQPValue::LongLongInt(count + 1));
             deaths.insert(0, AMQPValue::FieldTable(entry));
         }
@@ -126,10 +114,7 @@ pub fn dead_letter(vhost: &VHost, queue: &Queue, msg: &Message, reason: Reason) 
     headers.insert("x-last-death-reason".into(), ls(reason.as_str()));
     headers.insert("x-last-death-queue".into(), ls(&queue.name));
     headers.insert("x-last-death-exchange".into(), ls(&exchange));
-    headers.insert(
-        "x-death".into(),
-        AMQPValue::FieldArray(FieldArray::from(deaths.clone())),
-    );
+    headers.insert("x-death".into(), AMQPValue::FieldArray(FieldArray::from(deaths.clone())));
 
     // With a dead-letter routing key the CC header goes; otherwise the
     // message keeps all its original keys.

@@ -53,12 +53,7 @@ impl Broker {
             config.storage.segment_size,
             config.memory.queue_budget,
         )
-        .map_err(|e| {
-            format!(
-                "cannot open message store {}: {e}",
-                dir.join("messages").display()
-            )
-        })?;
+        .map_err(|e| format!("cannot open message store {}: {e}", dir.join("messages").display()))?;
         let store = Arc::new(Stores { defs, messages });
         let b = Broker {
             vhosts: DashMap::new(),
@@ -72,23 +67,15 @@ impl Broker {
         // Vhosts and users: the defaults are created (and persisted) on first start.
         let mut vhost_names: Vec<String> = loaded.vhosts.iter().map(|v| v.name.clone()).collect();
         if vhost_names.is_empty() {
-            store
-                .defs
-                .put_vhost(&VHostDef { name: "/".into() })
-                .map_err(|e| e.to_string())?;
+            store.defs.put_vhost(&VHostDef { name: "/".into() }).map_err(|e| e.to_string())?;
             vhost_names.push("/".into());
         }
         for name in vhost_names {
-            b.vhosts
-                .insert(name.clone(), Arc::new(VHost::new(&name, store.clone())));
+            b.vhosts.insert(name.clone(), Arc::new(VHost::new(&name, store.clone())));
         }
         if loaded.users.is_empty() {
             let a = &b.config.auth;
-            let u = User::new(
-                &a.default_user,
-                &a.default_pass,
-                vec!["administrator".to_string()],
-            );
+            let u = User::new(&a.default_user, &a.default_pass, vec!["administrator".to_string()]);
             store
                 .defs
                 .put_user(&UserDef {
@@ -100,14 +87,8 @@ impl Broker {
             b.users.insert(u.name.clone(), u);
         }
         for u in loaded.users {
-            b.users.insert(
-                u.name.clone(),
-                User {
-                    name: u.name,
-                    password_hash: u.password_hash,
-                    tags: u.tags,
-                },
-            );
+            b.users
+                .insert(u.name.clone(), User { name: u.name, password_hash: u.password_hash, tags: u.tags });
         }
 
         for x in &loaded.exchanges {

@@ -24,11 +24,7 @@ pub fn hash_password(password: &str, salt: [u8; 4]) -> String {
 
 impl User {
     pub fn new(name: &str, password: &str, tags: Vec<String>) -> Self {
-        User {
-            name: name.to_string(),
-            password_hash: hash_password(password, rand::random()),
-            tags,
-        }
+        User { name: name.to_string(), password_hash: hash_password(password, rand::random()), tags }
     }
 
     pub fn check_password(&self, password: &str) -> bool {
@@ -42,11 +38,7 @@ impl User {
         // Constant-time enough for a salted hash compare: compare all bytes.
         let expected = hash_password(password, salt);
         expected.len() == self.password_hash.len()
-            && expected
-                .bytes()
-                .zip(self.password_hash.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+            && expected.bytes().zip(self.password_hash.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 }
 

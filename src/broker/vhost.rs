@@ -61,10 +61,7 @@ pub struct VHost {
 pub fn generated_name(prefix: &str) -> String {
     use base64::Engine;
     let bytes: [u8; 16] = rand::random();
-    format!(
-        "{prefix}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+    format!("{prefix}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 fn bool_str(b: bool) -> &'static str {
@@ -153,17 +150,11 @@ impl VHost {
     }
 
     pub fn exchange(&self, name: &str) -> AmqpResult<Arc<Exchange>> {
-        self.exchanges
-            .get(name)
-            .map(|e| e.clone())
-            .ok_or_else(|| self.no_exchange(name))
+        self.exchanges.get(name).map(|e| e.clone()).ok_or_else(|| self.no_exchange(name))
     }
 
     pub fn queue(&self, name: &str) -> AmqpResult<Arc<Queue>> {
-        self.queues
-            .get(name)
-            .map(|q| q.clone())
-            .ok_or_else(|| self.no_queue(name))
+        self.queues.get(name).map(|q| q.clone()).ok_or_else(|| self.no_queue(name))
     }
 
     /// 405 unless `conn_id` may use the queue (RabbitMQ's exclusive check).
@@ -196,17 +187,13 @@ impl VHost {
         arguments: FieldTable,
     ) -> AmqpResult<()> {
         if name.is_empty() {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
         if passive {
             return self.exchange(name).map(|_| ());
         }
         let Some(kind_v) = Kind::parse(kind) else {
-            return Err(AmqpError::command_invalid(format!(
-                "unknown exchange type '{kind}'"
-            )));
+            return Err(AmqpError::command_invalid(format!("unknown exchange type '{kind}'")));
         };
         if let Some(x) = self.exchanges.get(name) {
             let ineq = |what: &str, received: &str, current: &str| {
@@ -259,17 +246,13 @@ impl VHost {
         if durable {
             self.persist(self.store.defs.put_exchange(&Self::exchange_def(&x)))?;
         }
-        self.exchanges
-            .entry(name.to_string())
-            .or_insert_with(|| Arc::new(x));
+        self.exchanges.entry(name.to_string()).or_insert_with(|| Arc::new(x));
         Ok(())
     }
 
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> AmqpResult<()> {
         if name.is_empty() {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
         if name.starts_with("amq.") && self.exchanges.contains_key(name) {
             return Err(AmqpError::access_refused(format!(
@@ -281,10 +264,7 @@ impl VHost {
             return Ok(()); // deleting a missing exchange is not an error in 3.x
         };
         if if_unused && x.binding_count() > 0 {
-            return Err(AmqpError::precondition(format!(
-                "{} in use",
-                rs("exchange", name, &self.name)
-            )));
+            return Err(AmqpError::precondition(format!("{} in use", rs("exchange", name, &self.name))));
         }
         self.exchanges.remove(name);
         self.drop_bindings_to(&Destination::Exchange(name.to_string()));
@@ -312,11 +292,7 @@ impl VHost {
         if d.passive {
             return Ok((self.usable_queue(d.name, d.conn_id)?, false));
         }
-        let name = if d.name.is_empty() {
-            generated_name("amq.gen-")
-        } else {
-            d.name.to_string()
-        };
+        let name = if d.name.is_empty() { generated_name("amq.gen-") } else { d.name.to_string() };
         if let Some(q) = self.queues.get(&name).map(|q| q.clone()) {
             self.check_exclusive(&q, d.conn_id)?;
             if q.exclusive_owner.is_some() != d.exclusive {
@@ -482,9 +458,7 @@ impl VHost {
         conn_id: u64,
     ) -> AmqpResult<()> {
         if exchange.is_empty() {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
         let x = self.exchange(exchange)?;
         let q = self.usable_queue(queue, conn_id)?;
@@ -505,9 +479,7 @@ impl VHost {
         conn_id: u64,
     ) -> AmqpResult<()> {
         if exchange.is_empty() {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
         // RabbitMQ 3.x: unbinding from or to a missing object is not an error.
         let (Ok(x), Ok(q)) = (self.exchange(exchange), self.queue(queue)) else {
@@ -532,9 +504,7 @@ impl VHost {
         arguments: FieldTable,
     ) -> AmqpResult<()> {
         if destination.is_empty() || source.is_empty() {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
         let src = self.exchange(source)?;
         self.exchange(destination)?;
@@ -554,9 +524,7 @@ impl VHost {
         arguments: &FieldTable,
     ) -> AmqpResult<()> {
         if destination.is_empty() || source.is_empty() {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
         let (Ok(src), Ok(_)) = (self.exchange(source), self.exchange(destination)) else {
             return Ok(());

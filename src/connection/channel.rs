@@ -135,10 +135,7 @@ impl Conn {
         if !name.is_empty() {
             return Ok(name.to_string());
         }
-        self.chan(ch)
-            .last_queue
-            .clone()
-            .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+        self.chan(ch).last_queue.clone().ok_or_else(|| AmqpError::not_found("no previously declared queue"))
     }
 
     pub(super) fn channel_method(&mut self, ch: u16, payload: Bytes) -> AmqpResult<()> {
@@ -171,9 +168,7 @@ impl Conn {
                 let a = fast::parse_ack(&payload).ok_or_else(|| {
                     AmqpError::frame_error("cannot decode method class 60, method 80").on(60, 80)
                 })?;
-                return self
-                    .settle(ch, a.delivery_tag, a.multiple, Settle::Ack)
-                    .map_err(|e| e.on(60, 80));
+                return self.settle(ch, a.delivery_tag, a.multiple, Settle::Ack).map_err(|e| e.on(60, 80));
             }
         }
         let m = decode_method(&payload)?;
@@ -199,15 +194,13 @@ impl Conn {
                 )
             }
             AMQPClass::Tx(t) => self.tx_class(ch, t)?,
-            AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::Request(_)) => Some(
-                AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::RequestOk(
+            AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::Request(_)) => {
+                Some(AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::RequestOk(
                     amq_protocol::protocol::access::RequestOk {},
-                )),
-            ),
+                )))
+            }
             AMQPClass::Connection(_) => {
-                return Err(AmqpError::command_invalid(
-                    "connection methods are only valid on channel 0",
-                ));
+                return Err(AmqpError::command_invalid("connection methods are only valid on channel 0"));
             }
             other => {
                 return Err(AmqpError::command_invalid(format!(
@@ -229,18 +222,14 @@ impl Conn {
             chm::AMQPMethod::Close(_) => {
                 self.release_channel(ch);
                 self.channels.remove(&ch);
-                Ok(Some(AMQPClass::Channel(chm::AMQPMethod::CloseOk(
-                    chm::CloseOk {},
-                ))))
+                Ok(Some(AMQPClass::Channel(chm::AMQPMethod::CloseOk(chm::CloseOk {}))))
             }
             chm::AMQPMethod::CloseOk(_) => Ok(None),
             chm::AMQPMethod::Flow(f) => {
                 if !f.active {
                     return Err(AmqpError::not_implemented("active=false"));
                 }
-                Ok(Some(AMQPClass::Channel(chm::AMQPMethod::FlowOk(chm::FlowOk {
-                    active: true,
-                }))))
+                Ok(Some(AMQPClass::Channel(chm::AMQPMethod::FlowOk(chm::FlowOk { active: true }))))
             }
             chm::AMQPMethod::FlowOk(_) => Ok(None),
             _ => Err(AmqpError::command_invalid("method cannot be sent by a client")),
@@ -322,11 +311,8 @@ impl Conn {
                 ))
             }
             qm::AMQPMethod::Declare(d) => {
-                let name = if d.passive {
-                    self.queue_name(ch, d.queue.as_str())?
-                } else {
-                    d.queue.to_string()
-                };
+                let name =
+                    if d.passive { self.queue_name(ch, d.queue.as_str())? } else { d.queue.to_string() };
                 let (q, created) = v.declare_queue(crate::broker::vhost::QueueDeclare {
                     name: &name,
                     passive: d.passive,
@@ -352,27 +338,12 @@ impl Conn {
             }
             qm::AMQPMethod::Bind(b) => {
                 let name = self.queue_name(ch, b.queue.as_str())?;
-                v.bind_queue(
-                    &name,
-                    b.exchange.as_str(),
-                    b.routing_key.as_str(),
-                    b.arguments,
-                    self.id,
-                )?;
-                Ok(ok_or_nowait(
-                    b.nowait,
-                    AMQPClass::Queue(qm::AMQPMethod::BindOk(qm::BindOk {})),
-                ))
+                v.bind_queue(&name, b.exchange.as_str(), b.routing_key.as_str(), b.arguments, self.id)?;
+                Ok(ok_or_nowait(b.nowait, AMQPClass::Queue(qm::AMQPMethod::BindOk(qm::BindOk {}))))
             }
             qm::AMQPMethod::Unbind(b) => {
                 let name = self.queue_name(ch, b.queue.as_str())?;
-                v.unbind_queue(
-                    &name,
-                    b.exchange.as_str(),
-                    b.routing_key.as_str(),
-                    &b.arguments,
-                    self.id,
-                )?;
+                v.unbind_queue(&name, b.exchange.as_str(), b.routing_key.as_str(), &b.arguments, self.id)?;
                 Ok(Some(AMQPClass::Queue(qm::AMQPMethod::UnbindOk(qm::UnbindOk {}))))
             }
             qm::AMQPMethod::Purge(p) => {
@@ -421,9 +392,8 @@ impl Conn {
                 if self.chan(ch).reply.as_ref().is_some_and(|(_, t)| *t == tag) {
                     self.drop_reply_consumer(ch);
                 }
-                let entry = self
-                    .outbox
-                    .with(|st| st.channels.get_mut(&ch).and_then(|d| d.consumers.remove(&tag)));
+                let entry =
+                    self.outbox.with(|st| st.channels.get_mut(&ch).and_then(|d| d.consumers.remove(&tag)));
                 if let Some(e) = entry
                     && e.queue.remove_consumer(self.id, ch, &tag)
                 {
@@ -442,14 +412,12 @@ impl Conn {
                 if q.get(&self.outbox, ch, g.no_ack) {
                     Ok(None)
                 } else {
-                    Ok(Some(AMQPClass::Basic(basic::AMQPMethod::GetEmpty(
-                        basic::GetEmpty {},
-                    ))))
+                    Ok(Some(AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {}))))
                 }
             }
-            basic::AMQPMethod::Ack(a) => self
-                .settle(ch, a.delivery_tag, a.multiple, Settle::Ack)
-                .map(|_| None),
+            basic::AMQPMethod::Ack(a) => {
+                self.settle(ch, a.delivery_tag, a.multiple, Settle::Ack).map(|_| None)
+            }
             basic::AMQPMethod::Nack(n) => {
                 let kind = if n.requeue { Settle::Requeue } else { Settle::Drop };
                 self.settle(ch, n.delivery_tag, n.multiple, kind).map(|_| None)
@@ -463,10 +431,7 @@ impl Conn {
                     return Err(AmqpError::not_implemented("requeue=false"));
                 }
                 // recover-ok goes out before the redeliveries it causes.
-                self.send_method(
-                    ch,
-                    &AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
-                );
+                self.send_method(ch, &AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})));
                 self.recover(ch);
                 Ok(None)
             }
@@ -482,9 +447,7 @@ impl Conn {
     }
 
     fn recover(&mut self, ch: u16) {
-        let all = self
-            .outbox
-            .with(|st| st.channels.get_mut(&ch).map(|d| d.take_all()).unwrap_or_default());
+        let all = self.outbox.with(|st| st.channels.get_mut(&ch).map(|d| d.take_all()).unwrap_or_default());
         requeue_all(all);
     }
 
@@ -514,24 +477,14 @@ impl Conn {
             },
         };
         let credit = Arc::new(ConsumerCredit::default());
-        credit.limit.store(
-            if c.no_ack {
-                0
-            } else {
-                self.chan(ch).consumer_prefetch as u32
-            },
-            Ordering::Relaxed,
-        );
-        let reused = self.outbox.with(|st| {
-            st.channels
-                .get(&ch)
-                .map(|d| d.consumers.contains_key(&tag))
-                .unwrap_or(false)
-        });
+        credit
+            .limit
+            .store(if c.no_ack { 0 } else { self.chan(ch).consumer_prefetch as u32 }, Ordering::Relaxed);
+        let reused = self
+            .outbox
+            .with(|st| st.channels.get(&ch).map(|d| d.consumers.contains_key(&tag)).unwrap_or(false));
         if reused {
-            return Err(AmqpError::not_allowed(format!(
-                "attempt to reuse consumer tag '{tag_str}'"
-            )));
+            return Err(AmqpError::not_allowed(format!("attempt to reuse consumer tag '{tag_str}'")));
         }
         let consumer = Consumer {
             tag: tag.clone(),
@@ -548,11 +501,7 @@ impl Conn {
         let ok = AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
             consumer_tag: short(&tag_str),
         }));
-        let entry = ConsumerEntry {
-            queue: q.clone(),
-            credit,
-            no_ack: c.no_ack,
-        };
+        let entry = ConsumerEntry { queue: q.clone(), credit, no_ack: c.no_ack };
         let nowait = c.nowait;
         q.add_consumer(consumer, move || {
             outbox.with(|st| {
@@ -584,11 +533,7 @@ impl Conn {
         let token = crate::broker::vhost::generated_name("");
         self.vhost.reply_to.insert(
             token.clone(),
-            ReplyTarget {
-                outbox: self.outbox.clone(),
-                channel: ch,
-                consumer_tag: tag.clone(),
-            },
+            ReplyTarget { outbox: self.outbox.clone(), channel: ch, consumer_tag: tag.clone() },
         );
         self.chan(ch).reply = Some((token, tag));
         Ok(ok_or_nowait(
@@ -611,10 +556,7 @@ impl Conn {
         if self.chan(ch).tx.is_some() {
             // Validate now (RabbitMQ checks the tag at ack time), apply at commit.
             let known = self.outbox.with(|st| {
-                st.channels
-                    .get(&ch)
-                    .map(|d| multiple || d.unacked.contains_key(&tag))
-                    .unwrap_or(false)
+                st.channels.get(&ch).map(|d| multiple || d.unacked.contains_key(&tag)).unwrap_or(false)
             });
             if !known {
                 return Err(AmqpError::precondition(format!("unknown delivery tag {tag}")));
@@ -628,9 +570,7 @@ impl Conn {
     }
 
     fn apply_settle(&mut self, ch: u16, tag: u64, multiple: bool, kind: Settle) -> AmqpResult<()> {
-        let taken = self
-            .outbox
-            .with(|st| st.channels.get_mut(&ch).and_then(|d| d.settle(tag, multiple)));
+        let taken = self.outbox.with(|st| st.channels.get_mut(&ch).and_then(|d| d.settle(tag, multiple)));
         let Some(taken) = taken else {
             return Err(AmqpError::precondition(format!("unknown delivery tag {tag}")));
         };
@@ -648,9 +588,7 @@ impl Conn {
         }
         // Credit freed on the channel may unblock other queues' consumers.
         if multiple
-            || self
-                .outbox
-                .with(|st| st.channels.get(&ch).map(|d| d.global_limit != 0).unwrap_or(false))
+            || self.outbox.with(|st| st.channels.get(&ch).map(|d| d.global_limit != 0).unwrap_or(false))
         {
             for q in self.outbox.consumer_queues() {
                 q.dispatch();
@@ -761,9 +699,7 @@ impl Conn {
                 _ => AmqpError::unexpected_frame("expected method frame, got non method frame instead"),
             });
         };
-        let BodyState {
-            size, first, rest, ..
-        } = &mut **state;
+        let BodyState { size, first, rest, .. } = &mut **state;
         let have = first.as_ref().map(|b| b.len()).unwrap_or(0) + rest.len();
         let total = have + payload.len();
         if total as u64 > *size {
@@ -788,14 +724,7 @@ impl Conn {
         let Content::Body(state) = std::mem::replace(&mut c.content, Content::Idle) else {
             return Ok(());
         };
-        let BodyState {
-            publish,
-            properties,
-            scanned,
-            first,
-            rest,
-            ..
-        } = *state;
+        let BodyState { publish, properties, scanned, first, rest, .. } = *state;
         let body = first.unwrap_or_else(|| rest.freeze());
         self.publish_complete(ch, publish, properties, scanned, body)
     }
@@ -817,13 +746,7 @@ impl Conn {
                 rs("exchange", x_name, &self.vhost.name)
             ))));
         }
-        let msg = Message::new(
-            p.exchange.clone(),
-            p.routing_key.clone(),
-            properties,
-            body,
-            scanned,
-        );
+        let msg = Message::new(p.exchange.clone(), p.routing_key.clone(), properties, body, scanned);
         if let Some(uid) = msg.user_id()
             && uid != self.user.as_bytes()
         {
@@ -877,13 +800,7 @@ impl Conn {
         let raw = Bytes::from(raw);
         let scanned = properties::scan(&raw)
             .ok_or_else(|| AmqpError::new(code::INTERNAL_ERROR, "cannot scan content properties"))?;
-        Ok(Message::new(
-            msg.exchange,
-            msg.routing_key,
-            raw,
-            msg.body,
-            scanned,
-        ))
+        Ok(Message::new(msg.exchange, msg.routing_key, raw, msg.body, scanned))
     }
 
     /// A publish to `amq.rabbitmq.reply-to.<token>` via the default exchange:
@@ -896,9 +813,7 @@ impl Conn {
         let Some(target) = self.vhost.reply_to.get(token).map(|t| t.clone()) else {
             return false;
         };
-        target
-            .outbox
-            .deliver_direct(target.channel, &target.consumer_tag, msg)
+        target.outbox.deliver_direct(target.channel, &target.consumer_tag, msg)
     }
 
     fn route_and_enqueue(&mut self, ch: u16, p: &fast::Publish, msg: Arc<Message>) -> AmqpResult<()> {
@@ -926,10 +841,7 @@ impl Conn {
         }
         if routed.is_empty() && !direct {
             if p.mandatory {
-                self.broker
-                    .counters
-                    .unroutable_returned
-                    .fetch_add(1, Ordering::Relaxed);
+                self.broker.counters.unroutable_returned.fetch_add(1, Ordering::Relaxed);
                 let m = msg.clone();
                 self.outbox.send(|b| {
                     fast::encode_return(b, ch, code::NO_ROUTE, "NO_ROUTE", &m.exchange, &m.routing_key);
@@ -937,10 +849,7 @@ impl Conn {
                     crate::protocol::frame::encode_body(b, ch, &m.body, self.frame_max);
                 });
             } else {
-                self.broker
-                    .counters
-                    .unroutable_dropped
-                    .fetch_add(1, Ordering::Relaxed);
+                self.broker.counters.unroutable_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
         // A persistent message in confirm mode may wait for the log: its
@@ -996,9 +905,7 @@ fn validate_expiration(raw: &[u8]) -> AmqpResult<()> {
         .unwrap_or(s.len());
     let (num, rest) = s.split_at(digits_end);
     if num.is_empty() || num == "-" {
-        return Err(AmqpError::precondition(format!(
-            "invalid expiration '{s}': no_integer"
-        )));
+        return Err(AmqpError::precondition(format!("invalid expiration '{s}': no_integer")));
     }
     if !rest.is_empty() {
         return Err(AmqpError::precondition(format!(
@@ -1006,12 +913,10 @@ fn validate_expiration(raw: &[u8]) -> AmqpResult<()> {
         )));
     }
     match num.parse::<i128>() {
-        Ok(v) if v < 0 => Err(AmqpError::precondition(format!(
-            "invalid expiration '{s}': {{value_negative,{v}}}"
-        ))),
+        Ok(v) if v < 0 => {
+            Err(AmqpError::precondition(format!("invalid expiration '{s}': {{value_negative,{v}}}")))
+        }
         Ok(_) => Ok(()),
-        Err(_) => Err(AmqpError::precondition(format!(
-            "invalid expiration '{s}': no_integer"
-        ))),
+        Err(_) => Err(AmqpError::precondition(format!("invalid expiration '{s}': no_integer"))),
     }
 }

@@ -58,10 +58,7 @@ pub fn server_properties(broker: &Broker) -> FieldTable {
         "information".into(),
         s("Warren, an AMQP 0-9-1 broker compatible with RabbitMQ clients; see the README"),
     );
-    t.insert(
-        "platform".into(),
-        s(&format!("Rust/Tokio (warren {})", env!("CARGO_PKG_VERSION"))),
-    );
+    t.insert("platform".into(), s(&format!("Rust/Tokio (warren {})", env!("CARGO_PKG_VERSION"))));
     t.insert("product".into(), s(&id.product));
     t.insert("version".into(), s(&id.version));
     t.insert("warren_version".into(), s(env!("CARGO_PKG_VERSION")));
@@ -88,15 +85,8 @@ async fn read_method(sock: &mut TcpStream, buf: &mut BytesMut, frame_max: u32) -
     loop {
         match frame::decode(buf, frame_max) {
             Err(e) => return Err(Failed::Close(e)),
-            Ok(Some(Frame {
-                kind: frame::FRAME_HEARTBEAT,
-                ..
-            })) => continue,
-            Ok(Some(Frame {
-                kind: FRAME_METHOD,
-                channel: 0,
-                payload,
-            })) => {
+            Ok(Some(Frame { kind: frame::FRAME_HEARTBEAT, .. })) => continue,
+            Ok(Some(Frame { kind: FRAME_METHOD, channel: 0, payload })) => {
                 return match parse_class(&payload[..]) {
                     Ok((_, m)) => Ok(m),
                     Err(_) => Err(Failed::Silent),
@@ -210,16 +200,8 @@ pub async fn run(
     };
     negotiate("channel_max", 1, cfg.channel_max as u32, tok.channel_max as u32)?;
     negotiate("frame_max", frame::FRAME_MIN_SIZE, cfg.frame_max, tok.frame_max)?;
-    let channel_max = if tok.channel_max == 0 {
-        cfg.channel_max
-    } else {
-        tok.channel_max
-    };
-    let frame_max = if tok.frame_max == 0 {
-        cfg.frame_max
-    } else {
-        tok.frame_max
-    };
+    let channel_max = if tok.channel_max == 0 { cfg.channel_max } else { tok.channel_max };
+    let frame_max = if tok.frame_max == 0 { cfg.frame_max } else { tok.frame_max };
 
     let AMQPClass::Connection(connection::AMQPMethod::Open(open)) = read_method(sock, buf, frame_max).await?
     else {
@@ -246,11 +228,7 @@ pub async fn run(
 
 /// RabbitMQ's `validate_negotiated_integer_value`.
 fn negotiate(field: &str, min: u32, server: u32, client: u32) -> Result<(), Failed> {
-    let detail = if field == "channel_max" && client == 0 {
-        " (no limit)"
-    } else {
-        ""
-    };
+    let detail = if field == "channel_max" && client == 0 { " (no limit)" } else { "" };
     let fail = |dir: &str, bound: &str, v: u32| {
         Err(Failed::Close(
             AmqpError::not_allowed(format!(

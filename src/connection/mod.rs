@@ -227,10 +227,7 @@ impl Conn {
             AMQPClass::Connection(conm::AMQPMethod::Close(c)) => {
                 tracing::debug!(conn = self.id, code = c.reply_code, text = %c.reply_text, "client closed connection");
                 self.release_all_channels();
-                self.send_method(
-                    0,
-                    &AMQPClass::Connection(conm::AMQPMethod::CloseOk(conm::CloseOk {})),
-                );
+                self.send_method(0, &AMQPClass::Connection(conm::AMQPMethod::CloseOk(conm::CloseOk {})));
                 Ok(Flow::Stop("client closed the connection"))
             }
             AMQPClass::Connection(conm::AMQPMethod::CloseOk(_)) => Ok(Flow::Stop("closed")),

@@ -112,10 +112,7 @@ impl Exchange {
         internal: bool,
         arguments: FieldTable,
     ) -> Self {
-        let alternate = arguments
-            .inner()
-            .get("alternate-exchange")
-            .and_then(crate::queue::args::as_str);
+        let alternate = arguments.inner().get("alternate-exchange").and_then(crate::queue::args::as_str);
         Exchange {
             name,
             vhost,
@@ -148,12 +145,7 @@ impl Exchange {
         }) {
             return Ok(());
         }
-        b.list.push(Binding {
-            destination,
-            routing_key: routing_key.to_string(),
-            arguments,
-            matcher,
-        });
+        b.list.push(Binding { destination, routing_key: routing_key.to_string(), arguments, matcher });
         b.reindex();
         Ok(())
     }
@@ -193,11 +185,7 @@ impl Exchange {
     }
 
     pub fn has_binding_to(&self, destination: &Destination) -> bool {
-        self.bindings
-            .read()
-            .list
-            .iter()
-            .any(|b| b.destination.same(destination))
+        self.bindings.read().list.iter().any(|b| b.destination.same(destination))
     }
 
     /// Appends the destinations matching a message to `out`.

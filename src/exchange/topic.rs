@@ -15,11 +15,8 @@ impl Pattern {
     }
 
     pub fn matches(&self, routing_key: &[u8]) -> bool {
-        let words: Vec<&[u8]> = if routing_key.is_empty() {
-            Vec::new()
-        } else {
-            routing_key.split(|b| *b == b'.').collect()
-        };
+        let words: Vec<&[u8]> =
+            if routing_key.is_empty() { Vec::new() } else { routing_key.split(|b| *b == b'.').collect() };
         matches_words(&self.0, &words)
     }
 }

@@ -31,10 +31,7 @@ pub fn method_ids(payload: &[u8]) -> Option<(u16, u16)> {
     if payload.len() < 4 {
         return None;
     }
-    Some((
-        u16::from_be_bytes([payload[0], payload[1]]),
-        u16::from_be_bytes([payload[2], payload[3]]),
-    ))
+    Some((u16::from_be_bytes([payload[0], payload[1]]), u16::from_be_bytes([payload[2], payload[3]])))
 }
 
 fn short_str(p: &Bytes, at: &mut usize) -> Option<Bytes> {
@@ -60,12 +57,7 @@ pub fn parse_publish(p: &Bytes) -> Option<Publish> {
     if at + 1 != p.len() {
         return None;
     }
-    Some(Publish {
-        exchange,
-        routing_key,
-        mandatory: bits & 1 != 0,
-        immediate: bits & 2 != 0,
-    })
+    Some(Publish { exchange, routing_key, mandatory: bits & 1 != 0, immediate: bits & 2 != 0 })
 }
 
 /// Parses a `basic.ack` payload (ids included).
@@ -75,10 +67,7 @@ pub fn parse_ack(p: &[u8]) -> Option<Ack> {
     }
     let mut tag = [0u8; 8];
     tag.copy_from_slice(&p[4..12]);
-    Some(Ack {
-        delivery_tag: u64::from_be_bytes(tag),
-        multiple: p[12] & 1 != 0,
-    })
+    Some(Ack { delivery_tag: u64::from_be_bytes(tag), multiple: p[12] & 1 != 0 })
 }
 
 #[inline]
@@ -184,25 +173,13 @@ mod tests {
             (&p.exchange[..], &p.routing_key[..], p.mandatory, p.immediate),
             (&b"ex"[..], &b"a.b"[..], true, false)
         );
-        assert_eq!(
-            parse_publish(&Bytes::from_static(&[0, 60, 0, 40, 0, 0, 5, b'a'])),
-            None
-        );
+        assert_eq!(parse_publish(&Bytes::from_static(&[0, 60, 0, 40, 0, 0, 5, b'a'])), None);
     }
 
     #[test]
     fn ack_matches_amq_protocol() {
-        let m = AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
-            delivery_tag: 77,
-            multiple: true,
-        }));
-        assert_eq!(
-            parse_ack(&encode(&m)),
-            Some(Ack {
-                delivery_tag: 77,
-                multiple: true
-            })
-        );
+        let m = AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack { delivery_tag: 77, multiple: true }));
+        assert_eq!(parse_ack(&encode(&m)), Some(Ack { delivery_tag: 77, multiple: true }));
     }
 
     #[test]

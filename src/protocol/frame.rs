@@ -39,9 +39,7 @@ pub fn decode(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, AmqpE
     let channel = u16::from_be_bytes([buf[1], buf[2]]);
     let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]);
     if !matches!(kind, FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT) {
-        return Err(AmqpError::frame_error(format!(
-            "type {kind}, all octets = <<>>: unknown_frame"
-        )));
+        return Err(AmqpError::frame_error(format!("type {kind}, all octets = <<>>: unknown_frame")));
     }
     // RabbitMQ compares the payload with frame_max minus the 8 framing octets.
     let max_payload = frame_max.saturating_sub(FRAME_OVERHEAD as u32);
@@ -63,11 +61,7 @@ pub fn decode(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, AmqpE
     }
     let frame = buf.split_to(total).freeze();
     let payload = frame.slice(FRAME_HEADER_SIZE..total - 1);
-    Ok(Some(Frame {
-        kind,
-        channel,
-        payload,
-    }))
+    Ok(Some(Frame { kind, channel, payload }))
 }
 
 /// Starts a frame, returning the offset of its size field for `finish`.
@@ -121,11 +115,7 @@ pub fn encode_content_header(out: &mut BytesMut, channel: u16, body_size: u64, r
 
 /// Body frames, split so no frame exceeds `frame_max`.
 pub fn encode_body(out: &mut BytesMut, channel: u16, body: &[u8], frame_max: u32) {
-    let chunk = if frame_max == 0 {
-        usize::MAX
-    } else {
-        frame_max as usize - FRAME_OVERHEAD
-    };
+    let chunk = if frame_max == 0 { usize::MAX } else { frame_max as usize - FRAME_OVERHEAD };
     for part in body.chunks(chunk.max(1)) {
         out.reserve(part.len() + FRAME_OVERHEAD);
         let at = begin(out, FRAME_BODY, channel);
@@ -153,10 +143,7 @@ mod tests {
         let mut b = raw(FRAME_BODY, 3, b"hello", FRAME_END);
         b.extend_from_slice(&raw(FRAME_HEARTBEAT, 0, b"", FRAME_END)[..4]);
         let f = decode(&mut b, 131072).unwrap().unwrap();
-        assert_eq!(
-            (f.kind, f.channel, &f.payload[..]),
-            (FRAME_BODY, 3, &b"hello"[..])
-        );
+        assert_eq!((f.kind, f.channel, &f.payload[..]), (FRAME_BODY, 3, &b"hello"[..]));
         assert_eq!(decode(&mut b, 131072).unwrap(), None);
     }
 
@@ -166,11 +153,7 @@ mod tests {
         assert_eq!(e.code, 501);
         assert!(e.explanation.contains("invalid_frame_end_marker"));
         let e = decode(&mut raw(FRAME_BODY, 1, &[0u8; 5000], FRAME_END), 4096).unwrap_err();
-        assert!(
-            e.explanation.contains("frame_too_large,5000,4088"),
-            "{}",
-            e.explanation
-        );
+        assert!(e.explanation.contains("frame_too_large,5000,4088"), "{}", e.explanation);
         let e = decode(&mut raw(9, 1, b"", FRAME_END), 4096).unwrap_err();
         assert!(e.explanation.contains("unknown_frame"));
     }

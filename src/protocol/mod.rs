@@ -15,10 +15,7 @@ use properties::Scanned;
 /// or receive; used to tell an unknown method (503) from a malformed one (501).
 pub fn known_method(class: u16, method: u16) -> bool {
     match class {
-        10 => matches!(
-            method,
-            10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61 | 70 | 71
-        ),
+        10 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61 | 70 | 71),
         20 => matches!(method, 10 | 11 | 20 | 21 | 40 | 41),
         30 => matches!(method, 10 | 11),
         40 => matches!(method, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 51),
@@ -71,11 +68,7 @@ pub fn decode_all(data: &[u8]) {
                 }
                 frame::FRAME_HEADER if f.payload.len() >= 12 => {
                     let raw = &f.payload[12..];
-                    if let Some(Scanned {
-                        headers: Some((a, b)),
-                        ..
-                    }) = properties::scan(raw)
-                    {
+                    if let Some(Scanned { headers: Some((a, b)), .. }) = properties::scan(raw) {
                         let _ = properties::parse_table(&raw[a..b]);
                     }
                 }

@@ -107,9 +107,7 @@ fn values_equal(a: &AMQPValue, b: &AMQPValue) -> bool {
 /// Validates `arguments` for queue `name`; returns the typed view.
 pub fn parse(arguments: &FieldTable, name: &str, vhost: &str) -> AmqpResult<QueueArgs> {
     let invalid = |key: &str, why: String| {
-        AmqpError::precondition(format!(
-            "invalid arg '{key}' for queue '{name}' in vhost '{vhost}': {why}"
-        ))
+        AmqpError::precondition(format!("invalid arg '{key}' for queue '{name}' in vhost '{vhost}': {why}"))
     };
     let int = |key: &str, v: &AMQPValue, min: i128, max: i128| -> AmqpResult<u64> {
         let i = as_int(v).ok_or_else(|| invalid(key, format!("{{unacceptable_type,{}}}", type_name(v))))?;
@@ -160,10 +158,7 @@ pub fn parse(arguments: &FieldTable, name: &str, vhost: &str) -> AmqpResult<Queu
             "x-single-active-consumer" => match v {
                 AMQPValue::Boolean(b) => a.single_active_consumer = *b,
                 other => {
-                    return Err(invalid(
-                        key,
-                        format!("{{unacceptable_type,{}}}", type_name(other)),
-                    ));
+                    return Err(invalid(key, format!("{{unacceptable_type,{}}}", type_name(other))));
                 }
             },
             "x-queue-mode" => {
@@ -192,10 +187,7 @@ pub fn parse(arguments: &FieldTable, name: &str, vhost: &str) -> AmqpResult<Queu
         }
     }
     if a.dead_letter_routing_key.is_some() && a.dead_letter_exchange.is_none() {
-        return Err(invalid(
-            "x-dead-letter-routing-key",
-            "routing_key_but_no_dlx_defined".to_string(),
-        ));
+        return Err(invalid("x-dead-letter-routing-key", "routing_key_but_no_dlx_defined".to_string()));
     }
     Ok(a)
 }
@@ -261,13 +253,9 @@ mod tests {
 
     #[test]
     fn equivalence_texts() {
-        let e = check_equivalent(
-            &FieldTable::default(),
-            &t("x-message-ttl", AMQPValue::LongInt(10)),
-            "q",
-            "/",
-        )
-        .unwrap_err();
+        let e =
+            check_equivalent(&FieldTable::default(), &t("x-message-ttl", AMQPValue::LongInt(10)), "q", "/")
+                .unwrap_err();
         assert_eq!(
             e.explanation,
             "inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received the value '10' of type 'signedint' but current is none"
@@ -291,13 +279,7 @@ mod tests {
             .is_ok()
         );
         assert!(
-            check_equivalent(
-                &FieldTable::default(),
-                &t("x-other", AMQPValue::LongInt(1)),
-                "q",
-                "/"
-            )
-            .is_ok()
+            check_equivalent(&FieldTable::default(), &t("x-other", AMQPValue::LongInt(1)), "q", "/").is_ok()
         );
     }
 }

@@ -142,12 +142,7 @@ impl Queue {
         let durable = self.persisted && msg.persistent();
         let page = !st.ready.is_empty() && self.store.over_budget();
         let loc = if durable || page {
-            self.store.append(
-                self.store_id,
-                &msg,
-                durable,
-                if durable { waiter.cloned() } else { None },
-            )
+            self.store.append(self.store_id, &msg, durable, if durable { waiter.cloned() } else { None })
         } else {
             NO_LOC
         };
@@ -212,10 +207,7 @@ impl Queue {
             let Some(head) = st.ready.peek() else { break };
             let mut taken = None;
             for (i, c) in st.consumers.iter().enumerate() {
-                match c
-                    .outbox
-                    .deliver(c.channel, &c.tag, &c.credit, c.no_ack, self, head)
-                {
+                match c.outbox.deliver(c.channel, &c.tag, &c.credit, c.no_ack, self, head) {
                     Ok(()) => {
                         taken = Some(i);
                         break;
@@ -263,11 +255,7 @@ impl Queue {
     /// Empties the ready list (purge, delete), settling its records.
     fn drain_ready(&self, st: &mut QueueState) -> Vec<QueuedMessage> {
         let gone = st.ready.drain();
-        let resident: u64 = gone
-            .iter()
-            .filter(|m| m.msg.is_some())
-            .map(|m| footprint(m.body_size))
-            .sum();
+        let resident: u64 = gone.iter().filter(|m| m.msg.is_some()).map(|m| footprint(m.body_size)).sum();
         self.store.resident_sub(resident);
         self.forget(&gone);
         gone
@@ -297,16 +285,9 @@ impl Queue {
             return Err(AmqpError::not_found(format!("no {}", self.resource())));
         }
         if st.consumers.iter().any(|x| x.exclusive) || (c.exclusive && !st.consumers.is_empty()) {
-            return Err(AmqpError::access_refused(format!(
-                "{} in exclusive use",
-                self.resource()
-            )));
+            return Err(AmqpError::access_refused(format!("{} in exclusive use", self.resource())));
         }
-        let at = st
-            .consumers
-            .iter()
-            .take_while(|x| x.priority >= c.priority)
-            .count();
+        let at = st.consumers.iter().take_while(|x| x.priority >= c.priority).count();
         st.consumers.insert(at, c);
         st.had_consumer = true;
         registered();
@@ -318,8 +299,7 @@ impl Queue {
     /// its last consumer and should now be deleted.
     pub fn remove_consumer(&self, conn_id: u64, channel: u16, tag: &[u8]) -> bool {
         let mut st = self.state.lock();
-        st.consumers
-            .retain(|c| !(c.outbox.conn_id == conn_id && c.channel == channel && &c.tag[..] == tag));
+        st.consumers.retain(|c| !(c.outbox.conn_id == conn_id && c.channel == channel && &c.tag[..] == tag));
         self.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
     }
 
@@ -400,12 +380,7 @@ impl Queue {
     /// (ready, unacked, consumers, ready bytes) in one lock.
     pub fn counts(&self) -> (u64, u64, u64, u64) {
         let st = self.state.lock();
-        (
-            st.ready.len() as u64,
-            st.unacked,
-            st.consumers.len() as u64,
-            st.ready.bytes(),
-        )
+        (st.ready.len() as u64, st.unacked, st.consumers.len() as u64, st.ready.bytes())
     }
 
     pub fn is_deleted(&self) -> bool {

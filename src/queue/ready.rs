@@ -5,7 +5,7 @@
 
 use crate::message::Message;
 use crate::store::{Loc, NO_LOC};
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 /// One message in one queue.
@@ -19,6 +19,10 @@ pub struct QueuedMessage {
     pub body_size: u32,
     pub priority: u8,
     pub redelivered: bool,
+    /// Times it was handed out (for `x-delivery-limit`).
+    pub deliveries: u16,
+    /// When it expires (ms since the epoch); 0 = never. Fixed at enqueue.
+    pub deadline: u64,
 }
 
 impl QueuedMessage {
@@ -30,18 +34,13 @@ impl QueuedMessage {
             msg: Some(msg),
             loc,
             redelivered: false,
+            deliveries: 0,
+            deadline: 0,
         }
     }
 
     pub fn paged(seq: u64, loc: Loc, body_size: u32, priority: u8) -> Self {
-        QueuedMessage {
-            seq,
-            msg: None,
-            loc,
-            body_size,
-            priority,
-            redelivered: false,
-        }
+        QueuedMessage { seq, msg: None, loc, body_size, priority, redelivered: false, deliveries: 0, deadline: 0 }
     }
 
     pub fn has_record(&self) -> bool {
@@ -55,16 +54,15 @@ pub struct ReadyList {
     levels: Vec<VecDeque<QueuedMessage>>,
     len: usize,
     bytes: u64,
+    /// Messages with a deadline, soonest first: (deadline, seq, level). Lets
+    /// a message expire wherever it sits, not only at the head.
+    expiry: BTreeSet<(u64, u64, u8)>,
 }
 
 impl ReadyList {
     pub fn new(max_priority: Option<u8>) -> Self {
         let n = max_priority.map(|p| p as usize + 1).unwrap_or(1);
-        ReadyList {
-            levels: (0..n).map(|_| VecDeque::new()).collect(),
-            len: 0,
-            bytes: 0,
-        }
+        ReadyList { levels: (0..n).map(|_| VecDeque::new()).collect(), len: 0, bytes: 0, expiry: BTreeSet::new() }
     }
 
     pub fn len(&self) -> usize {
@@ -85,6 +83,9 @@ impl ReadyList {
 
     pub fn push(&mut self, qm: QueuedMessage) {
         let l = self.level(qm.priority);
+        if qm.deadline != 0 {
+            self.expiry.insert((qm.deadline, qm.seq, l as u8));
+        }
         self.len += 1;
         self.bytes += qm.body_size as u64;
         self.levels[l].push_back(qm);
@@ -93,6 +94,9 @@ impl ReadyList {
     /// Puts a message back where its sequence number says it belongs.
     pub fn requeue(&mut self, qm: QueuedMessage) {
         let l = self.level(qm.priority);
+        if qm.deadline != 0 {
+            self.expiry.insert((qm.deadline, qm.seq, l as u8));
+        }
         self.len += 1;
         self.bytes += qm.body_size as u64;
         let level = &mut self.levels[l];
@@ -115,10 +119,42 @@ impl ReadyList {
     }
 
     pub fn pop(&mut self) -> Option<QueuedMessage> {
-        let qm = self.levels.iter_mut().rev().find_map(|l| l.pop_front())?;
+        let (l, qm) = self.levels.iter_mut().enumerate().rev().find_map(|(i, l)| l.pop_front().map(|m| (i, m)))?;
+        self.taken(&qm, l);
+        Some(qm)
+    }
+
+    fn taken(&mut self, qm: &QueuedMessage, level: usize) {
         self.len -= 1;
         self.bytes -= qm.body_size as u64;
-        Some(qm)
+        if qm.deadline != 0 {
+            self.expiry.remove(&(qm.deadline, qm.seq, level as u8));
+        }
+    }
+
+    /// The soonest deadline of any ready message.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.expiry.first().map(|(d, _, _)| *d)
+    }
+
+    /// Removes every message whose deadline is at or before `now`, wherever
+    /// it sits; returned in deadline order.
+    pub fn take_expired(&mut self, now: u64) -> Vec<QueuedMessage> {
+        let mut out = Vec::new();
+        while let Some(&(deadline, seq, level)) = self.expiry.first() {
+            if deadline > now {
+                break;
+            }
+            self.expiry.pop_first();
+            let lv = &mut self.levels[level as usize];
+            let Ok(at) = lv.binary_search_by_key(&seq, |m| m.seq) else { continue };
+            if let Some(qm) = lv.remove(at) {
+                self.len -= 1;
+                self.bytes -= qm.body_size as u64;
+                out.push(qm);
+            }
+        }
+        out
     }
 
     /// Empties the list, returning what was in it.
@@ -129,6 +165,7 @@ impl ReadyList {
         }
         self.len = 0;
         self.bytes = 0;
+        self.expiry.clear();
         out
     }
 }
@@ -140,10 +177,7 @@ mod tests {
     use bytes::Bytes;
 
     fn qm(seq: u64, prio: Option<u8>) -> QueuedMessage {
-        let scanned = Scanned {
-            priority: prio,
-            ..Default::default()
-        };
+        let scanned = Scanned { priority: prio, ..Default::default() };
         let msg = Arc::new(Message::new(
             Bytes::new(),
             Bytes::new(),
@@ -156,11 +190,7 @@ mod tests {
 
     #[test]
     fn entries_stay_small() {
-        assert!(
-            std::mem::size_of::<QueuedMessage>() <= 40,
-            "{}",
-            std::mem::size_of::<QueuedMessage>()
-        );
+        assert!(std::mem::size_of::<QueuedMessage>() <= 40, "{}", std::mem::size_of::<QueuedMessage>());
     }
 
     #[test]
@@ -176,6 +206,23 @@ mod tests {
         let order: Vec<u64> = std::iter::from_fn(|| r.pop()).map(|m| m.seq).collect();
         assert_eq!(order, vec![1, 2, 3, 4]);
         assert_eq!((r.len(), r.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn expiry_takes_messages_from_anywhere() {
+        let mut r = ReadyList::new(Some(3));
+        for (seq, deadline, prio) in [(1, 0, None), (2, 50, Some(2)), (3, 10, None), (4, 0, Some(3)), (5, 10, Some(3))] {
+            let mut m = qm(seq, prio);
+            m.deadline = deadline;
+            r.push(m);
+        }
+        assert_eq!(r.next_deadline(), Some(10));
+        let gone: Vec<u64> = r.take_expired(20).into_iter().map(|m| m.seq).collect();
+        assert_eq!(gone, vec![3, 5]);
+        assert_eq!(r.len(), 3);
+        let order: Vec<u64> = std::iter::from_fn(|| r.pop()).map(|m| m.seq).collect();
+        assert_eq!(order, vec![4, 2, 1]);
+        assert_eq!(r.next_deadline(), None);
     }
 
     #[test]

@@ -105,13 +105,7 @@ pub struct ConfirmWaiter {
 
 impl ConfirmWaiter {
     pub fn new(outbox: Arc<Outbox>, channel: u16, seq: u64) -> Self {
-        ConfirmWaiter {
-            outbox,
-            channel,
-            seq,
-            remaining: AtomicUsize::new(1),
-            ok: AtomicBool::new(true),
-        }
+        ConfirmWaiter { outbox, channel, seq, remaining: AtomicUsize::new(1), ok: AtomicBool::new(true) }
     }
 }
 
@@ -307,12 +301,7 @@ impl Outbox {
             return Err(Refused::Busy);
         }
         let was_empty = st.buf.is_empty();
-        let OutState {
-            buf,
-            channels,
-            frame_max,
-            ..
-        } = &mut *st;
+        let OutState { buf, channels, frame_max, .. } = &mut *st;
         let Some(ch) = channels.get_mut(&channel) else {
             return Err(Refused::Gone);
         };
@@ -330,28 +319,14 @@ impl Outbox {
         let Some(m) = &qm.msg else {
             return Err(Refused::Busy);
         };
-        fast::encode_deliver(
-            buf,
-            channel,
-            consumer_tag,
-            tag,
-            qm.redelivered,
-            &m.exchange,
-            &m.routing_key,
-        );
+        fast::encode_deliver(buf, channel, consumer_tag, tag, qm.redelivered, &m.exchange, &m.routing_key);
         frame::encode_content_header(buf, channel, m.body_size(), &m.properties);
         frame::encode_body(buf, channel, &m.body, *frame_max);
         if !no_ack {
             credit.unacked.fetch_add(1, Ordering::Relaxed);
             ch.global_unacked += 1;
-            ch.unacked.insert(
-                tag,
-                Unacked {
-                    queue: queue.clone(),
-                    qm: qm.clone(),
-                    credit: Some(credit.clone()),
-                },
-            );
+            ch.unacked
+                .insert(tag, Unacked { queue: queue.clone(), qm: qm.clone(), credit: Some(credit.clone()) });
         }
         drop(st);
         if was_empty {
@@ -364,13 +339,7 @@ impl Outbox {
     /// if the channel is gone (the reply is then lost, as in RabbitMQ).
     pub fn deliver_direct(&self, channel: u16, consumer_tag: &[u8], msg: &crate::message::Message) -> bool {
         self.with(|st| {
-            let OutState {
-                buf,
-                channels,
-                frame_max,
-                closed,
-                ..
-            } = st;
+            let OutState { buf, channels, frame_max, closed, .. } = st;
             let ch = match channels.get_mut(&channel) {
                 Some(ch) if !*closed => ch,
                 _ => return false,
@@ -401,13 +370,7 @@ impl Outbox {
         remaining: u32,
     ) -> Result<(), QueuedMessage> {
         self.with(|st| {
-            let OutState {
-                buf,
-                channels,
-                frame_max,
-                closed,
-                ..
-            } = st;
+            let OutState { buf, channels, frame_max, closed, .. } = st;
             let ch = match channels.get_mut(&channel) {
                 Some(ch) if !*closed => ch,
                 _ => return Err(qm),
@@ -415,26 +378,11 @@ impl Outbox {
             ch.next_tag += 1;
             let tag = ch.next_tag;
             let Some(m) = &qm.msg else { return Err(qm) };
-            fast::encode_get_ok(
-                buf,
-                channel,
-                tag,
-                qm.redelivered,
-                &m.exchange,
-                &m.routing_key,
-                remaining,
-            );
+            fast::encode_get_ok(buf, channel, tag, qm.redelivered, &m.exchange, &m.routing_key, remaining);
             frame::encode_content_header(buf, channel, m.body_size(), &m.properties);
             frame::encode_body(buf, channel, &m.body, *frame_max);
             if !no_ack {
-                ch.unacked.insert(
-                    tag,
-                    Unacked {
-                        queue: queue.clone(),
-                        qm,
-                        credit: None,
-                    },
-                );
+                ch.unacked.insert(tag, Unacked { queue: queue.clone(), qm, credit: None });
             }
             Ok(())
         })

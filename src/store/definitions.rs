@@ -123,10 +123,7 @@ impl Definitions {
         if existed {
             let _ = std::fs::remove_dir_all(&backup);
             copy_dir(path, &backup).map_err(|e| {
-                StoreError(format!(
-                    "cannot back up {} before opening it: {e}",
-                    path.display()
-                ))
+                StoreError(format!("cannot back up {} before opening it: {e}", path.display()))
             })?;
         }
         let result = Self::open(path, cache_bytes).and_then(|d| {
@@ -160,9 +157,7 @@ impl Definitions {
                     }
                     let _ = std::fs::remove_dir_all(&backup);
                 }
-                Err(StoreError(format!(
-                    "{e}; the store was left as found and the broker will not start"
-                )))
+                Err(StoreError(format!("{e}; the store was left as found and the broker will not start")))
             }
         }
     }
@@ -173,16 +168,11 @@ impl Definitions {
             .cache_capacity(cache_bytes)
             .open()
             .map_err(|e| StoreError(format!("cannot open definitions store {}: {e}", path.display())))?;
-        Ok(Definitions {
-            db,
-            path: path.to_path_buf(),
-        })
+        Ok(Definitions { db, path: path.to_path_buf() })
     }
 
     fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
-        self.db
-            .open_tree(name)
-            .map_err(|e| StoreError(format!("definitions store: tree {name}: {e}")))
+        self.db.open_tree(name).map_err(|e| StoreError(format!("definitions store: tree {name}: {e}")))
     }
 
     /// Reads every definition; any undecodable entry is an error.
@@ -215,29 +205,22 @@ impl Definitions {
 
     fn put<T: Serialize>(&self, tree: &str, k: Vec<u8>, v: &T) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(v).map_err(|e| StoreError(format!("encode {tree}: {e}")))?;
-        self.tree(tree)?
-            .insert(k, bytes)
-            .map_err(|e| StoreError(format!("write {tree}: {e}")))?;
+        self.tree(tree)?.insert(k, bytes).map_err(|e| StoreError(format!("write {tree}: {e}")))?;
         self.commit()
     }
 
     fn del(&self, tree: &str, k: Vec<u8>) -> Result<(), StoreError> {
-        self.tree(tree)?
-            .remove(k)
-            .map_err(|e| StoreError(format!("delete {tree}: {e}")))?;
+        self.tree(tree)?.remove(k).map_err(|e| StoreError(format!("delete {tree}: {e}")))?;
         self.commit()
     }
 
     /// sled's flush, then a real fdatasync of its files.
     fn commit(&self) -> Result<(), StoreError> {
-        self.db
-            .flush()
-            .map_err(|e| StoreError(format!("flush definitions: {e}")))?;
+        self.db.flush().map_err(|e| StoreError(format!("flush definitions: {e}")))?;
         for name in ["db", "conf"] {
             let p = self.path.join(name);
             if let Ok(f) = std::fs::File::open(&p) {
-                f.sync_data()
-                    .map_err(|e| StoreError(format!("fdatasync {}: {e}", p.display())))?;
+                f.sync_data().map_err(|e| StoreError(format!("fdatasync {}: {e}", p.display())))?;
             }
         }
         Ok(())
@@ -245,10 +228,7 @@ impl Definitions {
 
     pub fn next_id(&self) -> Result<u64, StoreError> {
         // sled's generate_id is persistent and monotonic; +1 keeps 0 free as "none".
-        self.db
-            .generate_id()
-            .map(|i| i + 1)
-            .map_err(|e| StoreError(format!("generate id: {e}")))
+        self.db.generate_id().map(|i| i + 1).map_err(|e| StoreError(format!("generate id: {e}")))
     }
 
     pub fn put_vhost(&self, v: &VHostDef) -> Result<(), StoreError> {
@@ -277,14 +257,7 @@ impl Definitions {
 
     fn binding_key(b: &BindingDef) -> Vec<u8> {
         let args = serde_json::to_string(&b.arguments).unwrap_or_default();
-        key(&[
-            &b.vhost,
-            &b.source,
-            &b.destination_type,
-            &b.destination,
-            &b.routing_key,
-            &args,
-        ])
+        key(&[&b.vhost, &b.source, &b.destination_type, &b.destination, &b.routing_key, &args])
     }
 
     pub fn put_binding(&self, b: &BindingDef) -> Result<(), StoreError> {
@@ -313,8 +286,7 @@ impl Definitions {
             return Ok(());
         }
         for k in doomed {
-            tree.remove(k)
-                .map_err(|e| StoreError(format!("delete binding: {e}")))?;
+            tree.remove(k).map_err(|e| StoreError(format!("delete binding: {e}")))?;
         }
         self.commit()
     }

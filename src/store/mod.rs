@@ -198,20 +198,11 @@ impl MessageStore {
         let inbox = Arc::new(Inbox::new());
         let p = persister::Persister::new(shared.clone(), next_id, live);
         let rx = inbox.clone();
-        let thread = std::thread::Builder::new()
-            .name("warren-persister".into())
-            .spawn(move || p.run(&rx))?;
-        let resident = recovered
-            .iter()
-            .filter(|r| r.message.is_some())
-            .map(|r| footprint(r.body_size))
-            .sum();
+        let thread = std::thread::Builder::new().name("warren-persister".into()).spawn(move || p.run(&rx))?;
+        let resident = recovered.iter().filter(|r| r.message.is_some()).map(|r| footprint(r.body_size)).sum();
         let store = Arc::new(MessageStore {
             inbox,
-            alloc: Mutex::new(Alloc {
-                seg: next_id,
-                offset: 0,
-            }),
+            alloc: Mutex::new(Alloc { seg: next_id, offset: 0 }),
             segment_size,
             shared,
             resident: AtomicU64::new(resident),
@@ -245,9 +236,7 @@ impl MessageStore {
     pub fn resident_sub(&self, bytes: u64) {
         let _ = self
             .resident
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                Some(v.saturating_sub(bytes))
-            });
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(bytes)));
     }
 
     pub fn resident(&self) -> u64 {
@@ -268,11 +257,7 @@ impl MessageStore {
         if let Some(w) = &waiter {
             w.add();
         }
-        let queue_id = if durable {
-            queue_id
-        } else {
-            queue_id | TRANSIENT_BIT
-        };
+        let queue_id = if durable { queue_id } else { queue_id | TRANSIENT_BIT };
         let mut a = self.alloc.lock();
         if a.offset > 0 && (a.offset + size > self.segment_size || a.offset + size > u32::MAX as u64) {
             a.seg += 1;
@@ -283,15 +268,7 @@ impl MessageStore {
         // Sent under the allocation lock: the persister sees records in
         // location order.
         let urgent = waiter.is_some();
-        let r = self.inbox.send(
-            Op::Append {
-                loc: l,
-                queue_id,
-                msg: msg.clone(),
-                waiter,
-            },
-            urgent,
-        );
+        let r = self.inbox.send(Op::Append { loc: l, queue_id, msg: msg.clone(), waiter }, urgent);
         drop(a);
         if let Err(Op::Append { waiter: Some(w), .. }) = r
             && w.done(false)
@@ -358,11 +335,5 @@ impl MessageStore {
 /// Rebuilds a message from its record.
 pub(crate) fn message_of(r: segment::Record) -> Option<Message> {
     let scanned = crate::protocol::properties::scan(&r.properties)?;
-    Some(Message::new(
-        r.exchange,
-        r.routing_key,
-        r.properties,
-        r.body,
-        scanned,
-    ))
+    Some(Message::new(r.exchange, r.routing_key, r.properties, r.body, scanned))
 }

@@ -93,12 +93,7 @@ impl Persister {
 
     fn apply(&mut self, op: Op) {
         match op {
-            Op::Append {
-                loc: l,
-                queue_id,
-                msg,
-                waiter,
-            } => {
+            Op::Append { loc: l, queue_id, msg, waiter } => {
                 let (seg, offset) = split(l);
                 if let Err(e) = self.position(seg, offset as u64) {
                     tracing::error!(error = %e, segment = seg, "message store: cannot open a segment");
@@ -119,20 +114,14 @@ impl Persister {
             }
             Op::Settle(l) => {
                 let (seg, offset) = split(l);
-                self.acks
-                    .entry(seg)
-                    .or_default()
-                    .extend_from_slice(&offset.to_be_bytes());
+                self.acks.entry(seg).or_default().extend_from_slice(&offset.to_be_bytes());
                 if let Some(n) = self.live.get_mut(&seg) {
                     *n = n.saturating_sub(1);
                 }
             }
             Op::Delivered(l) => {
                 let (seg, offset) = split(l);
-                self.acks
-                    .entry(seg)
-                    .or_default()
-                    .extend_from_slice(&(offset | DELIVERED_FLAG).to_be_bytes());
+                self.acks.entry(seg).or_default().extend_from_slice(&(offset | DELIVERED_FLAG).to_be_bytes());
             }
             Op::Sync(_) | Op::Stop => {}
         }
@@ -142,21 +131,15 @@ impl Persister {
     fn position(&mut self, seg: u64, offset: u64) -> std::io::Result<()> {
         if self.current.as_ref().is_some_and(|c| c.id == seg) {
             let c = self.current.as_ref().map(|c| c.len).unwrap_or(0);
-            debug_assert_eq!(
-                c + self.buf.len() as u64,
-                offset,
-                "records arrive in allocation order"
-            );
+            debug_assert_eq!(c + self.buf.len() as u64, offset, "records arrive in allocation order");
             return Ok(());
         }
         // Finish the old segment before records of the new one are written,
         // and answer the publishes it covers.
         self.write_and_sync_current();
         self.release_waiters();
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(segment::seg_path(&self.shared.dir, seg))?;
+        let file =
+            OpenOptions::new().create(true).append(true).open(segment::seg_path(&self.shared.dir, seg))?;
         let len = file.metadata()?.len();
         self.current = Some(Current { id: seg, file, len });
         self.live.entry(seg).or_insert(0);
@@ -251,12 +234,8 @@ impl Persister {
 
     fn unlink_settled(&mut self) {
         let current = self.current.as_ref().map(|c| c.id);
-        let done: Vec<u64> = self
-            .live
-            .iter()
-            .filter(|(id, n)| **n == 0 && Some(**id) != current)
-            .map(|(id, _)| *id)
-            .collect();
+        let done: Vec<u64> =
+            self.live.iter().filter(|(id, n)| **n == 0 && Some(**id) != current).map(|(id, _)| *id).collect();
         for id in done {
             self.live.remove(&id);
             self.ack_files.remove(&id);
@@ -299,10 +278,7 @@ pub(super) fn recover(dir: &std::path::Path, budget: u64) -> std::io::Result<Fou
             };
             if Some(*id) == last {
                 tracing::warn!(segment = id, offset, damage = ?d, "message store: cutting off a damaged tail");
-                OpenOptions::new()
-                    .write(true)
-                    .open(&path)?
-                    .set_len(offset as u64)?;
+                OpenOptions::new().write(true).open(&path)?.set_len(offset as u64)?;
             } else {
                 tracing::warn!(segment = id, offset, damage = ?d, "message store: damaged record; the rest of this segment is skipped");
             }
@@ -321,11 +297,7 @@ pub(super) fn recover(dir: &std::path::Path, budget: u64) -> std::io::Result<Fou
             let queue_id = rec.queue_id;
             let body_size = rec.body.len() as u32;
             let Some(message) = message_of(rec) else {
-                tracing::warn!(
-                    segment = id,
-                    offset,
-                    "message store: record with bad properties skipped"
-                );
+                tracing::warn!(segment = id, offset, "message store: record with bad properties skipped");
                 transient.push(l);
                 continue;
             };

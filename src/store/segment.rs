@@ -123,13 +123,7 @@ pub fn decode_payload(p: &Bytes) -> Option<Record> {
     let n = u32::from_be_bytes(pl[..].try_into().ok()?) as usize;
     let properties = take(&mut at, n)?;
     let body = p.slice(at..);
-    Some(Record {
-        queue_id,
-        exchange,
-        routing_key,
-        properties,
-        body,
-    })
+    Some(Record { queue_id, exchange, routing_key, properties, body })
 }
 
 /// Walks the records of a segment's bytes: `(offset, record)` for each good
@@ -186,10 +180,7 @@ pub fn read_at(file: &std::fs::File, offset: u64) -> std::io::Result<Record> {
     let mut payload = vec![0u8; len];
     file.read_exact_at(&mut payload, offset + RECORD_HEADER as u64)?;
     if crc32fast::hash(&payload) != crc {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "record checksum mismatch",
-        ));
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "record checksum mismatch"));
     }
     decode_payload(&Bytes::from(payload))
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "undecodable record"))
@@ -223,10 +214,7 @@ mod tests {
         let mut bad = b.clone();
         bad[second + 12] ^= 0xFF;
         let (recs, damage) = scan(&bad.freeze());
-        assert_eq!(
-            (recs.len(), damage),
-            (1, Some(Damage::Corrupt { offset: second }))
-        );
+        assert_eq!((recs.len(), damage), (1, Some(Damage::Corrupt { offset: second })));
     }
 
     #[test]

@@ -51,10 +51,7 @@ pub async fn start_with(f: impl FnOnce(&mut warren::Config)) -> TestServer {
     let mut cfg = test_config(dir.path());
     f(&mut cfg);
     let handle = warren::start(cfg).await.expect("broker starts");
-    TestServer {
-        handle: Some(handle),
-        dir,
-    }
+    TestServer { handle: Some(handle), dir }
 }
 
 /// Polls `f` until it returns true or the deadline passes.
@@ -64,10 +61,7 @@ pub async fn eventually<F: FnMut() -> bool>(what: &str, timeout: Duration, mut f
         if f() {
             return;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -110,11 +104,7 @@ impl Raw {
     pub async fn tcp(addr: std::net::SocketAddr) -> Raw {
         let sock = TcpStream::connect(addr).await.expect("tcp connect");
         sock.set_nodelay(true).ok();
-        Raw {
-            sock,
-            buf: BytesMut::new(),
-            pending: Default::default(),
-        }
+        Raw { sock, buf: BytesMut::new(), pending: Default::default() }
     }
 
     /// Full handshake as guest with the usual capabilities, then channel 1 open.
@@ -123,11 +113,7 @@ impl Raw {
             addr,
             "guest",
             "guest",
-            &[
-                "consumer_cancel_notify",
-                "authentication_failure_close",
-                "publisher_confirms",
-            ],
+            &["consumer_cancel_notify", "authentication_failure_close", "publisher_confirms"],
         )
         .await;
         match r.recv().await {
@@ -185,11 +171,7 @@ impl Raw {
     }
 
     pub async fn open_channel(&mut self, ch: u16) {
-        self.method(
-            ch,
-            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
-        )
-        .await;
+        self.method(ch, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))).await;
         match self.recv().await {
             In::Method(c, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))) if c == ch => {}
             other => panic!("expected channel.open-ok, got {other:?}"),
@@ -237,9 +219,7 @@ impl Raw {
 
     /// Next frame, or panic after 5 s / on EOF.
     pub async fn recv(&mut self) -> In {
-        self.try_recv(Duration::from_secs(5))
-            .await
-            .expect("a frame before the deadline")
+        self.try_recv(Duration::from_secs(5)).await.expect("a frame before the deadline")
     }
 
     /// Next frame; `None` on EOF or timeout.
@@ -256,11 +236,8 @@ impl Raw {
             if self.buf.len() >= 8 && &self.buf[..4] == b"AMQP" {
                 return None; // protocol header from the server: refused
             }
-            if let Some(Frame {
-                kind,
-                channel,
-                payload,
-            }) = frame::decode(&mut self.buf, 0).expect("server frames are valid")
+            if let Some(Frame { kind, channel, payload }) =
+                frame::decode(&mut self.buf, 0).expect("server frames are valid")
             {
                 return Some(match kind {
                     frame::FRAME_METHOD => {
@@ -312,23 +289,12 @@ impl Raw {
         loop {
             match self.recv().await {
                 In::Method(c, AMQPClass::Channel(channel::AMQPMethod::Close(cl))) if c == ch => {
-                    self.method(
-                        ch,
-                        AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
-                    )
-                    .await;
-                    return (
-                        cl.reply_code,
-                        cl.reply_text.to_string(),
-                        cl.class_id,
-                        cl.method_id,
-                    );
+                    self.method(ch, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})))
+                        .await;
+                    return (cl.reply_code, cl.reply_text.to_string(), cl.class_id, cl.method_id);
                 }
                 In::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(cl))) => {
-                    panic!(
-                        "expected channel.close, got connection.close {} {}",
-                        cl.reply_code, cl.reply_text
-                    )
+                    panic!("expected channel.close, got connection.close {} {}", cl.reply_code, cl.reply_text)
                 }
                 _ => continue,
             }
@@ -345,12 +311,7 @@ impl Raw {
                         AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
                     )
                     .await;
-                    return (
-                        cl.reply_code,
-                        cl.reply_text.to_string(),
-                        cl.class_id,
-                        cl.method_id,
-                    );
+                    return (cl.reply_code, cl.reply_text.to_string(), cl.class_id, cl.method_id);
                 }
                 In::Method(c, AMQPClass::Channel(channel::AMQPMethod::Close(cl))) => {
                     panic!(
@@ -370,10 +331,7 @@ impl Raw {
         self.method(ch, m).await;
         let mut stash = Vec::new();
         let reply = loop {
-            let f = self
-                .read_frame(Duration::from_secs(5))
-                .await
-                .expect("a reply before the deadline");
+            let f = self.read_frame(Duration::from_secs(5)).await.expect("a reply before the deadline");
             match f {
                 In::Method(c, reply) if (c == ch || c == 0) && !is_async(&reply) => break reply,
                 other => stash.push(other),
@@ -453,10 +411,7 @@ pub mod m {
         }))
     }
     pub fn qpurge(q: &str) -> AMQPClass {
-        AMQPClass::Queue(queue::AMQPMethod::Purge(queue::Purge {
-            queue: q.into(),
-            nowait: false,
-        }))
+        AMQPClass::Queue(queue::AMQPMethod::Purge(queue::Purge { queue: q.into(), nowait: false }))
     }
     pub fn qdelete(q: &str, if_unused: bool, if_empty: bool) -> AMQPClass {
         AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
@@ -526,41 +481,22 @@ pub mod m {
         }))
     }
     pub fn cancel(tag: &str) -> AMQPClass {
-        AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
-            consumer_tag: tag.into(),
-            nowait: false,
-        }))
+        AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel { consumer_tag: tag.into(), nowait: false }))
     }
     pub fn get(q: &str, no_ack: bool) -> AMQPClass {
-        AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
-            queue: q.into(),
-            no_ack,
-        }))
+        AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get { queue: q.into(), no_ack }))
     }
     pub fn ack(tag: u64, multiple: bool) -> AMQPClass {
-        AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
-            delivery_tag: tag,
-            multiple,
-        }))
+        AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack { delivery_tag: tag, multiple }))
     }
     pub fn nack(tag: u64, multiple: bool, requeue: bool) -> AMQPClass {
-        AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
-            delivery_tag: tag,
-            multiple,
-            requeue,
-        }))
+        AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack { delivery_tag: tag, multiple, requeue }))
     }
     pub fn reject(tag: u64, requeue: bool) -> AMQPClass {
-        AMQPClass::Basic(basic::AMQPMethod::Reject(basic::Reject {
-            delivery_tag: tag,
-            requeue,
-        }))
+        AMQPClass::Basic(basic::AMQPMethod::Reject(basic::Reject { delivery_tag: tag, requeue }))
     }
     pub fn qos(count: u16, global: bool) -> AMQPClass {
-        AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
-            prefetch_count: count,
-            global,
-        }))
+        AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos { prefetch_count: count, global }))
     }
     pub fn recover(requeue: bool) -> AMQPClass {
         AMQPClass::Basic(basic::AMQPMethod::Recover(basic::Recover { requeue }))
@@ -627,9 +563,7 @@ impl Msg {
 impl Raw {
     /// Reads the next content-carrying method (deliver, get-ok, return) with its content.
     pub async fn next_message(&mut self) -> Msg {
-        self.try_next_message(Duration::from_secs(5))
-            .await
-            .expect("a message before the deadline")
+        self.try_next_message(Duration::from_secs(5)).await.expect("a message before the deadline")
     }
 
     pub async fn try_next_message(&mut self, timeout: Duration) -> Option<Msg> {
@@ -639,11 +573,7 @@ impl Raw {
                 | In::Method(_, m @ AMQPClass::Basic(basic::AMQPMethod::GetOk(_)))
                 | In::Method(_, m @ AMQPClass::Basic(basic::AMQPMethod::Return(_))) => break m,
                 In::Method(_, m @ AMQPClass::Basic(basic::AMQPMethod::GetEmpty(_))) => {
-                    return Some(Msg {
-                        method: m,
-                        props: Bytes::new(),
-                        body: vec![],
-                    });
+                    return Some(Msg { method: m, props: Bytes::new(), body: vec![] });
                 }
                 In::Method(_, AMQPClass::Channel(channel::AMQPMethod::Close(c))) => {
                     panic!("channel closed: {} {}", c.reply_code, c.reply_text)
@@ -680,13 +610,7 @@ impl Raw {
 
     /// (message_count, consumer_count) of a queue via passive declare.
     pub async fn counts(&mut self, ch: u16, name: &str) -> (u32, u32) {
-        match self
-            .call(
-                ch,
-                m::qdecl(name, true, false, false, false, FieldTable::default()),
-            )
-            .await
-        {
+        match self.call(ch, m::qdecl(name, true, false, false, false, FieldTable::default())).await {
             AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)) => (ok.message_count, ok.consumer_count),
             other => panic!("passive declare failed: {other:?}"),
         }
@@ -728,10 +652,7 @@ impl TestServer {
                 Err(e) => panic!("broker restarts: {e}"),
             }
         };
-        TestServer {
-            handle: Some(handle),
-            dir: self.dir,
-        }
+        TestServer { handle: Some(handle), dir: self.dir }
     }
 }
 
@@ -771,16 +692,7 @@ impl Child {
         let ports = data_dir.with_extension(format!("ports-{}", std::process::id()));
         let _ = std::fs::remove_file(&ports);
         let process = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args([
-                "--amqp-port",
-                "0",
-                "--mgmt-port",
-                "0",
-                "--bind",
-                "127.0.0.1",
-                "--log-level",
-                "warn",
-            ])
+            .args(["--amqp-port", "0", "--mgmt-port", "0", "--bind", "127.0.0.1", "--log-level", "warn"])
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--ports-file")
@@ -792,10 +704,7 @@ impl Child {
             if let Ok(t) = std::fs::read_to_string(&ports) {
                 break t;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "warren did not write its ports file"
-            );
+            assert!(std::time::Instant::now() < deadline, "warren did not write its ports file");
             std::thread::sleep(Duration::from_millis(20));
         };
         let port: u16 = text
@@ -804,10 +713,7 @@ impl Child {
             .and_then(|r| r.split(',').next())
             .and_then(|p| p.trim().parse().ok())
             .expect("amqp port in ports file");
-        Child {
-            process,
-            amqp: ([127, 0, 0, 1], port).into(),
-        }
+        Child { process, amqp: ([127, 0, 0, 1], port).into() }
     }
 
     /// SIGKILL, then reap.
