@@ -62,6 +62,20 @@ impl Message {
     }
 }
 
+impl Message {
+    /// A copy with one header set (properties re-encoded; body shared).
+    pub fn with_header(&self, key: &str, value: i64) -> Option<Message> {
+        use amq_protocol::protocol::basic::{gen_properties, parse_properties};
+        let (_, props) = parse_properties(&self.properties[..]).ok()?;
+        let mut headers = props.headers().clone().unwrap_or_default();
+        headers.insert(key.into(), AMQPValue::LongLongInt(value));
+        let props = props.with_headers(headers);
+        let raw = Bytes::from(cookie_factory::gen_simple(gen_properties(&props), Vec::new()).ok()?);
+        let scanned = properties::scan(&raw)?;
+        Some(Message::new(self.exchange.clone(), self.routing_key.clone(), raw, self.body.clone(), scanned))
+    }
+}
+
 /// CC/BCC routing keys from a headers table; `Err(name)` if a header is
 /// present but is not an array of long strings (RabbitMQ: 406).
 pub fn cc_bcc(headers: &FieldTable) -> Result<Vec<Bytes>, &'static str> {

@@ -6,30 +6,10 @@ use super::vhost::VHost;
 use crate::message::Message;
 use crate::protocol::properties;
 use crate::protocol::{AMQPValue, FieldArray, FieldTable, LongString};
-use crate::queue::Queue;
+use crate::queue::{Queue, Reason};
 use amq_protocol::protocol::basic::{AMQPProperties, gen_properties, parse_properties};
 use bytes::Bytes;
 use std::sync::Arc;
-
-/// Why a message died (the `reason` field of x-death).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Rejected,
-    Expired,
-    Maxlen,
-    DeliveryLimit,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Rejected => "rejected",
-            Reason::Expired => "expired",
-            Reason::Maxlen => "maxlen",
-            Reason::DeliveryLimit => "delivery_limit",
-        }
-    }
-}
 
 fn ls(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))

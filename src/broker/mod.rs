@@ -3,7 +3,9 @@
 //! written rarely.
 
 pub mod dead_letter;
+pub mod timers;
 pub mod users;
+use timers::Timers;
 pub mod vhost;
 
 use crate::config::Config;
@@ -55,6 +57,7 @@ impl Broker {
         )
         .map_err(|e| format!("cannot open message store {}: {e}", dir.join("messages").display()))?;
         let store = Arc::new(Stores { defs, messages });
+        let timers = Timers::start().map_err(|e| format!("cannot start the timer thread: {e}"))?;
         let b = Broker {
             vhosts: DashMap::new(),
             users: DashMap::new(),
@@ -71,7 +74,7 @@ impl Broker {
             vhost_names.push("/".into());
         }
         for name in vhost_names {
-            b.vhosts.insert(name.clone(), Arc::new(VHost::new(&name, store.clone())));
+            b.vhosts.insert(name.clone(), VHost::new(&name, store.clone(), timers.clone()));
         }
         if loaded.users.is_empty() {
             let a = &b.config.auth;
@@ -125,6 +128,9 @@ impl Broker {
             if let Some(q) = by_id.get(&id) {
                 q.recover(msgs);
             }
+        }
+        for q in by_id.values() {
+            q.start_timers();
         }
         tracing::info!(
             exchanges = loaded.exchanges.len(),

@@ -3,11 +3,12 @@
 //! exchange-to-exchange bindings and alternate exchanges with a seen-set and
 //! returns each queue once.
 
+use super::timers::{Timers, VHostTimer};
 use crate::error::{AmqpError, AmqpResult, code, rs};
 use crate::exchange::{Destination, Exchange, Kind};
 use crate::protocol::FieldTable;
 use crate::queue::sink::Outbox;
-use crate::queue::{Consumer, Queue, QueueSpec, args};
+use crate::queue::{Consumer, Queue, QueueSpec, Timer, args};
 use crate::store::Stores;
 use crate::store::definitions::{BindingDef, ExchangeDef, QueueDef, StoreError};
 use dashmap::DashMap;
@@ -55,6 +56,8 @@ pub struct VHost {
     pub reply_to: DashMap<String, ReplyTarget>,
     /// Where durable definitions and persistent messages go.
     pub store: Arc<Stores>,
+    /// How this vhost's queues schedule themselves on the broker's timer thread.
+    timer: Arc<dyn Timer>,
 }
 
 /// A random server-generated name: prefix + 22 chars of base64url (16 bytes).
@@ -69,13 +72,18 @@ fn bool_str(b: bool) -> &'static str {
 }
 
 impl VHost {
-    pub fn new(name: &str, store: Arc<Stores>) -> Self {
+    pub fn new(name: &str, store: Arc<Stores>, timers: Arc<Timers>) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self::build(name, store, Arc::new(VHostTimer { timers, vhost: me.clone() })))
+    }
+
+    fn build(name: &str, store: Arc<Stores>, timer: Arc<dyn Timer>) -> Self {
         let v = VHost {
             name: name.to_string(),
             exchanges: DashMap::new(),
             queues: DashMap::new(),
             reply_to: DashMap::new(),
             store,
+            timer,
         };
         for (x, kind, internal) in SYSTEM_EXCHANGES {
             let ex = Exchange::new(
@@ -316,6 +324,7 @@ impl VHost {
                 return ineq("auto_delete", d.auto_delete, q.auto_delete);
             }
             args::check_equivalent(&q.arguments, &d.arguments, &name, &self.name)?;
+            q.touch();
             return Ok((q, false));
         }
         if name.starts_with("amq.") && !d.name.is_empty() {
@@ -354,8 +363,10 @@ impl VHost {
             store: self.store.messages.clone(),
             store_id,
             persisted,
+            timer: Some(self.timer.clone()),
         }));
         let q = self.queues.entry(name).or_insert(q).clone();
+        q.start_timers();
         Ok((q, true))
     }
 
@@ -428,6 +439,7 @@ impl VHost {
             store: self.store.messages.clone(),
             store_id: d.id,
             persisted: true,
+            timer: Some(self.timer.clone()),
         }));
         self.queues.insert(d.name.clone(), q.clone());
         q

@@ -3,7 +3,7 @@
 //! the dispatch of every class-20..90 method with RabbitMQ's checks and texts.
 
 use super::{Conn, requeue_all};
-use crate::broker::dead_letter::{Reason, dead_letter};
+use crate::broker::dead_letter::dead_letter;
 use crate::broker::vhost::{REPLY_TO, REPLY_TO_PREFIX, ReplyTarget};
 use crate::error::{AmqpError, AmqpResult, code, rs};
 use crate::message::{self, Message};
@@ -11,6 +11,7 @@ use crate::protocol::decode_method;
 use crate::protocol::fast::{self, BASIC_ACK, BASIC_PUBLISH, CLASS_BASIC};
 use crate::protocol::properties::{self, Scanned};
 use crate::protocol::{AMQPClass, short};
+use crate::queue::Reason;
 use crate::queue::sink::{ConfirmWaiter, ConsumerCredit, ConsumerEntry, Unacked};
 use crate::queue::{Consumer, Queue, args::as_int};
 use crate::store::Durable;
@@ -868,8 +869,17 @@ impl Conn {
         } else {
             None
         };
+        let mut rejected = false;
         for q in routed.drain(..) {
-            q.publish(msg.clone(), waiter.as_ref());
+            // x-overflow reject-publish: the publish is nacked (if any queue refused).
+            rejected |= !q.publish(msg.clone(), waiter.as_ref());
+        }
+        if rejected && confirm {
+            self.outbox.with(|st| {
+                if let Some(d) = st.channels.get_mut(&ch) {
+                    d.confirms.failed.insert(seq);
+                }
+            });
         }
         if let Some(w) = waiter {
             // Routing is over: release the channel's hold (confirms that

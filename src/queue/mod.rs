@@ -16,8 +16,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use ready::{QueuedMessage, ReadyList};
 use sink::{ConsumerCredit, Outbox, Refused};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 /// A consumer as the queue sees it.
 #[derive(Debug, Clone)]
@@ -31,16 +31,59 @@ pub struct Consumer {
     pub credit: Arc<ConsumerCredit>,
 }
 
+/// Why a message left a queue dead (the `reason` of its x-death entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Rejected,
+    Expired,
+    Maxlen,
+    DeliveryLimit,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Rejected => "rejected",
+            Reason::Expired => "expired",
+            Reason::Maxlen => "maxlen",
+            Reason::DeliveryLimit => "delivery_limit",
+        }
+    }
+}
+
+/// Calls a queue back at a time (ms since the epoch): message expiry,
+/// dead-lettering, `x-expires`. Implemented by the broker's timer thread, so
+/// the queue needs no task of its own.
+pub trait Timer: Send + Sync + std::fmt::Debug {
+    fn schedule(&self, at_ms: u64, queue: Weak<Queue>);
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 #[derive(Debug)]
 struct QueueState {
     ready: ReadyList,
-    /// Sorted by priority, highest first; rotated within a priority for round robin.
+    /// Sorted by priority, highest first; rotated within a priority for round
+    /// robin. With single active consumer: registration order, no rotation.
     consumers: Vec<Consumer>,
     unacked: u64,
     next_seq: u64,
     /// Auto-delete only happens once a consumer has existed.
     had_consumer: bool,
     deleted: bool,
+    /// Messages that died here, waiting for the timer thread to dead-letter
+    /// them (never done under this lock: the target may be another queue).
+    dead: Vec<(Arc<Message>, Reason)>,
+    /// The earliest time the timer will call this queue back; 0 = none.
+    armed: u64,
+    /// Last consume, get or redeclare (for `x-expires`).
+    last_used: u64,
 }
 
 /// Monotonic counters read by management and metrics.
@@ -50,6 +93,8 @@ pub struct QueueStats {
     pub delivered: AtomicU64,
     pub acked: AtomicU64,
     pub redelivered: AtomicU64,
+    pub expired: AtomicU64,
+    pub dropped: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -70,6 +115,7 @@ pub struct Queue {
     pub store_id: u64,
     /// The definition is persisted (durable, not exclusive, not auto-delete).
     pub persisted: bool,
+    timer: Option<Arc<dyn Timer>>,
     state: Mutex<QueueState>,
 }
 
@@ -85,6 +131,12 @@ pub struct QueueSpec {
     pub store: Arc<MessageStore>,
     pub store_id: u64,
     pub persisted: bool,
+    pub timer: Option<Arc<dyn Timer>>,
+}
+
+/// Parses a (validated) `expiration` property.
+fn expiration_ms(m: &Message) -> Option<u64> {
+    std::str::from_utf8(m.expiration()?).ok()?.parse().ok()
 }
 
 impl Queue {
@@ -100,6 +152,7 @@ impl Queue {
             store,
             store_id,
             persisted,
+            timer,
         } = spec;
         let ready = ReadyList::new(args.max_priority.filter(|p| *p > 0));
         Queue {
@@ -114,6 +167,7 @@ impl Queue {
             store,
             store_id,
             persisted,
+            timer,
             state: Mutex::new(QueueState {
                 ready,
                 consumers: Vec::new(),
@@ -121,6 +175,9 @@ impl Queue {
                 next_seq: 0,
                 had_consumer: false,
                 deleted: false,
+                dead: Vec::new(),
+                armed: 0,
+                last_used: now_ms(),
             }),
         }
     }
@@ -129,42 +186,156 @@ impl Queue {
         rs("queue", &self.name, &self.vhost)
     }
 
-    /// Enqueues a routed message and hands out what consumers can take. A
-    /// persistent message in a persisted queue is appended to the log first;
-    /// `waiter` (the publisher's confirm) hears when that append is synced.
-    /// Behind a backlog, once the broker's in-memory budget is spent, the
-    /// message is paged out: only its log location stays in the queue.
-    pub fn publish(self: &Arc<Self>, msg: Arc<Message>, waiter: Option<&Arc<dyn Durable>>) {
+    /// Asks the timer to call back at `at` unless it already will earlier.
+    fn arm(self: &Arc<Self>, st: &mut QueueState, at: u64) {
+        if let Some(t) = &self.timer
+            && (st.armed == 0 || at < st.armed)
+        {
+            st.armed = at;
+            t.schedule(at, Arc::downgrade(self));
+        }
+    }
+
+    /// Arms the `x-expires` check (after creation, recovery, last consumer gone).
+    pub fn start_timers(self: &Arc<Self>) {
         let mut st = self.state.lock();
-        if st.deleted {
+        if let Some(exp) = self.args.expires
+            && st.consumers.is_empty()
+        {
+            let at = st.last_used + exp;
+            self.arm(&mut st, at);
+        }
+        if let Some(d) = st.ready.next_deadline() {
+            self.arm(&mut st, d);
+        }
+    }
+
+    /// Marks the queue used (redeclare) for `x-expires`.
+    pub fn touch(&self) {
+        self.state.lock().last_used = now_ms();
+    }
+
+    /// A queued message's body, read back from the log if it was paged out.
+    fn materialize(&self, qm: &QueuedMessage) -> Option<Arc<Message>> {
+        match &qm.msg {
+            Some(m) => Some(m.clone()),
+            None => match self.store.read(qm.loc) {
+                Ok(m) => Some(Arc::new(m)),
+                Err(e) => {
+                    tracing::error!(queue = %self.name, error = %e, "cannot read a paged-out message");
+                    None
+                }
+            },
+        }
+    }
+
+    /// A message that left the ready list dead: settled in the log and, if
+    /// the queue has a dead-letter exchange, handed to the timer thread.
+    fn kill(self: &Arc<Self>, st: &mut QueueState, qm: QueuedMessage, reason: Reason) {
+        self.store.settle(qm.loc);
+        match reason {
+            Reason::Expired => self.stats.expired.fetch_add(1, Ordering::Relaxed),
+            _ => self.stats.dropped.fetch_add(1, Ordering::Relaxed),
+        };
+        if self.args.dead_letter_exchange.is_some()
+            && let Some(m) = self.materialize(&qm)
+        {
+            st.dead.push((m, reason));
+            let now = now_ms();
+            self.arm(st, now);
+        }
+    }
+
+    /// Removes what has expired, wherever it sits; it is never delivered.
+    fn expire(self: &Arc<Self>, st: &mut QueueState, now: u64) {
+        if st.ready.next_deadline().is_none_or(|d| d > now) {
             return;
         }
+        for qm in st.ready.take_expired(now) {
+            if qm.msg.is_some() {
+                self.store.resident_sub(footprint(qm.body_size));
+            }
+            self.kill(st, qm, Reason::Expired);
+        }
+    }
+
+    /// Enqueues a routed message and hands out what consumers can take.
+    /// Returns false if `x-overflow` refused it (`reject-publish[-dlx]`).
+    ///
+    /// A persistent message in a persisted queue is appended to the log
+    /// first; `waiter` (the publisher's confirm) hears when that append is
+    /// synced. Behind a backlog, once the broker's in-memory budget is spent,
+    /// the message is paged out: only its log location stays in the queue.
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>, waiter: Option<&Arc<dyn Durable>>) -> bool {
+        let mut st = self.state.lock();
+        if st.deleted {
+            return true;
+        }
+        let now = now_ms();
+        let size = msg.body.len() as u64;
+        let full = |st: &QueueState, extra: u64, bytes: u64| {
+            self.args.max_length.is_some_and(|m| st.ready.len() as u64 + extra > m)
+                || self.args.max_length_bytes.is_some_and(|m| st.ready.bytes() + bytes > m)
+        };
+        let overflow = self.args.overflow.as_deref().unwrap_or("drop-head");
+        if overflow != "drop-head" && full(&st, 1, size) {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            if overflow == "reject-publish-dlx" && self.args.dead_letter_exchange.is_some() {
+                st.dead.push((msg, Reason::Maxlen));
+                self.arm(&mut st, now);
+            }
+            return false;
+        }
+        let ttl = match (self.args.message_ttl, expiration_ms(&msg)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // The deadline is fixed at enqueue (and kept across requeues). 0 is
+        // reserved for "never", so TTL 0 means "already due".
+        let deadline = ttl.map(|t| (now + t).max(1)).unwrap_or(0);
         let durable = self.persisted && msg.persistent();
         let page = !st.ready.is_empty() && self.store.over_budget();
         let loc = if durable || page {
-            self.store.append(self.store_id, &msg, durable, if durable { waiter.cloned() } else { None })
+            self.store.append(
+                self.store_id,
+                &msg,
+                durable,
+                deadline,
+                if durable { waiter.cloned() } else { None },
+            )
         } else {
             NO_LOC
         };
         st.next_seq += 1;
-        let qm = if page {
-            QueuedMessage::paged(st.next_seq, loc, msg.body.len() as u32, msg.priority())
+        let mut qm = if page {
+            QueuedMessage::paged(st.next_seq, loc, size as u32, msg.priority())
         } else {
-            self.store.resident_add(footprint(msg.body.len() as u32));
+            self.store.resident_add(footprint(size as u32));
             QueuedMessage::in_memory(st.next_seq, msg, loc)
         };
+        qm.deadline = deadline;
         st.ready.push(qm);
         self.stats.published.fetch_add(1, Ordering::Relaxed);
+        while overflow == "drop-head" && full(&st, 0, 0) {
+            let Some(head) = self.pop_ready(&mut st) else { break };
+            self.kill(&mut st, head, Reason::Maxlen);
+        }
         self.dispatch_locked(&mut st);
+        if deadline != 0 {
+            // TTL 0: delivered above if a consumer could take it, else gone.
+            self.expire(&mut st, now);
+            if deadline > now {
+                self.arm(&mut st, deadline);
+            }
+        }
+        true
     }
 
     /// Brings the head's body back from the log if it was paged out. A record
     /// that cannot be read is dropped with an error (it cannot be delivered).
     fn page_in_head(&self, st: &mut QueueState) -> bool {
         loop {
-            let Some(head) = st.ready.peek_mut() else {
-                return false;
-            };
+            let Some(head) = st.ready.peek_mut() else { return false };
             if head.msg.is_some() {
                 return true;
             }
@@ -184,6 +355,23 @@ impl Queue {
         }
     }
 
+    /// With `x-delivery-limit`, a redelivered message carries the number of
+    /// earlier deliveries in its `x-delivery-count` header.
+    fn stamp_delivery_count(&self, st: &mut QueueState) {
+        if self.args.delivery_limit.is_none() {
+            return;
+        }
+        let Some(head) = st.ready.peek_mut() else { return };
+        if head.deliveries == 0 {
+            return;
+        }
+        if let Some(m) = &head.msg
+            && let Some(stamped) = m.with_header("x-delivery-count", head.deliveries as i64)
+        {
+            head.msg = Some(Arc::new(stamped));
+        }
+    }
+
     /// Takes the head off the ready list (its bytes leave the memory budget).
     fn pop_ready(&self, st: &mut QueueState) -> Option<QueuedMessage> {
         let qm = st.ready.pop()?;
@@ -200,13 +388,22 @@ impl Queue {
     }
 
     fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
+        if st.consumers.is_empty() || st.ready.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        self.expire(st, now);
+        let single = self.args.single_active_consumer;
         while !st.consumers.is_empty() {
             if !self.page_in_head(st) {
                 break;
             }
+            self.stamp_delivery_count(st);
             let Some(head) = st.ready.peek() else { break };
             let mut taken = None;
-            for (i, c) in st.consumers.iter().enumerate() {
+            // Single active consumer: only the first registered one receives.
+            let candidates = if single { &st.consumers[..1] } else { &st.consumers[..] };
+            for (i, c) in candidates.iter().enumerate() {
                 match c.outbox.deliver(c.channel, &c.tag, &c.credit, c.no_ack, self, head) {
                     Ok(()) => {
                         taken = Some(i);
@@ -226,16 +423,15 @@ impl Queue {
             if !st.consumers[i].no_ack {
                 st.unacked += 1;
             }
-            // Round robin among consumers of equal priority.
-            let p = st.consumers[i].priority;
-            let end = st.consumers[i..].iter().take_while(|c| c.priority == p).count() + i;
-            st.consumers[i..end].rotate_left(1);
+            if !single {
+                // Round robin among consumers of equal priority.
+                let p = st.consumers[i].priority;
+                let end = st.consumers[i..].iter().take_while(|c| c.priority == p).count() + i;
+                st.consumers[i..end].rotate_left(1);
+            }
         }
     }
 
-    /// Adds a consumer. `registered` runs under the queue lock once the
-    /// consumer is accepted and before anything is delivered to it (the
-    /// channel writes `consume-ok` there, so it precedes the first delivery).
     /// Log bookkeeping once a message left the ready list for a consumer.
     fn after_delivery(&self, qm: &QueuedMessage, no_ack: bool) {
         if no_ack {
@@ -272,8 +468,40 @@ impl Queue {
                 None => QueuedMessage::paged(seq, r.loc, r.body_size, r.priority),
             };
             qm.redelivered = r.delivered;
+            qm.deadline = r.deadline;
             st.ready.push(qm);
         }
+    }
+
+    /// The timer's call: dead-letters what died, expires what is due, and
+    /// says whether `x-expires` says the queue should go now.
+    pub fn on_timer(self: &Arc<Self>) -> (Vec<(Arc<Message>, Reason)>, bool) {
+        let mut st = self.state.lock();
+        if st.deleted {
+            return (Vec::new(), false);
+        }
+        let now = now_ms();
+        st.armed = 0;
+        self.expire(&mut st, now);
+        let dead = std::mem::take(&mut st.dead);
+        let mut delete = false;
+        if let Some(exp) = self.args.expires
+            && st.consumers.is_empty()
+        {
+            let at = st.last_used + exp;
+            if at <= now {
+                delete = true;
+            } else {
+                self.arm(&mut st, at);
+            }
+        }
+        if let Some(d) = st.ready.next_deadline() {
+            self.arm(&mut st, d);
+        }
+        if !st.dead.is_empty() {
+            self.arm(&mut st, now);
+        }
+        (dead, delete)
     }
 
     /// Adds a consumer. `registered` runs under the queue lock once the
@@ -287,31 +515,54 @@ impl Queue {
         if st.consumers.iter().any(|x| x.exclusive) || (c.exclusive && !st.consumers.is_empty()) {
             return Err(AmqpError::access_refused(format!("{} in exclusive use", self.resource())));
         }
-        let at = st.consumers.iter().take_while(|x| x.priority >= c.priority).count();
+        let at = if self.args.single_active_consumer {
+            st.consumers.len()
+        } else {
+            st.consumers.iter().take_while(|x| x.priority >= c.priority).count()
+        };
         st.consumers.insert(at, c);
         st.had_consumer = true;
+        st.last_used = now_ms();
         registered();
         self.dispatch_locked(&mut st);
         Ok(())
     }
 
     /// Removes a consumer. Returns true when an auto-delete queue just lost
-    /// its last consumer and should now be deleted.
-    pub fn remove_consumer(&self, conn_id: u64, channel: u16, tag: &[u8]) -> bool {
+    /// its last consumer and should now be deleted. With single active
+    /// consumer, the next one in line takes over.
+    pub fn remove_consumer(self: &Arc<Self>, conn_id: u64, channel: u16, tag: &[u8]) -> bool {
         let mut st = self.state.lock();
         st.consumers.retain(|c| !(c.outbox.conn_id == conn_id && c.channel == channel && &c.tag[..] == tag));
+        if st.consumers.is_empty() {
+            st.last_used = now_ms();
+            if let Some(exp) = self.args.expires {
+                let at = st.last_used + exp;
+                self.arm(&mut st, at);
+            }
+        } else {
+            self.dispatch_locked(&mut st);
+        }
         self.auto_delete && st.had_consumer && st.consumers.is_empty() && !st.deleted
+    }
+
+    /// Which consumer tag is the single active one, if any.
+    pub fn active_consumer(&self) -> Option<Bytes> {
+        let st = self.state.lock();
+        if self.args.single_active_consumer { st.consumers.first().map(|c| c.tag.clone()) } else { None }
     }
 
     /// `basic.get`: hands the head message to `outbox`. Returns whether one was sent.
     pub fn get(self: &Arc<Self>, outbox: &Outbox, channel: u16, no_ack: bool) -> bool {
         let mut st = self.state.lock();
+        st.last_used = now_ms();
+        let now = st.last_used;
+        self.expire(&mut st, now);
         if !self.page_in_head(&mut st) {
             return false;
         }
-        let Some(qm) = self.pop_ready(&mut st) else {
-            return false;
-        };
+        self.stamp_delivery_count(&mut st);
+        let Some(qm) = self.pop_ready(&mut st) else { return false };
         let remaining = st.ready.len() as u32;
         let (l, first) = (qm.loc, !qm.redelivered);
         match outbox.get_ok(channel, no_ack, self, qm, remaining) {
@@ -346,6 +597,7 @@ impl Queue {
     }
 
     /// Puts delivered messages back in their original positions, redelivered.
+    /// Past `x-delivery-limit`, a message is dead-lettered instead.
     pub fn requeue(self: &Arc<Self>, msgs: Vec<QueuedMessage>) {
         let mut st = self.state.lock();
         st.unacked = st.unacked.saturating_sub(msgs.len() as u64);
@@ -356,12 +608,21 @@ impl Queue {
         }
         for mut qm in msgs {
             qm.redelivered = true;
+            if let Some(limit) = self.args.delivery_limit
+                && qm.deliveries as u64 > limit
+            {
+                self.kill(&mut st, qm, Reason::DeliveryLimit);
+                continue;
+            }
             if qm.msg.is_some() {
                 self.store.resident_add(footprint(qm.body_size));
             }
             st.ready.requeue(qm);
         }
         self.dispatch_locked(&mut st);
+        if let Some(d) = st.ready.next_deadline() {
+            self.arm(&mut st, d);
+        }
     }
 
     pub fn purge(&self) -> u32 {
@@ -388,11 +649,12 @@ impl Queue {
     }
 
     /// Marks the queue deleted; returns its consumers (to be told) and the
-    /// number of ready messages dropped.
+    /// number of ready messages dropped (queue deletion never dead-letters).
     pub fn mark_deleted(&self) -> (Vec<Consumer>, u32) {
         let mut st = self.state.lock();
         st.deleted = true;
         let gone = self.drain_ready(&mut st);
+        st.dead.clear();
         (std::mem::take(&mut st.consumers), gone.len() as u32)
     }
 }

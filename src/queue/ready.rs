@@ -40,7 +40,16 @@ impl QueuedMessage {
     }
 
     pub fn paged(seq: u64, loc: Loc, body_size: u32, priority: u8) -> Self {
-        QueuedMessage { seq, msg: None, loc, body_size, priority, redelivered: false, deliveries: 0, deadline: 0 }
+        QueuedMessage {
+            seq,
+            msg: None,
+            loc,
+            body_size,
+            priority,
+            redelivered: false,
+            deliveries: 0,
+            deadline: 0,
+        }
     }
 
     pub fn has_record(&self) -> bool {
@@ -62,7 +71,12 @@ pub struct ReadyList {
 impl ReadyList {
     pub fn new(max_priority: Option<u8>) -> Self {
         let n = max_priority.map(|p| p as usize + 1).unwrap_or(1);
-        ReadyList { levels: (0..n).map(|_| VecDeque::new()).collect(), len: 0, bytes: 0, expiry: BTreeSet::new() }
+        ReadyList {
+            levels: (0..n).map(|_| VecDeque::new()).collect(),
+            len: 0,
+            bytes: 0,
+            expiry: BTreeSet::new(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -119,7 +133,8 @@ impl ReadyList {
     }
 
     pub fn pop(&mut self) -> Option<QueuedMessage> {
-        let (l, qm) = self.levels.iter_mut().enumerate().rev().find_map(|(i, l)| l.pop_front().map(|m| (i, m)))?;
+        let (l, qm) =
+            self.levels.iter_mut().enumerate().rev().find_map(|(i, l)| l.pop_front().map(|m| (i, m)))?;
         self.taken(&qm, l);
         Some(qm)
     }
@@ -211,7 +226,9 @@ mod tests {
     #[test]
     fn expiry_takes_messages_from_anywhere() {
         let mut r = ReadyList::new(Some(3));
-        for (seq, deadline, prio) in [(1, 0, None), (2, 50, Some(2)), (3, 10, None), (4, 0, Some(3)), (5, 10, Some(3))] {
+        for (seq, deadline, prio) in
+            [(1, 0, None), (2, 50, Some(2)), (3, 10, None), (4, 0, Some(3)), (5, 10, Some(3))]
+        {
             let mut m = qm(seq, prio);
             m.deadline = deadline;
             r.push(m);

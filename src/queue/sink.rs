@@ -325,8 +325,10 @@ impl Outbox {
         if !no_ack {
             credit.unacked.fetch_add(1, Ordering::Relaxed);
             ch.global_unacked += 1;
-            ch.unacked
-                .insert(tag, Unacked { queue: queue.clone(), qm: qm.clone(), credit: Some(credit.clone()) });
+            ch.unacked.insert(
+                tag,
+                Unacked { queue: queue.clone(), qm: delivered_once_more(qm), credit: Some(credit.clone()) },
+            );
         }
         drop(st);
         if was_empty {
@@ -375,18 +377,28 @@ impl Outbox {
                 Some(ch) if !*closed => ch,
                 _ => return Err(qm),
             };
+            let Some(m) = &qm.msg else { return Err(qm) };
             ch.next_tag += 1;
             let tag = ch.next_tag;
-            let Some(m) = &qm.msg else { return Err(qm) };
             fast::encode_get_ok(buf, channel, tag, qm.redelivered, &m.exchange, &m.routing_key, remaining);
             frame::encode_content_header(buf, channel, m.body_size(), &m.properties);
             frame::encode_body(buf, channel, &m.body, *frame_max);
             if !no_ack {
-                ch.unacked.insert(tag, Unacked { queue: queue.clone(), qm, credit: None });
+                ch.unacked.insert(
+                    tag,
+                    Unacked { queue: queue.clone(), qm: delivered_once_more(&qm), credit: None },
+                );
             }
             Ok(())
         })
     }
+}
+
+/// The unacked copy of a delivered message counts one more delivery.
+fn delivered_once_more(qm: &QueuedMessage) -> QueuedMessage {
+    let mut u = qm.clone();
+    u.deliveries = u.deliveries.saturating_add(1);
+    u
 }
 
 impl ChannelDeliveries {

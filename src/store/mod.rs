@@ -69,6 +69,7 @@ pub(crate) enum Op {
     Append {
         loc: Loc,
         queue_id: u64,
+        deadline: u64,
         msg: Arc<Message>,
         waiter: Option<Arc<dyn Durable>>,
     },
@@ -138,6 +139,8 @@ pub struct Recovered {
     pub body_size: u32,
     pub priority: u8,
     pub delivered: bool,
+    /// When it expires (ms since the epoch); 0 = never.
+    pub deadline: u64,
 }
 
 /// Where the next record goes.
@@ -251,6 +254,7 @@ impl MessageStore {
         queue_id: u64,
         msg: &Arc<Message>,
         durable: bool,
+        deadline: u64,
         waiter: Option<Arc<dyn Durable>>,
     ) -> Loc {
         let size = segment::encoded_len(&msg.exchange, &msg.routing_key, &msg.properties, &msg.body) as u64;
@@ -268,7 +272,7 @@ impl MessageStore {
         // Sent under the allocation lock: the persister sees records in
         // location order.
         let urgent = waiter.is_some();
-        let r = self.inbox.send(Op::Append { loc: l, queue_id, msg: msg.clone(), waiter }, urgent);
+        let r = self.inbox.send(Op::Append { loc: l, queue_id, deadline, msg: msg.clone(), waiter }, urgent);
         drop(a);
         if let Err(Op::Append { waiter: Some(w), .. }) = r
             && w.done(false)

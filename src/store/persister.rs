@@ -93,7 +93,7 @@ impl Persister {
 
     fn apply(&mut self, op: Op) {
         match op {
-            Op::Append { loc: l, queue_id, msg, waiter } => {
+            Op::Append { loc: l, queue_id, deadline, msg, waiter } => {
                 let (seg, offset) = split(l);
                 if let Err(e) = self.position(seg, offset as u64) {
                     tracing::error!(error = %e, segment = seg, "message store: cannot open a segment");
@@ -102,6 +102,7 @@ impl Persister {
                 segment::encode(
                     &mut self.buf,
                     queue_id,
+                    deadline,
                     &msg.exchange,
                     &msg.routing_key,
                     &msg.properties,
@@ -295,6 +296,7 @@ pub(super) fn recover(dir: &std::path::Path, budget: u64) -> std::io::Result<Fou
                 continue;
             }
             let queue_id = rec.queue_id;
+            let deadline = rec.deadline;
             let body_size = rec.body.len() as u32;
             let Some(message) = message_of(rec) else {
                 tracing::warn!(segment = id, offset, "message store: record with bad properties skipped");
@@ -324,6 +326,7 @@ pub(super) fn recover(dir: &std::path::Path, budget: u64) -> std::io::Result<Fou
                 body_size,
                 priority,
                 delivered: delivered.contains(&offset),
+                deadline,
             });
         }
         if n == 0 {

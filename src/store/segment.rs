@@ -2,7 +2,8 @@
 //!
 //! A segment file `NNNNNNNNNNNNNNNNNNNN.seg` is a sequence of records:
 //! `len: u32 | crc32(payload): u32 | payload`, payload =
-//! `queue_id: u64 | exchange: short | routing_key: short | props_len: u32 | props | body`.
+//! `queue_id: u64 | deadline: u64 | exchange: short | routing_key: short | props_len: u32 | props | body`
+//! (deadline: when the message expires, ms since the epoch, 0 = never).
 //! Its companion `NNNN….ack` is a sequence of u32 entries, one per event on
 //! a record of that segment: the record's offset, with the top bit set for
 //! "delivered at least once" and clear for "settled" (acked, dropped, purged).
@@ -20,6 +21,7 @@ pub const DELIVERED_FLAG: u32 = 1 << 31;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub queue_id: u64,
+    pub deadline: u64,
     pub exchange: Bytes,
     pub routing_key: Bytes,
     pub properties: Bytes,
@@ -53,7 +55,7 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<u64>> {
 /// Size of the encoded record.
 pub fn encoded_len(exchange: &[u8], routing_key: &[u8], properties: &[u8], body: &[u8]) -> usize {
     RECORD_HEADER
-        + 8
+        + 16
         + 1
         + exchange.len().min(255)
         + 1
@@ -67,6 +69,7 @@ pub fn encoded_len(exchange: &[u8], routing_key: &[u8], properties: &[u8], body:
 pub fn encode(
     out: &mut BytesMut,
     queue_id: u64,
+    deadline: u64,
     exchange: &[u8],
     routing_key: &[u8],
     properties: &[u8],
@@ -77,6 +80,7 @@ pub fn encode(
     out.put_u32(0);
     let payload_start = out.len();
     out.put_u64(queue_id);
+    out.put_u64(deadline);
     let ex = &exchange[..exchange.len().min(255)];
     out.put_u8(ex.len() as u8);
     out.extend_from_slice(ex);
@@ -115,6 +119,8 @@ pub fn decode_payload(p: &Bytes) -> Option<Record> {
     };
     let qid = take(&mut at, 8)?;
     let queue_id = u64::from_be_bytes(qid[..].try_into().ok()?);
+    let dl = take(&mut at, 8)?;
+    let deadline = u64::from_be_bytes(dl[..].try_into().ok()?);
     let n = take(&mut at, 1)?[0] as usize;
     let exchange = take(&mut at, n)?;
     let n = take(&mut at, 1)?[0] as usize;
@@ -123,7 +129,7 @@ pub fn decode_payload(p: &Bytes) -> Option<Record> {
     let n = u32::from_be_bytes(pl[..].try_into().ok()?) as usize;
     let properties = take(&mut at, n)?;
     let body = p.slice(at..);
-    Some(Record { queue_id, exchange, routing_key, properties, body })
+    Some(Record { queue_id, deadline, exchange, routing_key, properties, body })
 }
 
 /// Walks the records of a segment's bytes: `(offset, record)` for each good
@@ -193,9 +199,9 @@ mod tests {
     #[test]
     fn records_round_trip_and_damage_is_found() {
         let mut b = BytesMut::new();
-        encode(&mut b, 7, b"x", b"rk", b"\x00\x00", b"body-1");
+        encode(&mut b, 7, 0, b"x", b"rk", b"\x00\x00", b"body-1");
         let second = b.len();
-        encode(&mut b, 8, b"", b"q", b"\x10\x00\x02", b"");
+        encode(&mut b, 8, 99, b"", b"q", b"\x10\x00\x02", b"");
         let data = b.clone().freeze();
         let (recs, damage) = scan(&data);
         assert_eq!(damage, None);
@@ -203,7 +209,7 @@ mod tests {
         assert_eq!(recs[0].0, 0);
         assert_eq!(recs[1].0 as usize, second);
         assert_eq!(&recs[0].1.body[..], b"body-1");
-        assert_eq!(recs[1].1.queue_id, 8);
+        assert_eq!((recs[1].1.queue_id, recs[1].1.deadline), (8, 99));
         assert_eq!(encoded_len(b"x", b"rk", b"\x00\x00", b"body-1"), second);
 
         // A torn tail keeps the good prefix.
