@@ -156,6 +156,8 @@ pub(crate) struct Shared {
     pub(crate) written: AtomicU64,
     /// Read handles of segments that still hold live records.
     pub(crate) readers: Mutex<HashMap<u64, Arc<File>>>,
+    /// A segment whose write failed: nothing more is allocated in it.
+    pub(crate) broken: AtomicU64,
 }
 
 pub struct MessageStore {
@@ -197,6 +199,7 @@ impl MessageStore {
             dir: dir.to_path_buf(),
             written: AtomicU64::new(loc(next_id, 0)),
             readers: Mutex::new(HashMap::new()),
+            broken: AtomicU64::new(u64::MAX),
         });
         let inbox = Arc::new(Inbox::new());
         let p = persister::Persister::new(shared.clone(), next_id, live);
@@ -263,6 +266,10 @@ impl MessageStore {
         }
         let queue_id = if durable { queue_id } else { queue_id | TRANSIENT_BIT };
         let mut a = self.alloc.lock();
+        if self.shared.broken.load(Ordering::Acquire) == a.seg {
+            a.seg += 1;
+            a.offset = 0;
+        }
         if a.offset > 0 && (a.offset + size > self.segment_size || a.offset + size > u32::MAX as u64) {
             a.seg += 1;
             a.offset = 0;

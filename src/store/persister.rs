@@ -95,9 +95,21 @@ impl Persister {
         match op {
             Op::Append { loc: l, queue_id, deadline, msg, waiter } => {
                 let (seg, offset) = split(l);
+                *self.live.entry(seg).or_insert(0) += 1;
+                if let Some(w) = waiter.clone() {
+                    self.waiters.push(w);
+                }
+                if self.shared.broken.load(Ordering::Acquire) == seg {
+                    // Allocated before the failure was seen: its place in the
+                    // file is unreliable, so it is not written and is nacked.
+                    self.failed = true;
+                    return;
+                }
                 if let Err(e) = self.position(seg, offset as u64) {
                     tracing::error!(error = %e, segment = seg, "message store: cannot open a segment");
+                    self.shared.broken.store(seg, Ordering::Release);
                     self.failed = true;
+                    return;
                 }
                 segment::encode(
                     &mut self.buf,
@@ -108,10 +120,6 @@ impl Persister {
                     &msg.properties,
                     &msg.body,
                 );
-                *self.live.entry(seg).or_insert(0) += 1;
-                if let Some(w) = waiter {
-                    self.waiters.push(w);
-                }
             }
             Op::Settle(l) => {
                 let (seg, offset) = split(l);
@@ -130,9 +138,8 @@ impl Persister {
 
     /// Makes `seg` the current segment (the allocator moved on to it).
     fn position(&mut self, seg: u64, offset: u64) -> std::io::Result<()> {
+        let _ = offset; // records arrive in allocation order (sent under the allocation lock)
         if self.current.as_ref().is_some_and(|c| c.id == seg) {
-            let c = self.current.as_ref().map(|c| c.len).unwrap_or(0);
-            debug_assert_eq!(c + self.buf.len() as u64, offset, "records arrive in allocation order");
             return Ok(());
         }
         // Finish the old segment before records of the new one are written,
@@ -166,8 +173,11 @@ impl Persister {
             Err(e) => {
                 tracing::error!(error = %e, segment = cur.id, "message store: write/sync failed; this batch's publishes are nacked");
                 self.failed = true;
-                // Keep the file consistent with what was acknowledged.
+                // Keep the file consistent with what was acknowledged, and
+                // make the allocator move on: records already allocated in
+                // this segment are not written (and are nacked).
                 let _ = cur.file.set_len(cur.len);
+                self.shared.broken.store(cur.id, Ordering::Release);
             }
         }
         self.buf.clear();
