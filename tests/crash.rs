@@ -114,7 +114,7 @@ async fn kill_dash_nine_five_times_loses_no_confirmed_message() {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while count.load(Ordering::Relaxed) < 3000 {
             assert!(tokio::time::Instant::now() < deadline, "publishers made no progress");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await; // poll until the deadline
         }
         child.kill9();
         stop.store(true, Ordering::Relaxed);
@@ -154,7 +154,7 @@ async fn graceful_restart_loses_and_duplicates_nothing() {
         tasks.push(tokio::spawn(publisher(child.amqp, format!("g-p{p}"), stop.clone(), count.clone())));
     }
     while count.load(Ordering::Relaxed) < 3000 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await; // poll
     }
     stop.store(true, Ordering::Relaxed);
     let mut confirmed: HashSet<String> = HashSet::new();
@@ -234,7 +234,7 @@ async fn drained_million_message_backlog_leaves_at_most_two_segments() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while segments() > 2 {
         assert!(std::time::Instant::now() < deadline, "{} segments left after draining", segments());
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await; // poll until the deadline
     }
     eprintln!("segments on disk after 1,000,000 × 1 KiB drained: {}", segments());
     assert_eq!(child.terminate().code(), Some(0));

@@ -75,7 +75,7 @@ async fn direct_reply_to_round_trip_and_liveness_check() {
                 break;
             }
             _ => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await; // poll (bounded retries)
             }
         }
     }

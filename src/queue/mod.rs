@@ -391,8 +391,10 @@ impl Queue {
         if st.consumers.is_empty() || st.ready.is_empty() {
             return;
         }
+        // Strictly past deadlines only: a TTL-0 message just published may
+        // still go to a consumer that can take it now.
         let now = now_ms();
-        self.expire(st, now);
+        self.expire(st, now.saturating_sub(1));
         let single = self.args.single_active_consumer;
         while !st.consumers.is_empty() {
             if !self.page_in_head(st) {

@@ -62,7 +62,7 @@ pub async fn eventually<F: FnMut() -> bool>(what: &str, timeout: Duration, mut f
             return;
         }
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await; // poll interval
     }
 }
 
@@ -647,7 +647,7 @@ impl TestServer {
             match warren::start(cfg.clone()).await {
                 Ok(h) => break h,
                 Err(_) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await; // retry until the deadline
                 }
                 Err(e) => panic!("broker restarts: {e}"),
             }
