@@ -88,7 +88,7 @@ fn binary_serves_and_exits_zero_on_sigterm() {
             break t;
         }
         assert!(Instant::now() < deadline, "ports file never appeared");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // poll until the deadline
     };
     let port: u16 =
         text.split("\"amqp\":").nth(1).unwrap().split(',').next().unwrap().trim().parse().unwrap();
@@ -107,7 +107,7 @@ fn binary_serves_and_exits_zero_on_sigterm() {
             break st;
         }
         assert!(Instant::now() < deadline, "broker did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // poll until the deadline
     };
     assert!(status.success(), "{status:?}");
 }

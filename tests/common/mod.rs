@@ -705,7 +705,7 @@ impl Child {
                 break t;
             }
             assert!(std::time::Instant::now() < deadline, "warren did not write its ports file");
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20)); // poll until the deadline
         };
         let port: u16 = text
             .split("\"amqp\":")
@@ -735,7 +735,7 @@ impl Child {
                 let _ = self.process.kill();
                 panic!("warren did not exit after SIGTERM");
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20)); // poll until the deadline
         }
     }
 }
