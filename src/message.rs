@@ -63,6 +63,22 @@ impl Message {
 }
 
 impl Message {
+    /// A copy without one header (properties re-encoded; body shared).
+    pub fn without_header(&self, key: &str) -> Option<Message> {
+        use amq_protocol::protocol::basic::{gen_properties, parse_properties};
+        let (_, props) = parse_properties(&self.properties[..]).ok()?;
+        let mut headers = FieldTable::default();
+        for (k, v) in props.headers().clone().unwrap_or_default().inner() {
+            if k.as_str() != key {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+        let props = props.with_headers(headers);
+        let raw = Bytes::from(cookie_factory::gen_simple(gen_properties(&props), Vec::new()).ok()?);
+        let scanned = properties::scan(&raw)?;
+        Some(Message::new(self.exchange.clone(), self.routing_key.clone(), raw, self.body.clone(), scanned))
+    }
+
     /// A copy with one header set (properties re-encoded; body shared).
     pub fn with_header(&self, key: &str, value: i64) -> Option<Message> {
         use amq_protocol::protocol::basic::{gen_properties, parse_properties};

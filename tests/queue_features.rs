@@ -362,3 +362,44 @@ async fn delivery_limit_counts_and_dead_letters() {
     let dead = get_body(&mut r, "limited-dlq").await.unwrap();
     assert_eq!(death(&dead, 0).inner().get("reason"), Some(&s("delivery_limit")));
 }
+
+#[tokio::test]
+async fn consumer_timeout_closes_the_channel_with_rabbitmq_text() {
+    let srv = start().await;
+    let mut r = Raw::open(srv.addr()).await;
+    r.call(1, m::qdecl("slow", false, false, false, false, table(&[("x-consumer-timeout", int(200))]))).await;
+    r.send_to(1, "slow", b"never-acked").await;
+    r.call(1, m::consume("slow", "c", false, false, FieldTable::default())).await;
+    let first = r.next_message().await;
+    assert!(!first.redelivered());
+    let (code, text, class, method) = r.expect_channel_close(1).await;
+    assert_eq!((code, class, method), (406, 0, 0));
+    assert_eq!(
+        text,
+        "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out. Timeout value used: 200 ms. This timeout value can be configured, see consumers doc guide to learn more"
+    );
+    // The message went back to the queue.
+    r.open_channel(2).await;
+    r.method(2, m::get("slow", true)).await;
+    let again = r.next_message().await;
+    assert!(again.redelivered());
+    assert_eq!(again.body, b"never-acked");
+}
+
+#[tokio::test]
+async fn bcc_routes_but_is_stripped() {
+    let srv = start().await;
+    let mut r = Raw::open(srv.addr()).await;
+    r.declare(1, "to").await;
+    r.declare(1, "hidden").await;
+    let bcc = AMQPValue::FieldArray(vec![s("hidden")].into());
+    let p = props(AMQPProperties::default().with_headers(table(&[("BCC", bcc), ("keep", s("yes"))])));
+    r.publish(1, "", "to", false, &p, b"memo").await;
+    for q in ["to", "hidden"] {
+        let m = get_body(&mut r, q).await.unwrap();
+        assert_eq!(m.body, b"memo");
+        let h = headers_of(&m);
+        assert!(!h.inner().contains_key("BCC"), "BCC stripped in {q}");
+        assert_eq!(h.inner().get("keep"), Some(&s("yes")));
+    }
+}

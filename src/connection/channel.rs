@@ -829,6 +829,13 @@ impl Conn {
                 ))
             })?;
         }
+        // BCC routes like CC but is stripped before the message is enqueued.
+        let msg = match &headers {
+            Some(h) if h.inner().contains_key("BCC") => {
+                msg.without_header("BCC").map(Arc::new).unwrap_or(msg)
+            }
+            _ => msg,
+        };
         let mut keys: Vec<&[u8]> = Vec::with_capacity(1 + extra.len());
         keys.push(&p.routing_key);
         keys.extend(extra.iter().map(|k| &k[..]));

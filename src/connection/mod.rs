@@ -151,6 +151,7 @@ impl Conn {
                 buf.reserve(READ_CHUNK);
             }
             let read = rd.read_buf(&mut buf);
+            let ack_deadline = if self.closing { None } else { self.consumer_deadline() };
             let outcome = tokio::select! {
                 r = async {
                     match (close_deadline, idle_limit) {
@@ -159,6 +160,10 @@ impl Conn {
                         (None, None) => Ok(read.await),
                     }
                 } => r,
+                _ = sleep_until_ms(ack_deadline.unwrap_or(0)), if ack_deadline.is_some() => {
+                    self.check_consumer_timeouts();
+                    continue;
+                }
                 _ = shutdown.changed(), if !self.closing => {
                     self.close_connection(AmqpError::new(code::CONNECTION_FORCED, "broker forced connection closure with reason 'shutdown'"));
                     continue;
@@ -388,6 +393,53 @@ impl Conn {
         }
     }
 
+    /// When the oldest unacked delivery of some channel runs out of time
+    /// (RabbitMQ checks the oldest delivery of each channel).
+    fn consumer_deadline(&self) -> Option<u64> {
+        let default = self.broker.config.consumers.consumer_timeout_ms;
+        self.outbox.with(|st| {
+            st.channels
+                .values()
+                .filter_map(|d| d.unacked.values().next())
+                .filter_map(|u| {
+                    let t = u.queue.args.consumer_timeout.unwrap_or(default);
+                    (t > 0).then_some(u.at + t)
+                })
+                .min()
+        })
+    }
+
+    /// Closes every channel whose oldest delivery was not acked in time, with
+    /// RabbitMQ's 406 text; its unacked messages are requeued.
+    fn check_consumer_timeouts(&mut self) {
+        let default = self.broker.config.consumers.consumer_timeout_ms;
+        let now = crate::queue::now_ms();
+        let late: Vec<(u16, u64)> = self.outbox.with(|st| {
+            st.channels
+                .iter()
+                .filter_map(|(ch, d)| {
+                    let u = d.unacked.values().next()?;
+                    let t = u.queue.args.consumer_timeout.unwrap_or(default);
+                    (t > 0 && u.at + t <= now).then_some((*ch, t))
+                })
+                .collect()
+        });
+        for (ch, t) in late {
+            tracing::warn!(
+                conn = self.id,
+                channel = ch,
+                timeout_ms = t,
+                "consumer delivery acknowledgement timed out"
+            );
+            self.close_channel_with(
+                ch,
+                AmqpError::precondition(format!(
+                    "delivery acknowledgement on channel {ch} timed out. Timeout value used: {t} ms. This timeout value can be configured, see consumers doc guide to learn more"
+                )),
+            );
+        }
+    }
+
     /// Work deferred to the end of a read batch: coalesced confirms.
     fn end_of_batch(&mut self) {
         let outbox = &self.outbox;
@@ -399,6 +451,12 @@ impl Conn {
             self.broker.counters.confirmed.fetch_add(n, Ordering::Relaxed);
         }
     }
+}
+
+/// Sleeps until a wall-clock time in ms since the epoch.
+async fn sleep_until_ms(at: u64) {
+    let now = crate::queue::now_ms();
+    tokio::time::sleep(Duration::from_millis(at.saturating_sub(now))).await
 }
 
 /// Requeues settled-with-requeue deliveries, one call per queue.

@@ -314,13 +314,18 @@ impl Queue {
             QueuedMessage::in_memory(st.next_seq, msg, loc)
         };
         qm.deadline = deadline;
+        // Expire what is due before this message joins, so that a TTL-0
+        // message can still go to a consumer that takes it right now.
+        self.expire(&mut st, now);
         st.ready.push(qm);
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         while overflow == "drop-head" && full(&st, 0, 0) {
             let Some(head) = self.pop_ready(&mut st) else { break };
             self.kill(&mut st, head, Reason::Maxlen);
         }
-        self.dispatch_locked(&mut st);
+        if !st.consumers.is_empty() {
+            self.deliver_ready(&mut st);
+        }
         if deadline != 0 {
             // TTL 0: delivered above if a consumer could take it, else gone.
             self.expire(&mut st, now);
@@ -391,10 +396,13 @@ impl Queue {
         if st.consumers.is_empty() || st.ready.is_empty() {
             return;
         }
-        // Strictly past deadlines only: a TTL-0 message just published may
-        // still go to a consumer that can take it now.
         let now = now_ms();
-        self.expire(st, now.saturating_sub(1));
+        self.expire(st, now);
+        self.deliver_ready(st);
+    }
+
+    /// Hands ready messages to consumers with credit (no expiry check).
+    fn deliver_ready(self: &Arc<Self>, st: &mut QueueState) {
         let single = self.args.single_active_consumer;
         while !st.consumers.is_empty() {
             if !self.page_in_head(st) {

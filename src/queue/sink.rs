@@ -33,6 +33,8 @@ pub struct Unacked {
     pub qm: QueuedMessage,
     /// The consumer's credit, or `None` for `basic.get`.
     pub credit: Option<Arc<ConsumerCredit>>,
+    /// When it was delivered (ms since the epoch), for the consumer timeout.
+    pub at: u64,
 }
 
 #[derive(Debug)]
@@ -327,7 +329,12 @@ impl Outbox {
             ch.global_unacked += 1;
             ch.unacked.insert(
                 tag,
-                Unacked { queue: queue.clone(), qm: delivered_once_more(qm), credit: Some(credit.clone()) },
+                Unacked {
+                    queue: queue.clone(),
+                    qm: delivered_once_more(qm),
+                    credit: Some(credit.clone()),
+                    at: super::now_ms(),
+                },
             );
         }
         drop(st);
@@ -386,7 +393,12 @@ impl Outbox {
             if !no_ack {
                 ch.unacked.insert(
                     tag,
-                    Unacked { queue: queue.clone(), qm: delivered_once_more(&qm), credit: None },
+                    Unacked {
+                        queue: queue.clone(),
+                        qm: delivered_once_more(&qm),
+                        credit: None,
+                        at: super::now_ms(),
+                    },
                 );
             }
             Ok(())
