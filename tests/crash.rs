@@ -68,7 +68,9 @@ async fn publisher(
                     panic!("unexpected nack {}", n.delivery_tag)
                 }
                 Some(_) => {}
-                None => break 'outer, // broker gone (or stalled): stop
+                None if r.eof => break 'outer, // broker gone
+                None if stop.load(Ordering::Relaxed) => break 'outer,
+                None => continue, // slow (the machine is busy): keep waiting
             }
         }
     }

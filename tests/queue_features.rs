@@ -403,3 +403,47 @@ async fn bcc_routes_but_is_stripped() {
         assert_eq!(h.inner().get("keep"), Some(&s("yes")));
     }
 }
+
+#[tokio::test]
+async fn delayed_message_exchange_holds_then_routes_and_survives_restart() {
+    let srv = start().await;
+    let mut r = Raw::open(srv.addr()).await;
+    r.method(
+        1,
+        m::xdecl("bad-delayed", "x-delayed-message", false, false, false, false, FieldTable::default()),
+    )
+    .await;
+    let (code, text, _, _) = r.expect_channel_close(1).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (406, "PRECONDITION_FAILED - Invalid argument, 'x-delayed-type' must be an existing exchange type")
+    );
+    r.open_channel(1).await;
+    let args = table(&[("x-delayed-type", s("direct"))]);
+    r.call(1, m::xdecl("later", "x-delayed-message", false, true, false, false, args)).await;
+    r.call(1, m::qdecl("due", false, true, false, false, FieldTable::default())).await;
+    r.call(1, m::qbind("due", "later", "k", FieldTable::default())).await;
+    let delayed = |ms: i64, persistent: bool| {
+        let mut p = AMQPProperties::default().with_headers(table(&[("x-delay", int(ms))]));
+        if persistent {
+            p = p.with_delivery_mode(2);
+        }
+        props(p)
+    };
+    r.publish(1, "later", "k", false, &delayed(150, false), b"in-150ms").await;
+    r.publish(1, "later", "k", false, &[], b"no-delay").await;
+    assert_eq!(get_body(&mut r, "due").await.unwrap().body, b"no-delay");
+    assert!(get_body(&mut r, "due").await.is_none(), "the delayed one waits");
+    until_count(&mut r, "due", 1).await;
+    assert_eq!(get_body(&mut r, "due").await.unwrap().body, b"in-150ms");
+    // Persistent delayed messages of a durable delayed exchange survive a restart.
+    r.publish(1, "later", "k", false, &delayed(1500, true), b"after-restart").await;
+    r.counts(1, "due").await; // round trip: the publish was handled
+    drop(r);
+    let srv = srv.restart().await;
+    let mut r = Raw::open(srv.addr()).await;
+    assert_eq!(r.counts(1, "due").await.0, 0);
+    until_count(&mut r, "due", 1).await;
+    assert_eq!(get_body(&mut r, "due").await.unwrap().body, b"after-restart");
+    srv.stop().await;
+}

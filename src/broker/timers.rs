@@ -100,8 +100,27 @@ fn run(weak: Weak<Timers>) {
 fn fire(e: Entry) {
     let (Some(q), Some(v)) = (e.queue.upgrade(), e.vhost.upgrade()) else { return };
     let (dead, delete) = q.on_timer();
-    for (msg, reason) in dead {
-        dead_letter(&v, &q, &msg, reason);
+    if let Some(xname) = &q.delay_for {
+        // A delayed exchange's waiting messages are due: route them now.
+        if let Ok(x) = v.exchange(xname) {
+            for (msg, _) in dead {
+                let mut keys: Vec<bytes::Bytes> = vec![msg.routing_key.clone()];
+                let headers = msg.headers();
+                if let Some(h) = &headers {
+                    keys.extend(crate::message::cc_bcc(h).unwrap_or_default());
+                }
+                let refs: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+                let mut targets = Vec::new();
+                v.route(&x, &refs, headers.as_ref(), &mut targets);
+                for t in targets {
+                    t.publish(msg.clone(), None);
+                }
+            }
+        }
+    } else {
+        for (msg, reason) in dead {
+            dead_letter(&v, &q, &msg, reason);
+        }
     }
     if delete {
         tracing::info!(queue = %q.name, "queue expired (x-expires)");

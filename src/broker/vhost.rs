@@ -5,7 +5,7 @@
 
 use super::timers::{Timers, VHostTimer};
 use crate::error::{AmqpError, AmqpResult, code, rs};
-use crate::exchange::{Destination, Exchange, Kind};
+use crate::exchange::{DELAY_QUEUE_PREFIX, DELAYED_TYPE, Destination, Exchange, Kind};
 use crate::protocol::FieldTable;
 use crate::queue::sink::Outbox;
 use crate::queue::{Consumer, Queue, QueueSpec, Timer, args};
@@ -113,7 +113,7 @@ impl VHost {
         ExchangeDef {
             vhost: x.vhost.clone(),
             name: x.name.clone(),
-            kind: x.kind.as_str().to_string(),
+            kind: x.type_name().to_string(),
             durable: x.durable,
             auto_delete: x.auto_delete,
             internal: x.internal,
@@ -200,7 +200,18 @@ impl VHost {
         if passive {
             return self.exchange(name).map(|_| ());
         }
-        let Some(kind_v) = Kind::parse(kind) else {
+        let delayed = kind == DELAYED_TYPE;
+        let routing_kind = if delayed {
+            arguments.inner().get("x-delayed-type").and_then(args::as_str).unwrap_or_default()
+        } else {
+            kind.to_string()
+        };
+        let Some(kind_v) = Kind::parse(&routing_kind) else {
+            if delayed {
+                return Err(AmqpError::precondition(
+                    "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+                ));
+            }
             return Err(AmqpError::command_invalid(format!("unknown exchange type '{kind}'")));
         };
         if let Some(x) = self.exchanges.get(name) {
@@ -210,8 +221,8 @@ impl VHost {
                     rs("exchange", name, &self.name)
                 )))
             };
-            if x.kind != kind_v {
-                return ineq("type", kind, x.kind.as_str());
+            if x.kind != kind_v || x.delayed != delayed {
+                return ineq("type", kind, x.type_name());
             }
             if x.durable != durable {
                 return ineq("durable", bool_str(durable), bool_str(x.durable));
@@ -242,7 +253,7 @@ impl VHost {
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
-        let x = Exchange::new(
+        let mut x = Exchange::new(
             name.to_string(),
             self.name.clone(),
             kind_v,
@@ -251,10 +262,57 @@ impl VHost {
             internal,
             arguments,
         );
+        x.delayed = delayed;
         if durable {
             self.persist(self.store.defs.put_exchange(&Self::exchange_def(&x)))?;
         }
+        if delayed {
+            self.create_delay_queue(&x)?;
+        }
         self.exchanges.entry(name.to_string()).or_insert_with(|| Arc::new(x));
+        Ok(())
+    }
+
+    /// A delayed exchange's waiting room: an internal queue (durable with a
+    /// durable exchange, so persistent delayed messages survive restarts)
+    /// whose messages, when their `x-delay` runs out, are routed by the
+    /// exchange instead of being dead-lettered.
+    fn create_delay_queue(&self, x: &Exchange) -> AmqpResult<()> {
+        let name = x.delay_queue_name();
+        if self.queues.contains_key(&name) {
+            return Ok(());
+        }
+        let (store_id, persisted) = if x.durable {
+            let id = self.store.defs.next_id().map_err(|e| {
+                AmqpError::new(code::INTERNAL_ERROR, format!("cannot persist definition: {e}"))
+            })?;
+            let def = QueueDef {
+                vhost: self.name.clone(),
+                name: name.clone(),
+                id,
+                auto_delete: false,
+                arguments: FieldTable::default(),
+            };
+            self.persist(self.store.defs.put_queue(&def))?;
+            (id, true)
+        } else {
+            (self.store.messages.transient_id(), false)
+        };
+        let q = Arc::new(Queue::new(QueueSpec {
+            name: name.clone(),
+            vhost: self.name.clone(),
+            durable: x.durable,
+            auto_delete: false,
+            exclusive_owner: None,
+            arguments: FieldTable::default(),
+            args: Default::default(),
+            store: self.store.messages.clone(),
+            store_id,
+            persisted,
+            timer: Some(self.timer.clone()),
+            delay_for: Some(x.name.clone()),
+        }));
+        self.queues.insert(name, q);
         Ok(())
     }
 
@@ -276,6 +334,11 @@ impl VHost {
         }
         self.exchanges.remove(name);
         self.drop_bindings_to(&Destination::Exchange(name.to_string()));
+        if x.delayed
+            && let Some(q) = self.queues.get(&x.delay_queue_name()).map(|q| q.clone())
+        {
+            self.remove_queue(&q);
+        }
         if x.durable {
             self.persist(self.store.defs.delete_exchange(&self.name, name))?;
             self.persist(self.store.defs.delete_bindings_of(&self.name, "exchange", name))?;
@@ -364,6 +427,7 @@ impl VHost {
             store_id,
             persisted,
             timer: Some(self.timer.clone()),
+            delay_for: None,
         }));
         let q = self.queues.entry(name).or_insert(q).clone();
         q.start_timers();
@@ -409,11 +473,17 @@ impl VHost {
 
     /// Recreates a persisted exchange at startup (no checks, no writes).
     pub fn restore_exchange(&self, d: &ExchangeDef) {
-        let Some(kind) = Kind::parse(&d.kind) else {
+        let delayed = d.kind == DELAYED_TYPE;
+        let routing_kind = if delayed {
+            d.arguments.inner().get("x-delayed-type").and_then(args::as_str).unwrap_or_default()
+        } else {
+            d.kind.clone()
+        };
+        let Some(kind) = Kind::parse(&routing_kind) else {
             tracing::warn!(exchange = %d.name, kind = %d.kind, "stored exchange of unknown type skipped");
             return;
         };
-        let x = Exchange::new(
+        let mut x = Exchange::new(
             d.name.clone(),
             self.name.clone(),
             kind,
@@ -422,6 +492,7 @@ impl VHost {
             d.internal,
             d.arguments.clone(),
         );
+        x.delayed = delayed;
         self.exchanges.insert(d.name.clone(), Arc::new(x));
     }
 
@@ -440,6 +511,7 @@ impl VHost {
             store_id: d.id,
             persisted: true,
             timer: Some(self.timer.clone()),
+            delay_for: d.name.strip_prefix(DELAY_QUEUE_PREFIX).map(str::to_string),
         }));
         self.queues.insert(d.name.clone(), q.clone());
         q

@@ -841,10 +841,22 @@ impl Conn {
         keys.extend(extra.iter().map(|k| &k[..]));
         let mut routed = std::mem::take(&mut self.chan(ch).routed);
         routed.clear();
-        let direct = x_name.is_empty()
+        // A delayed exchange holds the message for its x-delay first (in its
+        // delay queue); it is routed by the exchange when the delay is over.
+        let mut delay: Option<u64> = None;
+        if x.delayed
+            && let Some(d) = headers.as_ref().and_then(|h| h.inner().get("x-delay")).and_then(as_int)
+            && d > 0
+            && let Ok(dq) = self.vhost.queue(&x.delay_queue_name())
+        {
+            delay = Some(d.min(u64::MAX as i128) as u64);
+            routed.push(dq);
+        }
+        let direct = delay.is_none()
+            && x_name.is_empty()
             && p.routing_key.starts_with(REPLY_TO_PREFIX.as_bytes())
             && self.reply_direct(&msg);
-        if !direct {
+        if !direct && delay.is_none() {
             self.vhost.route(&x, &keys, headers.as_ref(), &mut routed);
         }
         if routed.is_empty() && !direct {
@@ -879,7 +891,7 @@ impl Conn {
         let mut rejected = false;
         for q in routed.drain(..) {
             // x-overflow reject-publish: the publish is nacked (if any queue refused).
-            rejected |= !q.publish(msg.clone(), waiter.as_ref());
+            rejected |= !q.publish_with_ttl(msg.clone(), waiter.as_ref(), delay);
         }
         if rejected && confirm {
             self.outbox.with(|st| {

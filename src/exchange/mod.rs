@@ -10,6 +10,11 @@ use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// The delayed-message exchange type (LavinMQ built in; RabbitMQ by plugin).
+pub const DELAYED_TYPE: &str = "x-delayed-message";
+/// Internal queue holding a delayed exchange's waiting messages.
+pub const DELAY_QUEUE_PREFIX: &str = "amq.delayed.";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Direct,
@@ -99,6 +104,9 @@ pub struct Exchange {
     pub internal: bool,
     pub arguments: FieldTable,
     pub alternate: Option<String>,
+    /// `x-delayed-message`: publishes with an `x-delay` header wait that long
+    /// in the exchange's delay queue, then route by `kind` (`x-delayed-type`).
+    pub delayed: bool,
     bindings: RwLock<Bindings>,
 }
 
@@ -122,8 +130,19 @@ impl Exchange {
             internal,
             arguments,
             alternate,
+            delayed: false,
             bindings: RwLock::default(),
         }
+    }
+
+    /// The declared type (`x-delayed-message` for a delayed exchange).
+    pub fn type_name(&self) -> &'static str {
+        if self.delayed { DELAYED_TYPE } else { self.kind.as_str() }
+    }
+
+    /// Where a delayed exchange keeps messages while they wait.
+    pub fn delay_queue_name(&self) -> String {
+        format!("{DELAY_QUEUE_PREFIX}{}", self.name)
     }
 
     /// Adds a binding; `Err` carries a bad `x-match` value. Duplicate = no-op.

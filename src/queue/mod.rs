@@ -115,6 +115,9 @@ pub struct Queue {
     pub store_id: u64,
     /// The definition is persisted (durable, not exclusive, not auto-delete).
     pub persisted: bool,
+    /// Set for a delayed exchange's delay queue: expired messages are routed
+    /// by that exchange instead of being dead-lettered.
+    pub delay_for: Option<String>,
     timer: Option<Arc<dyn Timer>>,
     state: Mutex<QueueState>,
 }
@@ -132,6 +135,7 @@ pub struct QueueSpec {
     pub store_id: u64,
     pub persisted: bool,
     pub timer: Option<Arc<dyn Timer>>,
+    pub delay_for: Option<String>,
 }
 
 /// Parses a (validated) `expiration` property.
@@ -153,6 +157,7 @@ impl Queue {
             store_id,
             persisted,
             timer,
+            delay_for,
         } = spec;
         let ready = ReadyList::new(args.max_priority.filter(|p| *p > 0));
         Queue {
@@ -167,6 +172,7 @@ impl Queue {
             store,
             store_id,
             persisted,
+            delay_for,
             timer,
             state: Mutex::new(QueueState {
                 ready,
@@ -237,7 +243,7 @@ impl Queue {
             Reason::Expired => self.stats.expired.fetch_add(1, Ordering::Relaxed),
             _ => self.stats.dropped.fetch_add(1, Ordering::Relaxed),
         };
-        if self.args.dead_letter_exchange.is_some()
+        if (self.args.dead_letter_exchange.is_some() || self.delay_for.is_some())
             && let Some(m) = self.materialize(&qm)
         {
             st.dead.push((m, reason));
@@ -267,6 +273,17 @@ impl Queue {
     /// synced. Behind a backlog, once the broker's in-memory budget is spent,
     /// the message is paged out: only its log location stays in the queue.
     pub fn publish(self: &Arc<Self>, msg: Arc<Message>, waiter: Option<&Arc<dyn Durable>>) -> bool {
+        self.publish_with_ttl(msg, waiter, None)
+    }
+
+    /// `publish` with a TTL that replaces the queue's and the message's
+    /// (a delayed exchange's `x-delay`).
+    pub fn publish_with_ttl(
+        self: &Arc<Self>,
+        msg: Arc<Message>,
+        waiter: Option<&Arc<dyn Durable>>,
+        ttl_override: Option<u64>,
+    ) -> bool {
         let mut st = self.state.lock();
         if st.deleted {
             return true;
@@ -287,6 +304,7 @@ impl Queue {
             return false;
         }
         let ttl = match (self.args.message_ttl, expiration_ms(&msg)) {
+            _ if ttl_override.is_some() => ttl_override,
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };

@@ -87,6 +87,8 @@ pub struct Raw {
     buf: BytesMut,
     /// Frames read while waiting for a synchronous reply (deliveries, confirms).
     pending: std::collections::VecDeque<In>,
+    /// The server closed the socket (as opposed to a read timing out).
+    pub eof: bool,
 }
 
 pub fn client_properties(caps: &[&str]) -> FieldTable {
@@ -104,7 +106,7 @@ impl Raw {
     pub async fn tcp(addr: std::net::SocketAddr) -> Raw {
         let sock = TcpStream::connect(addr).await.expect("tcp connect");
         sock.set_nodelay(true).ok();
-        Raw { sock, buf: BytesMut::new(), pending: Default::default() }
+        Raw { sock, buf: BytesMut::new(), pending: Default::default(), eof: false }
     }
 
     /// Full handshake as guest with the usual capabilities, then channel 1 open.
@@ -254,7 +256,11 @@ impl Raw {
                 });
             }
             match tokio::time::timeout_at(deadline, self.sock.read_buf(&mut self.buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    self.eof = true;
+                    return None;
+                }
+                Err(_) => return None,
                 Ok(Ok(_)) => {}
             }
         }
