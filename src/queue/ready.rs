@@ -55,6 +55,24 @@ impl QueuedMessage {
     pub fn has_record(&self) -> bool {
         self.loc != NO_LOC
     }
+
+    /// What an expired message leaves in its place until it reaches a front.
+    fn tombstone(seq: u64) -> Self {
+        QueuedMessage {
+            seq,
+            msg: None,
+            loc: NO_LOC,
+            body_size: 0,
+            priority: 0,
+            redelivered: false,
+            deliveries: u16::MAX,
+            deadline: 0,
+        }
+    }
+
+    fn is_tombstone(&self) -> bool {
+        self.deliveries == u16::MAX && self.loc == NO_LOC && self.msg.is_none()
+    }
 }
 
 #[derive(Debug)]
@@ -124,15 +142,26 @@ impl ReadyList {
     }
 
     pub fn peek(&self) -> Option<&QueuedMessage> {
-        self.levels.iter().rev().find_map(|l| l.front())
+        self.levels.iter().rev().find_map(|l| l.iter().find(|m| !m.is_tombstone()))
+    }
+
+    /// Drops tombstones at the front of every level.
+    fn clean_fronts(&mut self) {
+        for l in &mut self.levels {
+            while l.front().is_some_and(|m| m.is_tombstone()) {
+                l.pop_front();
+            }
+        }
     }
 
     /// The head, mutably (to page its body back in).
     pub fn peek_mut(&mut self) -> Option<&mut QueuedMessage> {
+        self.clean_fronts();
         self.levels.iter_mut().rev().find_map(|l| l.front_mut())
     }
 
     pub fn pop(&mut self) -> Option<QueuedMessage> {
+        self.clean_fronts();
         let (l, qm) =
             self.levels.iter_mut().enumerate().rev().find_map(|(i, l)| l.pop_front().map(|m| (i, m)))?;
         self.taken(&qm, l);
@@ -163,11 +192,16 @@ impl ReadyList {
             self.expiry.pop_first();
             let lv = &mut self.levels[level as usize];
             let Ok(at) = lv.binary_search_by_key(&seq, |m| m.seq) else { continue };
-            if let Some(qm) = lv.remove(at) {
-                self.len -= 1;
-                self.bytes -= qm.body_size as u64;
-                out.push(qm);
+            // Leave a tombstone rather than shifting the deque: expiring
+            // messages scattered through a long queue stays O(log n) each.
+            let Some(slot) = lv.get_mut(at) else { continue };
+            if slot.is_tombstone() {
+                continue;
             }
+            let qm = std::mem::replace(slot, QueuedMessage::tombstone(seq));
+            self.len -= 1;
+            self.bytes -= qm.body_size as u64;
+            out.push(qm);
         }
         out
     }
@@ -176,7 +210,7 @@ impl ReadyList {
     pub fn drain(&mut self) -> Vec<QueuedMessage> {
         let mut out = Vec::with_capacity(self.len);
         for l in &mut self.levels {
-            out.extend(l.drain(..));
+            out.extend(l.drain(..).filter(|m| !m.is_tombstone()));
         }
         self.len = 0;
         self.bytes = 0;
