@@ -546,12 +546,7 @@ impl VHost {
         }
         let x = self.exchange(exchange)?;
         let q = self.usable_queue(queue, conn_id)?;
-        let dest = Destination::Queue(q);
-        if let Some(def) = self.durable_binding(&x, &dest, key, &arguments) {
-            headers_check(&x, &arguments)?;
-            self.persist(self.store.defs.put_binding(&def))?;
-        }
-        x.bind(dest, key, arguments).map_err(bad_x_match)
+        self.bind(&x, Destination::Queue(q), key, arguments)
     }
 
     pub fn unbind_queue(
@@ -570,14 +565,7 @@ impl VHost {
             return Ok(());
         };
         self.check_exclusive(&q, conn_id)?;
-        let dest = Destination::Queue(q);
-        if let Some(def) = self.durable_binding(&x, &dest, key, arguments) {
-            self.persist(self.store.defs.delete_binding(&def))?;
-        }
-        if x.unbind(&dest, key, arguments) && x.auto_delete && x.binding_count() == 0 {
-            let _ = self.delete_exchange(exchange, true);
-        }
-        Ok(())
+        self.unbind(&x, Destination::Queue(q), key, arguments)
     }
 
     pub fn bind_exchange(
@@ -592,12 +580,7 @@ impl VHost {
         }
         let src = self.exchange(source)?;
         self.exchange(destination)?;
-        let dest = Destination::Exchange(destination.to_string());
-        if let Some(def) = self.durable_binding(&src, &dest, key, &arguments) {
-            headers_check(&src, &arguments)?;
-            self.persist(self.store.defs.put_binding(&def))?;
-        }
-        src.bind(dest, key, arguments).map_err(bad_x_match)
+        self.bind(&src, Destination::Exchange(destination.to_string()), key, arguments)
     }
 
     pub fn unbind_exchange(
@@ -613,12 +596,26 @@ impl VHost {
         let (Ok(src), Ok(_)) = (self.exchange(source), self.exchange(destination)) else {
             return Ok(());
         };
-        let dest = Destination::Exchange(destination.to_string());
-        if let Some(def) = self.durable_binding(&src, &dest, key, arguments) {
+        self.unbind(&src, Destination::Exchange(destination.to_string()), key, arguments)
+    }
+
+    /// Adds a binding, persisting it when both ends are durable.
+    fn bind(&self, src: &Exchange, dest: Destination, key: &str, arguments: FieldTable) -> AmqpResult<()> {
+        if let Some(def) = self.durable_binding(src, &dest, key, &arguments) {
+            headers_check(src, &arguments)?;
+            self.persist(self.store.defs.put_binding(&def))?;
+        }
+        src.bind(dest, key, arguments).map_err(bad_x_match)
+    }
+
+    /// Removes a binding (missing is fine); an auto-delete source exchange
+    /// goes with its last binding.
+    fn unbind(&self, src: &Exchange, dest: Destination, key: &str, arguments: &FieldTable) -> AmqpResult<()> {
+        if let Some(def) = self.durable_binding(src, &dest, key, arguments) {
             self.persist(self.store.defs.delete_binding(&def))?;
         }
         if src.unbind(&dest, key, arguments) && src.auto_delete && src.binding_count() == 0 {
-            let _ = self.delete_exchange(source, true);
+            let _ = self.delete_exchange(&src.name, true);
         }
         Ok(())
     }
