@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! Warren: an AMQP 0-9-1 message broker that RabbitMQ's clients use unchanged.
 //!
 //! Layering (imports run one way): `server` → `mgmt` → `connection` →

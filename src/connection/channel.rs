@@ -859,6 +859,10 @@ impl Conn {
         if !direct && delay.is_none() {
             self.vhost.route(&x, &keys, headers.as_ref(), &mut routed);
         }
+        x.publish_in.fetch_add(1, Ordering::Relaxed);
+        if !routed.is_empty() || direct {
+            x.publish_out.fetch_add(1, Ordering::Relaxed);
+        }
         if routed.is_empty() && !direct {
             if p.mandatory {
                 self.broker.counters.unroutable_returned.fetch_add(1, Ordering::Relaxed);

@@ -107,6 +107,9 @@ pub struct Exchange {
     /// `x-delayed-message`: publishes with an `x-delay` header wait that long
     /// in the exchange's delay queue, then route by `kind` (`x-delayed-type`).
     pub delayed: bool,
+    /// Messages published to this exchange / routed on by it (management).
+    pub publish_in: std::sync::atomic::AtomicU64,
+    pub publish_out: std::sync::atomic::AtomicU64,
     bindings: RwLock<Bindings>,
 }
 
@@ -131,6 +134,8 @@ impl Exchange {
             arguments,
             alternate,
             delayed: false,
+            publish_in: Default::default(),
+            publish_out: Default::default(),
             bindings: RwLock::default(),
         }
     }

@@ -1,0 +1,547 @@
+//! RabbitMQ-compatible management resources (first slice): overview,
+//! whoami, vhosts, users, exchanges and queues (list, detail, declare,
+//! delete, purge), health checks. Shapes follow rabbitmq_management 3.x
+//! key for key (`../shared/docs/mgmt-samples/`); statistics are read from
+//! counters, never by locking hot state for long.
+
+use super::values;
+use super::{ApiError, Authed, Writes};
+use crate::broker::Broker;
+use crate::broker::vhost::{QueueDeclare, VHost};
+use crate::exchange::{DELAY_QUEUE_PREFIX, Exchange};
+use crate::queue::Queue;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+type ApiResult = Result<Response, ApiError>;
+
+fn rate() -> Value {
+    json!({"rate": 0.0})
+}
+
+/// RabbitMQ's message_stats object: every counter with its `_details`.
+/// Counters Warren does not keep (yet) are 0.
+fn message_stats(b: &Broker, extra: &[&str]) -> Value {
+    let c = &b.counters;
+    let known = |k: &str| match k {
+        "publish" => c.published.load(Ordering::Relaxed),
+        "confirm" => c.confirmed.load(Ordering::Relaxed),
+        "return_unroutable" => c.unroutable_returned.load(Ordering::Relaxed),
+        "drop_unroutable" => c.unroutable_dropped.load(Ordering::Relaxed),
+        _ => 0,
+    };
+    let mut m = serde_json::Map::new();
+    let keys = [
+        "ack",
+        "confirm",
+        "deliver",
+        "deliver_get",
+        "deliver_no_ack",
+        "drop_unroutable",
+        "get",
+        "get_empty",
+        "get_no_ack",
+        "publish",
+        "redeliver",
+        "return_unroutable",
+    ];
+    for k in keys.iter().chain(extra.iter()) {
+        m.insert(k.to_string(), json!(known(k)));
+        m.insert(format!("{k}_details"), rate());
+    }
+    Value::Object(m)
+}
+
+fn node(b: &Broker) -> String {
+    b.config.identity.cluster_name.clone()
+}
+
+fn vhost(b: &Broker, name: &str) -> Result<Arc<VHost>, ApiError> {
+    b.vhost(name).ok_or_else(ApiError::not_found)
+}
+
+/// Queues a client may see (the delayed exchanges' internal queues are not).
+fn visible(q: &Queue) -> bool {
+    !q.name.starts_with(DELAY_QUEUE_PREFIX)
+}
+
+pub fn queue_json(b: &Broker, q: &Queue) -> Value {
+    let (ready, unacked, consumers, ready_bytes) = q.counts();
+    let s = &q.stats;
+    let now = chrono_like_now();
+    json!({
+        "arguments": values::table(&q.arguments),
+        "auto_delete": q.auto_delete,
+        "backing_queue_status": {
+            "avg_ack_egress_rate": 0.0, "avg_ack_ingress_rate": 0.0, "avg_egress_rate": 0.0, "avg_ingress_rate": 0.0,
+            "delta": ["delta", "undefined", 0, 0, "undefined"],
+            "len": ready, "mode": "default", "next_deliver_seq_id": 0, "next_seq_id": 0,
+            "q1": 0, "q2": 0, "q3": 0, "q4": 0, "target_ram_count": "infinity", "version": 2
+        },
+        "consumer_capacity": if consumers > 0 { 1.0 } else { 0.0 },
+        "consumer_utilisation": if consumers > 0 { 1.0 } else { 0.0 },
+        "consumers": consumers,
+        "durable": q.durable,
+        "effective_policy_definition": {},
+        "exclusive": q.exclusive_owner.is_some(),
+        "exclusive_consumer_tag": Value::Null,
+        "head_message_timestamp": Value::Null,
+        "idle_since": now,
+        "memory": 1024 + ready_bytes,
+        "message_bytes": ready_bytes,
+        "message_bytes_paged_out": 0,
+        "message_bytes_persistent": 0,
+        "message_bytes_ram": ready_bytes,
+        "message_bytes_ready": ready_bytes,
+        "message_bytes_unacknowledged": 0,
+        "message_stats": {
+            "publish": s.published.load(Ordering::Relaxed), "publish_details": rate(),
+            "deliver_get": s.delivered.load(Ordering::Relaxed), "deliver_get_details": rate(),
+            "ack": s.acked.load(Ordering::Relaxed), "ack_details": rate(),
+            "redeliver": s.redelivered.load(Ordering::Relaxed), "redeliver_details": rate()
+        },
+        "messages": ready + unacked,
+        "messages_details": rate(),
+        "messages_paged_out": 0,
+        "messages_persistent": 0,
+        "messages_ram": ready + unacked,
+        "messages_ready": ready,
+        "messages_ready_details": rate(),
+        "messages_ready_ram": ready,
+        "messages_unacknowledged": unacked,
+        "messages_unacknowledged_details": rate(),
+        "messages_unacknowledged_ram": unacked,
+        "name": q.name,
+        "node": node(b),
+        "operator_policy": Value::Null,
+        "policy": Value::Null,
+        "recoverable_slaves": Value::Null,
+        "reductions": 0,
+        "reductions_details": rate(),
+        "single_active_consumer_tag": q.active_consumer().map(|t| String::from_utf8_lossy(&t).into_owned()),
+        "state": "running",
+        "type": "classic",
+        "vhost": q.vhost,
+    })
+}
+
+/// An ISO-8601 timestamp of now (UTC, milliseconds), as RabbitMQ prints.
+fn chrono_like_now() -> String {
+    let ms = crate::queue::now_ms();
+    let (secs, millis) = (ms / 1000, ms % 1000);
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if mo <= 2 { y + 1 } else { y };
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{millis:03}+00:00")
+}
+
+pub fn exchange_json(x: &Exchange) -> Value {
+    json!({
+        "arguments": values::table(&x.arguments),
+        "auto_delete": x.auto_delete,
+        "durable": x.durable,
+        "internal": x.internal,
+        "message_stats": {
+            "publish_in": x.publish_in.load(Ordering::Relaxed), "publish_in_details": rate(),
+            "publish_out": x.publish_out.load(Ordering::Relaxed), "publish_out_details": rate()
+        },
+        "name": x.name,
+        "type": x.type_name(),
+        "user_who_performed_action": "rmq-internal",
+        "vhost": x.vhost,
+    })
+}
+
+fn totals(b: &Broker) -> (u64, u64, usize, usize, u64) {
+    let (mut ready, mut unacked, mut queues, mut exchanges, mut consumers) = (0, 0, 0, 0, 0);
+    for v in b.vhosts.iter() {
+        exchanges += v.exchanges.len();
+        for q in v.queues.iter() {
+            if !visible(&q) {
+                continue;
+            }
+            queues += 1;
+            let (r, u, c, _) = q.counts();
+            ready += r;
+            unacked += u;
+            consumers += c;
+        }
+    }
+    (ready, unacked, queues, exchanges, consumers)
+}
+
+pub async fn overview(State(b): State<Arc<Broker>>, _: Authed) -> ApiResult {
+    let c = &b.counters;
+    let (ready, unacked, queues, exchanges, consumers) = totals(&b);
+    let id = &b.config.identity;
+    let stats = message_stats(&b, &["disk_reads", "disk_writes"]);
+    let types: Vec<Value> = ["direct", "fanout", "headers", "topic", "x-delayed-message"]
+        .iter()
+        .map(|t| json!({"name": t, "description": format!("AMQP {t} exchange"), "enabled": true}))
+        .collect();
+    Ok(Json(json!({
+        "management_version": id.version,
+        "rates_mode": "basic",
+        "sample_retention_policies": {"global": [600, 3600, 28800, 86400], "basic": [600, 3600], "detailed": [600]},
+        "exchange_types": types,
+        "product_version": id.version,
+        "product_name": id.product,
+        "rabbitmq_version": id.version,
+        "cluster_name": id.cluster_name,
+        "erlang_version": "n/a (Warren)",
+        "erlang_full_version": format!("Warren {} (Rust)", env!("CARGO_PKG_VERSION")),
+        "release_series_support_status": "supported",
+        "disable_stats": false,
+        "enable_queue_totals": false,
+        "message_stats": stats,
+        "churn_rates": {
+            "connection_created": c.connections_opened.load(Ordering::Relaxed), "connection_created_details": rate(),
+            "connection_closed": c.connections_closed.load(Ordering::Relaxed), "connection_closed_details": rate(),
+            "channel_created": 0, "channel_created_details": rate(),
+            "channel_closed": 0, "channel_closed_details": rate(),
+            "queue_created": 0, "queue_created_details": rate(),
+            "queue_declared": 0, "queue_declared_details": rate(),
+            "queue_deleted": 0, "queue_deleted_details": rate()
+        },
+        "queue_totals": {
+            "messages": ready + unacked, "messages_details": rate(),
+            "messages_ready": ready, "messages_ready_details": rate(),
+            "messages_unacknowledged": unacked, "messages_unacknowledged_details": rate()
+        },
+        "object_totals": {
+            "channels": c.channels.load(Ordering::Relaxed),
+            "connections": c.connections.load(Ordering::Relaxed),
+            "consumers": consumers,
+            "exchanges": exchanges,
+            "queues": queues
+        },
+        "statistics_db_event_queue": 0,
+        "node": node(&b),
+        "listeners": [
+            {"node": node(&b), "protocol": "amqp", "ip_address": b.config.amqp.bind, "port": b.config.amqp.port,
+             "socket_opts": {"backlog": 1024, "nodelay": true, "linger": [true, 0], "exit_on_close": false}},
+            {"node": node(&b), "protocol": "http", "ip_address": b.config.management.bind, "port": b.config.management.port,
+             "socket_opts": {"cowboy_opts": {"sendfile": false}, "port": b.config.management.port}}
+        ],
+        "contexts": [{"ssl_opts": [], "node": node(&b), "description": "RabbitMQ Management", "path": "/",
+                      "cowboy_opts": "[]", "port": b.config.management.port.to_string()}]
+    }))
+    .into_response())
+}
+
+pub async fn whoami(Authed(user): Authed) -> ApiResult {
+    Ok(Json(json!({"name": user.name, "tags": user.tags})).into_response())
+}
+
+pub async fn users(State(b): State<Arc<Broker>>, _: Authed) -> ApiResult {
+    let mut out: Vec<Value> = b
+        .users
+        .iter()
+        .map(|u| {
+            json!({"name": u.name, "password_hash": u.password_hash,
+                   "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": u.tags, "limits": {}})
+        })
+        .collect();
+    out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Ok(Json(out).into_response())
+}
+
+fn vhost_json(b: &Broker, v: &VHost) -> Value {
+    let (mut ready, mut unacked) = (0, 0);
+    for q in v.queues.iter() {
+        let (r, u, _, _) = q.counts();
+        ready += r;
+        unacked += u;
+    }
+    let mut cluster = serde_json::Map::new();
+    cluster.insert(node(b), json!("running"));
+    json!({
+        "cluster_state": cluster,
+        "default_queue_type": "classic",
+        "description": if v.name == "/" { "Default virtual host" } else { "" },
+        "message_stats": message_stats(b, &[]),
+        "messages": ready + unacked, "messages_details": rate(),
+        "messages_ready": ready, "messages_ready_details": rate(),
+        "messages_unacknowledged": unacked, "messages_unacknowledged_details": rate(),
+        "metadata": {"description": if v.name == "/" { "Default virtual host" } else { "" }, "tags": []},
+        "name": v.name,
+        "recv_oct": 0, "recv_oct_details": rate(),
+        "send_oct": 0, "send_oct_details": rate(),
+        "tags": [],
+        "tracing": false,
+    })
+}
+
+pub async fn vhosts(State(b): State<Arc<Broker>>, _: Authed) -> ApiResult {
+    let mut out: Vec<Value> = b.vhosts.iter().map(|v| vhost_json(&b, &v)).collect();
+    out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Ok(Json(out).into_response())
+}
+
+pub async fn vhost_detail(State(b): State<Arc<Broker>>, _: Authed, Path(name): Path<String>) -> ApiResult {
+    let v = vhost(&b, &name)?;
+    Ok(Json(vhost_json(&b, &v)).into_response())
+}
+
+/// `?sort=` and `?sort_reverse=` on a list.
+fn sorted(mut items: Vec<Value>, q: &HashMap<String, String>) -> Vec<Value> {
+    let key = q.get("sort").cloned().unwrap_or_else(|| "name".into());
+    items.sort_by(|a, b| {
+        let (x, y) = (&a[&key], &b[&key]);
+        match (x.as_f64(), y.as_f64()) {
+            (Some(p), Some(q)) => p.partial_cmp(&q).unwrap_or(std::cmp::Ordering::Equal),
+            _ => x.to_string().cmp(&y.to_string()),
+        }
+    });
+    if q.get("sort_reverse").is_some_and(|v| v == "true") {
+        items.reverse();
+    }
+    items
+}
+
+fn queues_of(b: &Broker, only: Option<&str>) -> Vec<Value> {
+    let mut out = Vec::new();
+    for v in b.vhosts.iter() {
+        if only.is_some_and(|o| o != v.name) {
+            continue;
+        }
+        for q in v.queues.iter() {
+            if visible(&q) {
+                out.push(queue_json(b, &q));
+            }
+        }
+    }
+    out
+}
+
+pub async fn queues(
+    State(b): State<Arc<Broker>>,
+    _: Authed,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    Ok(Json(sorted(queues_of(&b, None), &q)).into_response())
+}
+
+pub async fn queues_in(
+    State(b): State<Arc<Broker>>,
+    _: Authed,
+    Path(vh): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    vhost(&b, &vh)?;
+    Ok(Json(sorted(queues_of(&b, Some(&vh)), &q)).into_response())
+}
+
+fn find_queue(b: &Broker, vh: &str, name: &str) -> Result<(Arc<VHost>, Arc<Queue>), ApiError> {
+    let v = vhost(b, vh)?;
+    let q = v.queue(name).map_err(|_| ApiError::not_found())?;
+    if !visible(&q) {
+        return Err(ApiError::not_found());
+    }
+    Ok((v, q))
+}
+
+pub async fn queue_detail(
+    State(b): State<Arc<Broker>>,
+    _: Authed,
+    Path((vh, name)): Path<(String, String)>,
+) -> ApiResult {
+    let (_, q) = find_queue(&b, &vh, &name)?;
+    let mut j = queue_json(&b, &q);
+    j["consumer_details"] = json!([]);
+    j["incoming"] = json!([]);
+    j["deliveries"] = json!([]);
+    Ok(Json(j).into_response())
+}
+
+pub async fn queue_put(
+    State(b): State<Arc<Broker>>,
+    Authed(user): Authed,
+    Path((vh, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    user.require_write()?;
+    let v = vhost(&b, &vh)?;
+    let spec: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&body).map_err(ApiError::bad_json)?
+    };
+    let arguments = match spec.get("arguments") {
+        None | Some(Value::Null) => Default::default(),
+        Some(a) => values::to_table(a).ok_or_else(|| ApiError::bad_request("arguments must be an object"))?,
+    };
+    let existed = v.queues.contains_key(&name);
+    v.declare_queue(QueueDeclare {
+        name: &name,
+        passive: false,
+        durable: spec.get("durable").and_then(Value::as_bool).unwrap_or(true),
+        exclusive: false,
+        auto_delete: spec.get("auto_delete").and_then(Value::as_bool).unwrap_or(false),
+        arguments,
+        conn_id: 0,
+    })
+    .map_err(ApiError::from_amqp)?;
+    Ok(if existed { StatusCode::NO_CONTENT } else { StatusCode::CREATED }.into_response())
+}
+
+pub async fn queue_delete(
+    State(b): State<Arc<Broker>>,
+    Authed(user): Authed,
+    Path((vh, name)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    user.require_write()?;
+    let (v, _) = find_queue(&b, &vh, &name)?;
+    let flag = |k: &str| q.get(k).is_some_and(|v| v == "true");
+    v.delete_queue(&name, flag("if-unused"), flag("if-empty"), u64::MAX).map_err(ApiError::from_amqp)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn queue_purge(
+    State(b): State<Arc<Broker>>,
+    Authed(user): Authed,
+    Path((vh, name)): Path<(String, String)>,
+) -> ApiResult {
+    user.require_write()?;
+    let (_, q) = find_queue(&b, &vh, &name)?;
+    q.purge();
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn exchanges_of(b: &Broker, only: Option<&str>) -> Vec<Value> {
+    let mut out = Vec::new();
+    for v in b.vhosts.iter() {
+        if only.is_some_and(|o| o != v.name) {
+            continue;
+        }
+        out.extend(v.exchanges.iter().map(|x| exchange_json(&x)));
+    }
+    out
+}
+
+pub async fn exchanges(
+    State(b): State<Arc<Broker>>,
+    _: Authed,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    Ok(Json(sorted(exchanges_of(&b, None), &q)).into_response())
+}
+
+pub async fn exchanges_in(
+    State(b): State<Arc<Broker>>,
+    _: Authed,
+    Path(vh): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    vhost(&b, &vh)?;
+    Ok(Json(sorted(exchanges_of(&b, Some(&vh)), &q)).into_response())
+}
+
+/// The management API names the default exchange `amq.default`.
+fn exchange_name(name: &str) -> &str {
+    if name == "amq.default" { "" } else { name }
+}
+
+pub async fn exchange_detail(
+    State(b): State<Arc<Broker>>,
+    _: Authed,
+    Path((vh, name)): Path<(String, String)>,
+) -> ApiResult {
+    let v = vhost(&b, &vh)?;
+    let x = v.exchange(exchange_name(&name)).map_err(|_| ApiError::not_found())?;
+    let mut j = exchange_json(&x);
+    j["incoming"] = json!([]);
+    j["outgoing"] = json!([]);
+    Ok(Json(j).into_response())
+}
+
+pub async fn exchange_put(
+    State(b): State<Arc<Broker>>,
+    Authed(user): Authed,
+    Path((vh, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    user.require_write()?;
+    let v = vhost(&b, &vh)?;
+    let spec: Value = serde_json::from_slice(&body).map_err(ApiError::bad_json)?;
+    let kind =
+        spec.get("type").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("type is required"))?;
+    let arguments = match spec.get("arguments") {
+        None | Some(Value::Null) => Default::default(),
+        Some(a) => values::to_table(a).ok_or_else(|| ApiError::bad_request("arguments must be an object"))?,
+    };
+    let existed = v.exchanges.contains_key(&name);
+    v.declare_exchange(
+        &name,
+        kind,
+        false,
+        spec.get("durable").and_then(Value::as_bool).unwrap_or(true),
+        spec.get("auto_delete").and_then(Value::as_bool).unwrap_or(false),
+        spec.get("internal").and_then(Value::as_bool).unwrap_or(false),
+        arguments,
+    )
+    .map_err(ApiError::from_amqp)?;
+    Ok(if existed { StatusCode::NO_CONTENT } else { StatusCode::CREATED }.into_response())
+}
+
+pub async fn exchange_delete(
+    State(b): State<Arc<Broker>>,
+    Authed(user): Authed,
+    Path((vh, name)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    user.require_write()?;
+    let v = vhost(&b, &vh)?;
+    v.exchange(exchange_name(&name)).map_err(|_| ApiError::not_found())?;
+    let if_unused = q.get("if-unused").is_some_and(|v| v == "true");
+    v.delete_exchange(exchange_name(&name), if_unused).map_err(ApiError::from_amqp)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn ok() -> ApiResult {
+    Ok(Json(json!({"status": "ok"})).into_response())
+}
+
+pub async fn health_ok(_: Authed) -> ApiResult {
+    ok()
+}
+
+pub async fn health_port(State(b): State<Arc<Broker>>, _: Authed, Path(port): Path<u16>) -> ApiResult {
+    if port == b.config.amqp.port || port == b.config.management.port {
+        return Ok(Json(json!({"status": "ok", "port": port})).into_response());
+    }
+    Ok((
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "failed", "reason": format!("No active listener on port {port}"), "missing": port})),
+    )
+        .into_response())
+}
+
+pub async fn health_protocol(_: Authed, Path(proto): Path<String>) -> ApiResult {
+    if matches!(proto.as_str(), "amqp" | "amqp091" | "amqp0-9-1" | "http") {
+        return Ok(Json(json!({"status": "ok", "protocol": proto})).into_response());
+    }
+    Ok((
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "failed", "reason": format!("No active listener for protocol {proto}"), "missing": proto})),
+    )
+        .into_response())
+}
