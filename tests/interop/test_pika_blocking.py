@@ -523,3 +523,46 @@ def test_queue_purge_and_delete_counts(cch):
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as ei:
         ch.queue_declare(name, passive=True)
     assert ei.value.reply_code == 404
+
+
+def test_rpc_with_reply_queue_and_correlation_id(broker):
+    """The classic pika RPC pattern: an exclusive server-named reply queue,
+    reply_to + correlation_id on the request, the server answering through the
+    default exchange; the client matches replies by correlation_id."""
+    server = pika.BlockingConnection(pika.URLParameters(broker.url))
+    client = pika.BlockingConnection(pika.URLParameters(broker.url))
+    try:
+        sch = server.channel()
+        requests = unique("rpc-requests")
+        sch.queue_declare(requests, auto_delete=True)
+
+        cch = client.channel()
+        callback = cch.queue_declare("", exclusive=True).method.queue
+        assert callback.startswith("amq.gen-")
+        replies = {}
+
+        def on_reply(_ch, _method, props, body):
+            replies[props.correlation_id] = body
+
+        cch.basic_consume(callback, on_reply, auto_ack=True)
+        for n in (3, 7):
+            cch.basic_publish("", requests, str(n).encode(),
+                              BasicProperties(reply_to=callback, correlation_id=f"call-{n}"))
+
+        def serve_one():
+            method, props, body = sch.basic_get(requests, auto_ack=False)
+            if method is None:
+                return False
+            sch.basic_publish("", props.reply_to, str(int(body) ** 2).encode(),
+                              BasicProperties(correlation_id=props.correlation_id))
+            sch.basic_ack(method.delivery_tag)
+            return True
+
+        eventually(serve_one, message="first request")
+        eventually(serve_one, message="second request")
+        eventually(lambda: client.process_data_events(time_limit=0) or len(replies) == 2,
+                   message="both replies")
+        assert replies == {"call-3": b"9", "call-7": b"49"}
+    finally:
+        client.close()
+        server.close()
