@@ -13,6 +13,7 @@ pub const DEFAULT_TOML: &str = include_str!("../config/warren.toml");
 pub struct Config {
     pub amqp: AmqpConfig,
     pub management: ManagementConfig,
+    pub prometheus: ManagementConfig,
     pub storage: StorageConfig,
     pub memory: MemoryConfig,
     pub auth: AuthConfig,

@@ -22,6 +22,9 @@ struct Cli {
     /// Management HTTP port (0 = any free port).
     #[arg(long)]
     mgmt_port: Option<u16>,
+    /// Prometheus metrics port (0 = any free port).
+    #[arg(long)]
+    metrics_port: Option<u16>,
     /// Data directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -31,7 +34,7 @@ struct Cli {
     /// Address to bind both listeners to (e.g. 127.0.0.1).
     #[arg(long)]
     bind: Option<String>,
-    /// After binding, write {"amqp":PORT,"mgmt":PORT} to this file (for tests and scripts).
+    /// After binding, write {"amqp":PORT,"mgmt":PORT,"metrics":PORT} to this file (for tests and scripts).
     #[arg(long)]
     ports_file: Option<PathBuf>,
     /// Print the effective configuration and exit.
@@ -47,6 +50,9 @@ fn load(cli: &Cli) -> Result<Config, warren::config::ConfigError> {
     if let Some(p) = cli.mgmt_port {
         cfg.management.port = p;
     }
+    if let Some(p) = cli.metrics_port {
+        cfg.prometheus.port = p;
+    }
     if let Some(d) = &cli.data_dir {
         cfg.storage.data_dir = d.clone();
     }
@@ -56,6 +62,7 @@ fn load(cli: &Cli) -> Result<Config, warren::config::ConfigError> {
     if let Some(b) = &cli.bind {
         cfg.amqp.bind = b.clone();
         cfg.management.bind = b.clone();
+        cfg.prometheus.bind = b.clone();
     }
     cfg.validate()?;
     Ok(cfg)
@@ -76,9 +83,9 @@ fn init_logging(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
-fn write_ports_file(path: &PathBuf, amqp: u16, mgmt: u16) -> std::io::Result<()> {
+fn write_ports_file(path: &PathBuf, amqp: u16, mgmt: u16, metrics: u16) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{{\"amqp\":{amqp},\"mgmt\":{mgmt}}}\n"))?;
+    std::fs::write(&tmp, format!("{{\"amqp\":{amqp},\"mgmt\":{mgmt},\"metrics\":{metrics}}}\n"))?;
     std::fs::rename(tmp, path)
 }
 
@@ -149,7 +156,12 @@ fn main() -> ExitCode {
             }
         };
         if let Some(path) = &cli.ports_file
-            && let Err(e) = write_ports_file(path, handle.amqp_addr.port(), handle.mgmt_addr.port())
+            && let Err(e) = write_ports_file(
+                path,
+                handle.amqp_addr.port(),
+                handle.mgmt_addr.port(),
+                handle.metrics_addr.port(),
+            )
         {
             tracing::error!(error = %e, path = %path.display(), "cannot write ports file");
             return ExitCode::FAILURE;

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 pub struct ServerHandle {
     pub amqp_addr: SocketAddr,
     pub mgmt_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
     pub broker: Arc<Broker>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -42,8 +43,16 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
                 format!("cannot bind management {}:{}: {e}", config.management.bind, config.management.port),
             )
         })?;
+    let prom =
+        TcpListener::bind((config.prometheus.bind.as_str(), config.prometheus.port)).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot bind prometheus {}:{}: {e}", config.prometheus.bind, config.prometheus.port),
+            )
+        })?;
     let amqp_addr = amqp.local_addr()?;
     let mgmt_addr = mgmt.local_addr()?;
+    let metrics_addr = prom.local_addr()?;
     // Recovery happens before anything is accepted on the listeners.
     let broker = tokio::task::spawn_blocking(move || Broker::open(config))
         .await
@@ -51,9 +60,17 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
         .map_err(std::io::Error::other)?;
     let (tx, rx) = watch::channel(false);
     let accept = tokio::spawn(accept_loop(broker.clone(), amqp, rx.clone()));
-    let http = tokio::spawn(crate::mgmt::serve(broker.clone(), mgmt, rx));
-    tracing::info!(%amqp_addr, %mgmt_addr, "Warren started");
-    Ok(ServerHandle { amqp_addr, mgmt_addr, broker, shutdown: tx, tasks: vec![accept, http] })
+    let http = tokio::spawn(crate::mgmt::serve(broker.clone(), mgmt, rx.clone()));
+    let metrics = tokio::spawn(crate::mgmt::metrics::serve(broker.clone(), prom, rx));
+    tracing::info!(%amqp_addr, %mgmt_addr, %metrics_addr, "Warren started");
+    Ok(ServerHandle {
+        amqp_addr,
+        mgmt_addr,
+        metrics_addr,
+        broker,
+        shutdown: tx,
+        tasks: vec![accept, http, metrics],
+    })
 }
 
 async fn accept_loop(broker: Arc<Broker>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {

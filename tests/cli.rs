@@ -71,6 +71,8 @@ fn binary_serves_and_exits_zero_on_sigterm() {
             "0",
             "--mgmt-port",
             "0",
+            "--metrics-port",
+            "0",
             "--bind",
             "127.0.0.1",
             "--log-level",

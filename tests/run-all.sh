@@ -2,7 +2,8 @@
 # Warren's whole test suite: the one command README and CI run.
 #   1. clippy (warnings are errors)
 #   2. unit, property and integration tests (cargo test)
-#   3. interop: pika, aio-pika, Celery (a real worker) and amqplib against the
+#   3. promtool check metrics on both Prometheus endpoints (tests/check-metrics.sh)
+#   4. interop: pika, aio-pika, Celery (a real worker) and amqplib against the
 #      real binary (tests/run-interop.sh installs the pinned clients into
 #      tests/interop/.venv and tests/interop/node_modules)
 set -euo pipefail
@@ -19,3 +20,6 @@ cargo build --bin warren
 
 echo "==> interop"
 WARREN_BIN="$PWD/target/debug/warren" tests/run-interop.sh
+
+echo "==> promtool check metrics"
+WARREN_BIN="$PWD/target/debug/warren" tests/check-metrics.sh

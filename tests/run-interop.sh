@@ -127,7 +127,7 @@ start_broker() {
   BROKER_DIR="$(mktemp -d -t warren-interop-node-XXXXXX)"
   mkdir "$BROKER_DIR/data"
   local ports_file="$BROKER_DIR/ports.json"
-  "$WARREN_BIN" --amqp-port 0 --mgmt-port 0 \
+  "$WARREN_BIN" --amqp-port 0 --mgmt-port 0 --metrics-port 0 \
     --data-dir "$BROKER_DIR/data" --ports-file "$ports_file" \
     --log-level "${WARREN_LOG_LEVEL:-info}" \
     </dev/null >"$BROKER_DIR/warren.log" 2>&1 &

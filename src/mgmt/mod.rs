@@ -3,6 +3,7 @@
 //! status RabbitMQ uses. This is the first slice of the API (see `api`).
 
 mod api;
+pub mod metrics;
 pub mod values;
 
 use crate::broker::Broker;

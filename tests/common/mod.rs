@@ -38,6 +38,8 @@ pub fn test_config(dir: &std::path::Path) -> warren::Config {
     cfg.amqp.port = 0;
     cfg.management.bind = "127.0.0.1".into();
     cfg.management.port = 0;
+    cfg.prometheus.bind = "127.0.0.1".into();
+    cfg.prometheus.port = 0;
     cfg.storage.data_dir = dir.to_path_buf();
     cfg
 }
@@ -698,7 +700,18 @@ impl Child {
         let ports = data_dir.with_extension(format!("ports-{}", std::process::id()));
         let _ = std::fs::remove_file(&ports);
         let process = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
-            .args(["--amqp-port", "0", "--mgmt-port", "0", "--bind", "127.0.0.1", "--log-level", "warn"])
+            .args([
+                "--amqp-port",
+                "0",
+                "--mgmt-port",
+                "0",
+                "--metrics-port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--log-level",
+                "warn",
+            ])
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--ports-file")

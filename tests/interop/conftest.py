@@ -147,7 +147,7 @@ def _start_warren(work_dir: Path) -> Broker:
     cmd = [
         str(binary),
         "--amqp-port", "0",
-        "--mgmt-port", "0",
+        "--mgmt-port", "0", "--metrics-port", "0",
         "--data-dir", str(data_dir),
         "--ports-file", str(ports_file),
         "--log-level", os.environ.get("WARREN_LOG_LEVEL", "info"),

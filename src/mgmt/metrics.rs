@@ -1,0 +1,223 @@
+//! Prometheus text exposition on its own listener (RabbitMQ: port 15692),
+//! with rabbitmq_prometheus's metric names so existing dashboards and alerts
+//! work: `/metrics` aggregated, `/metrics/per-object` with per-queue labels.
+
+use crate::broker::Broker;
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub fn router(broker: Arc<Broker>) -> Router {
+    Router::new()
+        .route("/metrics", get(aggregated))
+        .route("/metrics/per-object", get(per_object))
+        .with_state(broker)
+}
+
+pub async fn serve(broker: Arc<Broker>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    let stop = async move {
+        let _ = shutdown.changed().await;
+    };
+    if let Err(e) = axum::serve(listener, router(broker)).with_graceful_shutdown(stop).await {
+        tracing::error!(error = %e, "metrics server failed");
+    }
+}
+
+/// One metric family: HELP, TYPE, then samples.
+struct Family<'a> {
+    out: &'a mut String,
+}
+
+impl Family<'_> {
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP rabbitmq_{name} {help}");
+        let _ = writeln!(self.out, "# TYPE rabbitmq_{name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: f64) {
+        if labels.is_empty() {
+            let _ = writeln!(self.out, "rabbitmq_{name} {value}");
+        } else {
+            let _ = writeln!(self.out, "rabbitmq_{name}{{{labels}}} {value}");
+        }
+    }
+
+    fn one(&mut self, name: &str, kind: &str, help: &str, labels: &str, value: f64) {
+        self.header(name, kind, help);
+        self.sample(name, labels, value);
+    }
+}
+
+/// Label values escaped as the exposition format requires.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn rss_bytes() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb * 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn render(b: &Broker, per_object: bool) -> String {
+    let mut out = String::with_capacity(4096);
+    let c = &b.counters;
+    let (mut ready, mut unacked, mut consumers, mut queues, mut published) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut rows = Vec::new();
+    for v in b.vhosts.iter() {
+        for q in v.queues.iter() {
+            if q.name.starts_with(crate::exchange::DELAY_QUEUE_PREFIX) {
+                continue;
+            }
+            let (r, u, cs, bytes) = q.counts();
+            let p = q.stats.published.load(Ordering::Relaxed);
+            queues += 1;
+            ready += r;
+            unacked += u;
+            consumers += cs;
+            published += p;
+            rows.push((v.name.clone(), q.name.clone(), r, u, cs, bytes, p));
+        }
+    }
+    let mut f = Family { out: &mut out };
+    let g = "gauge";
+    let t = "counter";
+    f.one("connections", g, "Connections currently open", "", c.connections.load(Ordering::Relaxed) as f64);
+    f.one("channels", g, "Channels currently open", "", c.channels.load(Ordering::Relaxed) as f64);
+    f.one("queues", g, "Queues available", "", queues as f64);
+    f.one("consumers", g, "Consumers currently connected", "", consumers as f64);
+    f.one(
+        "connections_opened_total",
+        t,
+        "Total number of connections opened",
+        "",
+        c.connections_opened.load(Ordering::Relaxed) as f64,
+    );
+    f.one(
+        "connections_closed_total",
+        t,
+        "Total number of connections closed or terminated",
+        "",
+        c.connections_closed.load(Ordering::Relaxed) as f64,
+    );
+    let proto = "protocol=\"amqp091\"";
+    f.one(
+        "global_messages_received_total",
+        t,
+        "Total number of messages received from publishers",
+        proto,
+        c.published.load(Ordering::Relaxed) as f64,
+    );
+    f.one(
+        "global_messages_confirmed_total",
+        t,
+        "Total number of messages confirmed to publishers",
+        proto,
+        c.confirmed.load(Ordering::Relaxed) as f64,
+    );
+    f.one(
+        "global_messages_unroutable_dropped_total",
+        t,
+        "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
+        proto,
+        c.unroutable_dropped.load(Ordering::Relaxed) as f64,
+    );
+    f.one("global_messages_unroutable_returned_total", t, "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable", proto, c.unroutable_returned.load(Ordering::Relaxed) as f64);
+    f.one("process_resident_memory_bytes", g, "Memory used in bytes", "", rss_bytes());
+    f.one(
+        "queue_messages_bytes_in_memory_budget",
+        g,
+        "Bytes of ready messages held in memory (Warren's paging budget)",
+        "",
+        b.store.messages.resident() as f64,
+    );
+    f.one(
+        "build_info",
+        "untyped",
+        "Warren and RabbitMQ-compatible version info",
+        &format!(
+            "rabbitmq_version=\"{}\",product=\"warren\",warren_version=\"{}\"",
+            esc(&b.config.identity.version),
+            env!("CARGO_PKG_VERSION")
+        ),
+        1.0,
+    );
+    f.one(
+        "identity_info",
+        "untyped",
+        "Node and cluster identity",
+        &format!("rabbitmq_node=\"{0}\",rabbitmq_cluster=\"{0}\"", esc(&b.config.identity.cluster_name)),
+        1.0,
+    );
+    if !per_object {
+        f.one("queue_messages_ready", g, "Messages ready to be delivered to consumers", "", ready as f64);
+        f.one(
+            "queue_messages_unacked",
+            g,
+            "Messages delivered to consumers but not yet acknowledged",
+            "",
+            unacked as f64,
+        );
+        f.one(
+            "queue_messages",
+            g,
+            "Sum of ready and unacknowledged messages - total queue depth",
+            "",
+            (ready + unacked) as f64,
+        );
+        f.one("queue_consumers", g, "Consumers on a queue", "", consumers as f64);
+        f.one(
+            "queue_messages_published_total",
+            t,
+            "Total number of messages published to queues",
+            "",
+            published as f64,
+        );
+        return out;
+    }
+    type Pick = fn(&(String, String, u64, u64, u64, u64, u64)) -> f64;
+    let families: [(&str, &str, &str, Pick); 6] = [
+        ("queue_messages_ready", g, "Messages ready to be delivered to consumers", |r| r.2 as f64),
+        ("queue_messages_unacked", g, "Messages delivered to consumers but not yet acknowledged", |r| {
+            r.3 as f64
+        }),
+        ("queue_messages", g, "Sum of ready and unacknowledged messages - total queue depth", |r| {
+            (r.2 + r.3) as f64
+        }),
+        ("queue_consumers", g, "Consumers on a queue", |r| r.4 as f64),
+        ("queue_messages_bytes", g, "Size in bytes of ready messages", |r| r.5 as f64),
+        ("queue_messages_published_total", t, "Total number of messages published to queues", |r| r.6 as f64),
+    ];
+    for (name, kind, help, pick) in families {
+        f.header(name, kind, help);
+        for r in &rows {
+            f.sample(name, &format!("vhost=\"{}\",queue=\"{}\"", esc(&r.0), esc(&r.1)), pick(r));
+        }
+    }
+    out
+}
+
+fn text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+async fn aggregated(State(b): State<Arc<Broker>>) -> Response {
+    text(render(&b, false))
+}
+
+async fn per_object(State(b): State<Arc<Broker>>) -> Response {
+    text(render(&b, true))
+}
