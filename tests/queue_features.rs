@@ -447,3 +447,34 @@ async fn delayed_message_exchange_holds_then_routes_and_survives_restart() {
     assert_eq!(get_body(&mut r, "due").await.unwrap().body, b"after-restart");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn expired_only_dead_letter_cycle_is_dropped() {
+    // A (TTL 30) → B (TTL 30) → A again: a cycle with no rejection, so the
+    // message is dropped the second time, as RabbitMQ does. A control message
+    // takes a longer path C → D → E without a cycle and must arrive: the
+    // timer thread handles deadlines in order, so once the control is in E
+    // the cycling message's fate is decided.
+    let srv = start().await;
+    let mut r = Raw::open(srv.addr()).await;
+    let to = |q: &str, ttl: i64| {
+        table(&[
+            ("x-message-ttl", int(ttl)),
+            ("x-dead-letter-exchange", s("")),
+            ("x-dead-letter-routing-key", s(q)),
+        ])
+    };
+    r.call(1, m::qdecl("cyc-a", false, false, false, false, to("cyc-b", 30))).await;
+    r.call(1, m::qdecl("cyc-b", false, false, false, false, to("cyc-a", 30))).await;
+    r.call(1, m::qdecl("ctl-c", false, false, false, false, to("ctl-d", 30))).await;
+    r.call(1, m::qdecl("ctl-d", false, false, false, false, to("ctl-e", 200))).await;
+    r.declare(1, "ctl-e").await;
+    r.send_to(1, "cyc-a", b"cycling").await;
+    r.send_to(1, "ctl-c", b"control").await;
+    until_count(&mut r, "ctl-e", 1).await;
+    let v = srv.broker().vhost("/").unwrap();
+    let (a, b) = (v.queue("cyc-a").unwrap(), v.queue("cyc-b").unwrap());
+    assert_eq!(b.stats.expired.load(std::sync::atomic::Ordering::Relaxed), 1, "expired from B");
+    assert_eq!(a.stats.published.load(std::sync::atomic::Ordering::Relaxed), 1, "never re-entered A");
+    assert_eq!(r.counts(1, "cyc-a").await.0 + r.counts(1, "cyc-b").await.0, 0);
+}
