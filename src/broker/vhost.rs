@@ -273,6 +273,33 @@ impl VHost {
         Ok(())
     }
 
+    /// The log id for a new queue: a persistent id stored with its definition
+    /// when the queue is persisted, a runtime id otherwise.
+    fn queue_store_id(
+        &self,
+        name: &str,
+        persisted: bool,
+        auto_delete: bool,
+        arguments: &FieldTable,
+    ) -> AmqpResult<u64> {
+        if !persisted {
+            return Ok(self.store.messages.transient_id());
+        }
+        let id =
+            self.store.defs.next_id().map_err(|e| {
+                AmqpError::new(code::INTERNAL_ERROR, format!("cannot persist definition: {e}"))
+            })?;
+        let def = QueueDef {
+            vhost: self.name.clone(),
+            name: name.to_string(),
+            id,
+            auto_delete,
+            arguments: arguments.clone(),
+        };
+        self.persist(self.store.defs.put_queue(&def))?;
+        Ok(id)
+    }
+
     /// A delayed exchange's waiting room: an internal queue (durable with a
     /// durable exchange, so persistent delayed messages survive restarts)
     /// whose messages, when their `x-delay` runs out, are routed by the
@@ -282,22 +309,8 @@ impl VHost {
         if self.queues.contains_key(&name) {
             return Ok(());
         }
-        let (store_id, persisted) = if x.durable {
-            let id = self.store.defs.next_id().map_err(|e| {
-                AmqpError::new(code::INTERNAL_ERROR, format!("cannot persist definition: {e}"))
-            })?;
-            let def = QueueDef {
-                vhost: self.name.clone(),
-                name: name.clone(),
-                id,
-                auto_delete: false,
-                arguments: FieldTable::default(),
-            };
-            self.persist(self.store.defs.put_queue(&def))?;
-            (id, true)
-        } else {
-            (self.store.messages.transient_id(), false)
-        };
+        let persisted = x.durable;
+        let store_id = self.queue_store_id(&name, persisted, false, &FieldTable::default())?;
         let q = Arc::new(Queue::new(QueueSpec {
             name: name.clone(),
             vhost: self.name.clone(),
@@ -399,22 +412,7 @@ impl VHost {
         let owner = d.exclusive.then_some(d.conn_id);
         // Exclusive and auto-delete queues never outlive a restart.
         let persisted = d.durable && !d.exclusive && !d.auto_delete;
-        let store_id = if persisted {
-            let id = self.store.defs.next_id().map_err(|e| {
-                AmqpError::new(code::INTERNAL_ERROR, format!("cannot persist definition: {e}"))
-            })?;
-            let def = QueueDef {
-                vhost: self.name.clone(),
-                name: name.clone(),
-                id,
-                auto_delete: d.auto_delete,
-                arguments: d.arguments.clone(),
-            };
-            self.persist(self.store.defs.put_queue(&def))?;
-            id
-        } else {
-            self.store.messages.transient_id()
-        };
+        let store_id = self.queue_store_id(&name, persisted, d.auto_delete, &d.arguments)?;
         let q = Arc::new(Queue::new(QueueSpec {
             name: name.clone(),
             vhost: self.name.clone(),
