@@ -203,3 +203,25 @@ async fn health_checks() {
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["status"], "failed");
 }
+
+#[tokio::test]
+async fn overview_counts_confirms_released_by_the_persister() {
+    use amq_protocol::protocol::{AMQPClass, basic};
+    let s = start().await;
+    let mut r = Raw::open(s.addr()).await;
+    r.call(1, common::m::qdecl("durable-q", false, true, false, false, Default::default())).await;
+    r.call(1, common::m::confirm_select()).await;
+    let p = props(amq_protocol::protocol::basic::AMQPProperties::default().with_delivery_mode(2));
+    for _ in 0..3 {
+        r.publish(1, "", "durable-q", false, &p, b"persistent").await;
+    }
+    let mut confirmed = 0;
+    while confirmed < 3 {
+        if let In::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) = r.recv().await {
+            confirmed = a.delivery_tag;
+        }
+    }
+    let o = get(&s, "/api/overview").await;
+    assert_eq!(o["message_stats"]["confirm"], 3);
+    assert_eq!(o["message_stats"]["publish"], 3);
+}

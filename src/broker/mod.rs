@@ -29,7 +29,9 @@ pub struct Counters {
     pub published: AtomicU64,
     pub unroutable_returned: AtomicU64,
     pub unroutable_dropped: AtomicU64,
-    pub confirmed: AtomicU64,
+    /// Shared with every connection's outbox: confirms are counted where
+    /// they are encoded (the reader or the persister thread).
+    pub confirmed: Arc<AtomicU64>,
 }
 
 pub struct Broker {

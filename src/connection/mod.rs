@@ -82,7 +82,11 @@ pub async fn serve(
     broker.counters.connections.fetch_add(1, Ordering::Relaxed);
     broker.counters.connections_opened.fetch_add(1, Ordering::Relaxed);
 
-    let outbox = Arc::new(Outbox::new(id, broker.config.amqp.write_buffer_high_water));
+    let outbox = Arc::new(Outbox::new(
+        id,
+        broker.config.amqp.write_buffer_high_water,
+        broker.counters.confirmed.clone(),
+    ));
     outbox.with(|st| {
         st.frame_max = neg.frame_max;
         st.cancel_notify = neg.cancel_notify;
@@ -448,7 +452,7 @@ impl Conn {
             n += c.flush_confirms(*id, outbox);
         }
         if n > 0 {
-            self.broker.counters.confirmed.fetch_add(n, Ordering::Relaxed);
+            self.outbox.count_confirms(n);
         }
     }
 }

@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::Notify;
 
 /// Per-consumer prefetch (RabbitMQ's `global=false` QoS). Changed only under
@@ -142,7 +142,8 @@ impl Durable for ConfirmWaiter {
         self.outbox.with(|st| {
             let OutState { buf, channels, .. } = st;
             if let Some(d) = channels.get_mut(&ch) {
-                d.confirms.flush(ch, buf);
+                let n = d.confirms.flush(ch, buf);
+                self.outbox.count_confirms(n);
             }
         });
     }
@@ -179,6 +180,8 @@ pub struct OutState {
 #[derive(Debug)]
 pub struct Outbox {
     pub conn_id: u64,
+    /// The broker's confirm counter (management, metrics).
+    confirmed_total: Arc<AtomicU64>,
     state: Mutex<OutState>,
     notify: Notify,
     /// Signalled by the writer after each write (readers waiting for room).
@@ -196,9 +199,10 @@ pub enum Refused {
 }
 
 impl Outbox {
-    pub fn new(conn_id: u64, high_water: usize) -> Self {
+    pub fn new(conn_id: u64, high_water: usize, confirmed_total: Arc<AtomicU64>) -> Self {
         Outbox {
             conn_id,
+            confirmed_total,
             state: Mutex::new(OutState {
                 buf: BytesMut::with_capacity(16 * 1024),
                 closed: false,
@@ -211,6 +215,13 @@ impl Outbox {
             notify: Notify::new(),
             drained: Notify::new(),
             high_water,
+        }
+    }
+
+    /// Adds to the broker's count of confirms sent.
+    pub fn count_confirms(&self, n: u64) {
+        if n > 0 {
+            self.confirmed_total.fetch_add(n, Ordering::Relaxed);
         }
     }
 
