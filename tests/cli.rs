@@ -2,8 +2,9 @@
 //! environment and flags, named configuration errors with a non-zero exit,
 //! the ports file, and SIGTERM → graceful exit 0.
 
+mod common;
+
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 fn warren() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
@@ -64,52 +65,14 @@ fn invalid_configuration_names_the_key_and_exits_non_zero() {
 #[test]
 fn binary_serves_and_exits_zero_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = dir.path().join("ports.json");
-    let mut child = warren()
-        .args([
-            "--amqp-port",
-            "0",
-            "--mgmt-port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--log-level",
-            "warn",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("data"))
-        .arg("--ports-file")
-        .arg(&ports)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let text = loop {
-        if let Ok(t) = std::fs::read_to_string(&ports) {
-            break t;
-        }
-        assert!(Instant::now() < deadline, "ports file never appeared");
-        std::thread::sleep(Duration::from_millis(20)); // poll until the deadline
-    };
-    let port: u16 =
-        text.split("\"amqp\":").nth(1).unwrap().split(',').next().unwrap().trim().parse().unwrap();
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let child = common::Child::spawn(&dir.path().join("data"));
+    let mut s = std::net::TcpStream::connect(child.amqp).unwrap();
     use std::io::{Read, Write};
     s.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
     let mut head = [0u8; 7];
     s.read_exact(&mut head).unwrap();
     assert_eq!(head[0], 1, "connection.start method frame");
     // SIGTERM: graceful shutdown, exit status 0.
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "broker did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20)); // poll until the deadline
-    };
+    let status = child.terminate();
     assert!(status.success(), "{status:?}");
 }

@@ -21,20 +21,17 @@ What this exercises on the broker side (celery/kombu 5.7 over py-amqp):
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from celery import group
 
+from celery_worker import running_worker
 from conftest import INTEROP_DIR, _tail
 
-WORKER_READY_DEADLINE_S = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -62,48 +59,10 @@ def celery_app(celery_env):
 @pytest.fixture(scope="module")
 def worker(celery_env, celery_app):
     nodename = f"interop-{uuid.uuid4().hex[:8]}@warren"
-    log_path = Path(tempfile.mkstemp(prefix="celery-worker-", suffix=".log")[1])
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "celery_app", "worker",
-         "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO",
-         "-n", nodename, "-Q", celery_env["WARREN_CELERY_QUEUE"]],
-        cwd=str(INTEROP_DIR), env=celery_env,
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-    )
-    log.close()
-
-    def fail(why: str):
-        pytest.fail(f"celery worker {why}; worker log tail ({log_path}):\n{_tail(log_path)}",
-                    pytrace=False)
-
-    app = celery_app.app
-    deadline = time.monotonic() + WORKER_READY_DEADLINE_S
-    while True:
-        if proc.poll() is not None:
-            fail(f"exited with status {proc.returncode} before it was ready")
-        # ping broadcasts on the pidbox fanout and waits up to `timeout` for replies.
-        replies = app.control.ping(destination=[nodename], timeout=0.5)
-        if any(nodename in r for r in replies):
-            break
-        if time.monotonic() >= deadline:
-            proc.kill()
-            proc.wait()
-            fail(f"did not answer ping within {WORKER_READY_DEADLINE_S}s")
-
-    yield {"nodename": nodename, "proc": proc, "log": log_path}
-
-    # Warm shutdown on SIGTERM; the worker should finish and exit cleanly.
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            fail("ignored SIGTERM for 30s")
-    else:
-        fail(f"died during the tests (status {proc.returncode})")
+    with running_worker(celery_app.app, "celery_app", celery_env,
+                        celery_env["WARREN_CELERY_QUEUE"], nodename) as w:
+        yield w
+    log_path = w["log"]
     # Leave a shared broker as we found it: the task queue is durable.
     with celery_app.app.connection_for_write() as conn:
         conn.default_channel.queue_delete(celery_env["WARREN_CELERY_QUEUE"])

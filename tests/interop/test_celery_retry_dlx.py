@@ -23,8 +23,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,9 +32,9 @@ from pathlib import Path
 import pytest
 from kombu import Exchange, Queue
 
+from celery_worker import running_worker
 from conftest import INTEROP_DIR, _tail, eventually
 
-WORKER_READY_DEADLINE_S = 60.0
 RESULT_TIMEOUT_S = 60.0
 DLQ_DEADLINE_S = 60.0
 
@@ -97,51 +95,12 @@ def dlq(retry_env, retry_app):
 @pytest.fixture(scope="module")
 def worker(retry_env, retry_app, dlq):
     nodename = f"interop-retry-{uuid.uuid4().hex[:8]}@warren"
-    log_path = Path(tempfile.mkstemp(prefix="celery-retry-worker-", suffix=".log")[1])
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "celery_retry_app", "worker",
-         "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO",
-         "--without-gossip", "--without-mingle",
-         "-n", nodename, "-Q", retry_env["queue"]],
-        cwd=str(INTEROP_DIR), env=retry_env["env"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-    )
-    log.close()
-
-    def fail(why: str):
-        pytest.fail(f"celery worker {why}; worker log tail ({log_path}):\n{_tail(log_path)}",
-                    pytrace=False)
-
-    app = retry_app.app
-    deadline = time.monotonic() + WORKER_READY_DEADLINE_S
-    while True:
-        if proc.poll() is not None:
-            fail(f"exited with status {proc.returncode} before it was ready")
-        # ping broadcasts on the pidbox fanout and waits up to `timeout` for replies.
-        replies = app.control.ping(destination=[nodename], timeout=0.5)
-        if any(nodename in r for r in replies):
-            break
-        if time.monotonic() >= deadline:
-            proc.kill()
-            proc.wait()
-            fail(f"did not answer ping within {WORKER_READY_DEADLINE_S}s")
-
-    yield {"nodename": nodename, "proc": proc, "log": log_path}
-
-    # Warm shutdown on SIGTERM; the worker should finish and exit cleanly.
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            fail("ignored SIGTERM for 30s")
-    else:
-        fail(f"died during the tests (status {proc.returncode})")
+    with running_worker(retry_app.app, "celery_retry_app", retry_env["env"], retry_env["queue"],
+                        nodename, extra_args=("--without-gossip", "--without-mingle")) as w:
+        yield w
+    log_path = w["log"]
     # Leave a shared broker as we found it: the task queue is durable.
-    with app.connection_for_write() as conn:
+    with retry_app.app.connection_for_write() as conn:
         conn.default_channel.queue_delete(retry_env["queue"])
         conn.default_channel.exchange_delete(retry_env["queue"])
     # The failing task logs its traceback on purpose; anything about the broker
