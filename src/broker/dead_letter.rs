@@ -22,7 +22,8 @@ fn str_of(v: Option<&AMQPValue>) -> Option<String> {
 /// Dead-letters `msg`, which died in `queue`, if the queue has a DLX.
 /// A missing DLX drops the message, as in RabbitMQ.
 pub fn dead_letter(vhost: &VHost, queue: &Queue, msg: &Message, reason: Reason) {
-    let Some(dlx_name) = queue.args.dead_letter_exchange.as_deref() else {
+    let args = queue.args();
+    let Some(dlx_name) = args.dead_letter_exchange.as_deref() else {
         return;
     };
     let Ok(dlx) = vhost.exchange(dlx_name) else {
@@ -98,7 +99,7 @@ pub fn dead_letter(vhost: &VHost, queue: &Queue, msg: &Message, reason: Reason) 
 
     // With a dead-letter routing key the CC header goes; otherwise the
     // message keeps all its original keys.
-    let dlrk = queue.args.dead_letter_routing_key.clone();
+    let dlrk = args.dead_letter_routing_key.clone();
     let keys: Vec<String> = match &dlrk {
         Some(k) => {
             headers.inner_mut_remove("CC");

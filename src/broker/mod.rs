@@ -2,7 +2,9 @@
 //! connection and by management. Registries are read on the hot path and
 //! written rarely.
 
+pub mod access;
 pub mod dead_letter;
+pub mod policy;
 pub mod timers;
 pub mod users;
 use timers::Timers;
@@ -10,9 +12,11 @@ pub mod vhost;
 
 use crate::config::Config;
 use crate::queue::Queue;
-use crate::store::definitions::{Definitions, UserDef, VHostDef};
+use crate::store::definitions::{Definitions, PermissionDef, UserDef, VHostDef};
 use crate::store::{MessageStore, Recovered, Stores};
+use access::{AccessControl, Permission};
 use dashmap::DashMap;
+use policy::Policy;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -38,6 +42,7 @@ pub struct Broker {
     pub config: Arc<Config>,
     pub vhosts: DashMap<String, Arc<VHost>>,
     pub users: DashMap<String, User>,
+    pub access: AccessControl,
     pub counters: Counters,
     pub store: Arc<Stores>,
     next_conn_id: AtomicU64,
@@ -63,20 +68,53 @@ impl Broker {
         let b = Broker {
             vhosts: DashMap::new(),
             users: DashMap::new(),
+            access: AccessControl::default(),
             counters: Counters::default(),
             next_conn_id: AtomicU64::new(1),
             config: Arc::new(config),
             store: store.clone(),
         };
 
-        // Vhosts and users: the defaults are created (and persisted) on first start.
-        let mut vhost_names: Vec<String> = loaded.vhosts.iter().map(|v| v.name.clone()).collect();
-        if vhost_names.is_empty() {
-            store.defs.put_vhost(&VHostDef { name: "/".into() }).map_err(|e| e.to_string())?;
-            vhost_names.push("/".into());
+        // Vhosts, users and permissions: the defaults are created (and
+        // persisted) on first start: vhost "/", the default user as
+        // administrator with ".*" everywhere on "/".
+        let mut vhost_defs = loaded.vhosts.clone();
+        if vhost_defs.is_empty() {
+            let d = VHostDef { name: "/".into(), description: "Default virtual host".into(), tags: vec![] };
+            store.defs.put_vhost(&d).map_err(|e| e.to_string())?;
+            vhost_defs.push(d);
         }
-        for name in vhost_names {
-            b.vhosts.insert(name.clone(), VHost::new(&name, store.clone(), timers.clone()));
+        for d in vhost_defs {
+            let v = VHost::new(&d.name, store.clone(), timers.clone());
+            *v.meta.write() = vhost::VHostMeta { description: d.description, tags: d.tags };
+            b.vhosts.insert(d.name.clone(), v);
+        }
+        if loaded.users.is_empty() {
+            let p = PermissionDef {
+                user: b.config.auth.default_user.clone(),
+                vhost: "/".into(),
+                configure: ".*".into(),
+                write: ".*".into(),
+                read: ".*".into(),
+            };
+            store.defs.put_permission(&p).map_err(|e| e.to_string())?;
+            b.access.set(Permission::new(p)?);
+        }
+        for p in loaded.permissions {
+            b.access.set(Permission::new(p)?);
+        }
+        for t in loaded.topic_permissions {
+            b.access.set_topic(t);
+        }
+        for (list, operator) in [(loaded.policies, false), (loaded.operator_policies, true)] {
+            for p in list {
+                let name = p.name.clone();
+                match (b.vhost(&p.vhost), Policy::new(p, operator)) {
+                    (Some(v), Ok(p)) => v.install_policy(p, operator),
+                    (_, Err(e)) => tracing::warn!(policy = %name, error = %e, "stored policy skipped"),
+                    (None, _) => {}
+                }
+            }
         }
         if loaded.users.is_empty() {
             let a = &b.config.auth;

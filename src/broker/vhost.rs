@@ -3,6 +3,7 @@
 //! exchange-to-exchange bindings and alternate exchanges with a seen-set and
 //! returns each queue once.
 
+use super::policy::{self, Policy, Target};
 use super::timers::{Timers, VHostTimer};
 use crate::error::{AmqpError, AmqpResult, code, rs};
 use crate::exchange::{DELAY_QUEUE_PREFIX, DELAYED_TYPE, Destination, Exchange, Kind};
@@ -10,8 +11,10 @@ use crate::protocol::FieldTable;
 use crate::queue::sink::Outbox;
 use crate::queue::{Consumer, Queue, QueueSpec, Timer, args};
 use crate::store::Stores;
+use crate::store::definitions::PolicyDef;
 use crate::store::definitions::{BindingDef, ExchangeDef, QueueDef, StoreError};
 use dashmap::DashMap;
+use parking_lot::RwLock;
 use std::sync::Arc;
 
 /// The predeclared exchanges of every vhost.
@@ -26,7 +29,9 @@ const SYSTEM_EXCHANGES: &[(&str, Kind, bool)] = &[
 ];
 
 pub struct QueueDeclare<'a> {
+    /// The name to declare; a server-generated one when `server_named`.
     pub name: &'a str,
+    pub server_named: bool,
     pub passive: bool,
     pub durable: bool,
     pub exclusive: bool,
@@ -58,6 +63,16 @@ pub struct VHost {
     pub store: Arc<Stores>,
     /// How this vhost's queues schedule themselves on the broker's timer thread.
     timer: Arc<dyn Timer>,
+    /// Description and tags (management).
+    pub meta: RwLock<VHostMeta>,
+    policies: RwLock<Vec<Arc<Policy>>>,
+    operator_policies: RwLock<Vec<Arc<Policy>>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct VHostMeta {
+    pub description: String,
+    pub tags: Vec<String>,
 }
 
 /// A random server-generated name: prefix + 22 chars of base64url (16 bytes).
@@ -84,6 +99,9 @@ impl VHost {
             reply_to: DashMap::new(),
             store,
             timer,
+            meta: Default::default(),
+            policies: Default::default(),
+            operator_policies: Default::default(),
         };
         for (x, kind, internal) in SYSTEM_EXCHANGES {
             let ex = Exchange::new(
@@ -234,7 +252,7 @@ impl VHost {
                 return ineq("internal", bool_str(internal), bool_str(x.internal));
             }
             let ae = arguments.inner().get("alternate-exchange").and_then(args::as_str);
-            if ae != x.alternate {
+            if ae != x.alternate_arg {
                 let show = |v: &Option<String>| match v {
                     Some(s) => format!("the value '{s}' of type 'longstr'"),
                     None => "none".to_string(),
@@ -243,7 +261,7 @@ impl VHost {
                     "inequivalent arg 'alternate-exchange' for {}: received {} but current is {}",
                     rs("exchange", name, &self.name),
                     show(&ae),
-                    show(&x.alternate)
+                    show(&x.alternate_arg)
                 )));
             }
             return Ok(());
@@ -263,6 +281,7 @@ impl VHost {
             arguments,
         );
         x.delayed = delayed;
+        self.apply_exchange_policy(&x);
         if durable {
             self.persist(self.store.defs.put_exchange(&Self::exchange_def(&x)))?;
         }
@@ -377,6 +396,7 @@ impl VHost {
             return Ok((self.usable_queue(d.name, d.conn_id)?, false));
         }
         let name = if d.name.is_empty() { generated_name("amq.gen-") } else { d.name.to_string() };
+        let server_named = d.server_named || d.name.is_empty();
         if let Some(q) = self.queues.get(&name).map(|q| q.clone()) {
             self.check_exclusive(&q, d.conn_id)?;
             if q.exclusive_owner.is_some() != d.exclusive {
@@ -403,7 +423,7 @@ impl VHost {
             q.touch();
             return Ok((q, false));
         }
-        if name.starts_with("amq.") && !d.name.is_empty() {
+        if name.starts_with("amq.") && !server_named {
             return Err(AmqpError::access_refused(format!(
                 "queue name '{name}' contains reserved prefix 'amq.*'"
             )));
@@ -427,6 +447,7 @@ impl VHost {
             timer: Some(self.timer.clone()),
             delay_for: None,
         }));
+        self.apply_queue_policy(&q);
         let q = self.queues.entry(name).or_insert(q).clone();
         q.start_timers();
         Ok((q, true))
@@ -491,6 +512,7 @@ impl VHost {
             d.arguments.clone(),
         );
         x.delayed = delayed;
+        self.apply_exchange_policy(&x);
         self.exchanges.insert(d.name.clone(), Arc::new(x));
     }
 
@@ -511,8 +533,75 @@ impl VHost {
             timer: Some(self.timer.clone()),
             delay_for: d.name.strip_prefix(DELAY_QUEUE_PREFIX).map(str::to_string),
         }));
+        self.apply_queue_policy(&q);
         self.queues.insert(d.name.clone(), q.clone());
         q
+    }
+
+    /// Sets (creates or replaces) a policy, persists it and applies it to
+    /// every queue and exchange of the vhost at once.
+    pub fn put_policy(&self, p: Policy, operator: bool) -> Result<(), StoreError> {
+        self.store.defs.put_policy(&p.def, operator)?;
+        self.install_policy(p, operator);
+        self.apply_policies();
+        Ok(())
+    }
+
+    /// Installs a policy without persisting or applying it (startup).
+    pub fn install_policy(&self, p: Policy, operator: bool) {
+        let list = if operator { &self.operator_policies } else { &self.policies };
+        let mut l = list.write();
+        l.retain(|x| x.def.name != p.def.name);
+        l.push(Arc::new(p));
+        l.sort_by(|a, b| a.def.name.cmp(&b.def.name));
+    }
+
+    /// Removes a policy; false if there was none by that name.
+    pub fn delete_policy(&self, name: &str, operator: bool) -> Result<bool, StoreError> {
+        let list = if operator { &self.operator_policies } else { &self.policies };
+        if !list.read().iter().any(|p| p.def.name == name) {
+            return Ok(false);
+        }
+        self.store.defs.delete_policy(&self.name, name, operator)?;
+        list.write().retain(|p| p.def.name != name);
+        self.apply_policies();
+        Ok(true)
+    }
+
+    pub fn policy_defs(&self, operator: bool) -> Vec<PolicyDef> {
+        let list = if operator { &self.operator_policies } else { &self.policies };
+        list.read().iter().map(|p| p.def.clone()).collect()
+    }
+
+    /// Re-evaluates which policies apply to every queue and exchange.
+    pub fn apply_policies(&self) {
+        let queues: Vec<Arc<Queue>> = self.queues.iter().map(|q| q.clone()).collect();
+        for q in queues {
+            self.apply_queue_policy(&q);
+        }
+        let exchanges: Vec<Arc<Exchange>> = self.exchanges.iter().map(|x| x.clone()).collect();
+        for x in exchanges {
+            self.apply_exchange_policy(&x);
+        }
+    }
+
+    fn apply_queue_policy(&self, q: &Arc<Queue>) {
+        if q.delay_for.is_some() {
+            return;
+        }
+        let p = policy::select(&self.policies.read(), Target::Queue, &q.name);
+        let op = policy::select(&self.operator_policies.read(), Target::Queue, &q.name);
+        let (args, applied) = policy::effective_queue_args(&q.declared, p.as_deref(), op.as_deref());
+        q.set_policy(args, applied);
+    }
+
+    fn apply_exchange_policy(&self, x: &Exchange) {
+        if x.name.is_empty() {
+            return;
+        }
+        let p = policy::select(&self.policies.read(), Target::Exchange, &x.name);
+        *x.alternate.write() = policy::effective_alternate_exchange(x.alternate_arg.clone(), p.as_deref());
+        *x.policy.write() = p.map(|p| p.def.name.clone());
     }
 
     /// Recreates a persisted binding at startup; false if an end is missing.
@@ -635,8 +724,9 @@ impl VHost {
             if !out.is_empty() {
                 return;
             }
-            if let Some(ae) = &x.alternate
-                && !seen.iter().any(|s| s == ae)
+            let ae = x.alternate.read().clone();
+            if let Some(ae) = ae
+                && !seen.contains(&ae)
                 && let Some(next) = self.exchanges.get(ae.as_str()).map(|e| e.clone())
             {
                 start = Some(next);

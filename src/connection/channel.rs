@@ -3,9 +3,11 @@
 //! the dispatch of every class-20..90 method with RabbitMQ's checks and texts.
 
 use super::{Conn, requeue_all};
+use crate::broker::access::{Access, checked_exchange_name, refused};
 use crate::broker::dead_letter::dead_letter;
 use crate::broker::vhost::{REPLY_TO, REPLY_TO_PREFIX, ReplyTarget};
 use crate::error::{AmqpError, AmqpResult, code, rs};
+use crate::exchange::Kind;
 use crate::message::{self, Message};
 use crate::protocol::decode_method;
 use crate::protocol::fast::{self, BASIC_ACK, BASIC_PUBLISH, CLASS_BASIC};
@@ -13,7 +15,7 @@ use crate::protocol::properties::{self, Scanned};
 use crate::protocol::{AMQPClass, short};
 use crate::queue::Reason;
 use crate::queue::sink::{ConfirmWaiter, ConsumerCredit, ConsumerEntry, Unacked};
-use crate::queue::{Consumer, Queue, args::as_int};
+use crate::queue::{Consumer, Queue, args, args::as_int};
 use crate::store::Durable;
 use amq_protocol::protocol::{basic, channel as chm, confirm, exchange, queue as qm, tx};
 use bytes::{Bytes, BytesMut};
@@ -131,6 +133,56 @@ impl Conn {
         self.channels.entry(ch).or_insert_with(Channel::new)
     }
 
+    /// Re-reads this connection's permissions if any changed in the broker.
+    fn refresh_access(&mut self) {
+        let g = self.broker.access.generation();
+        if g != self.access.generation {
+            self.access.permission = self.broker.access.get(&self.user, &self.vhost.name);
+            self.access.generation = g;
+            self.access.publish_ok = None;
+        }
+    }
+
+    /// RabbitMQ's `check_{configure,write,read}_permitted` on a queue or an
+    /// exchange (the default exchange is checked as `amq.default`).
+    fn authorize(&mut self, kind: &str, name: &str, access: Access) -> AmqpResult<()> {
+        self.refresh_access();
+        let name = if kind == "exchange" { checked_exchange_name(name) } else { name };
+        if self.access.permission.as_ref().is_some_and(|p| p.allows(access, name)) {
+            Ok(())
+        } else {
+            Err(refused(kind, name, &self.vhost.name, &self.user))
+        }
+    }
+
+    /// The write check of `basic.publish`, remembered for the last exchange.
+    fn authorize_publish(&mut self, exchange: &Bytes) -> AmqpResult<()> {
+        self.refresh_access();
+        if self.access.publish_ok.as_ref() == Some(exchange) {
+            return Ok(());
+        }
+        self.authorize("exchange", std::str::from_utf8(exchange).unwrap_or(""), Access::Write)?;
+        self.access.publish_ok = Some(exchange.clone());
+        Ok(())
+    }
+
+    /// RabbitMQ's `binding_action` checks: write on the destination, read
+    /// on the source (left to the default-exchange rule when it is `""`),
+    /// and topic read on the binding key for a topic source.
+    fn authorize_binding(&mut self, dest_kind: &str, dest: &str, source: &str, key: &str) -> AmqpResult<()> {
+        self.authorize(dest_kind, dest, Access::Write)?;
+        if dest.is_empty() || source.is_empty() {
+            return Ok(());
+        }
+        self.authorize("exchange", source, Access::Read)?;
+        if let Some(x) = self.vhost.exchanges.get(source)
+            && x.kind == Kind::Topic
+        {
+            self.broker.access.check_topic(&self.user, &self.vhost.name, source, key, Access::Read)?;
+        }
+        Ok(())
+    }
+
     /// Resolves `""` to the channel's last declared queue.
     fn queue_name(&mut self, ch: u16, name: &str) -> AmqpResult<String> {
         if !name.is_empty() {
@@ -241,6 +293,16 @@ impl Conn {
         let v = self.vhost.clone();
         match m {
             exchange::AMQPMethod::Declare(d) => {
+                let name = d.exchange.as_str();
+                if !d.passive && !name.is_empty() {
+                    self.authorize("exchange", name, Access::Configure)?;
+                    if !v.exchanges.contains_key(name)
+                        && let Some(ae) = d.arguments.inner().get("alternate-exchange").and_then(args::as_str)
+                    {
+                        self.authorize("exchange", name, Access::Read)?;
+                        self.authorize("exchange", &ae, Access::Write)?;
+                    }
+                }
                 v.declare_exchange(
                     d.exchange.as_str(),
                     d.kind.as_str(),
@@ -256,6 +318,9 @@ impl Conn {
                 ))
             }
             exchange::AMQPMethod::Delete(d) => {
+                if !d.exchange.as_str().is_empty() {
+                    self.authorize("exchange", d.exchange.as_str(), Access::Configure)?;
+                }
                 v.delete_exchange(d.exchange.as_str(), d.if_unused)?;
                 Ok(ok_or_nowait(
                     d.nowait,
@@ -263,6 +328,12 @@ impl Conn {
                 ))
             }
             exchange::AMQPMethod::Bind(b) => {
+                self.authorize_binding(
+                    "exchange",
+                    b.destination.as_str(),
+                    b.source.as_str(),
+                    b.routing_key.as_str(),
+                )?;
                 v.bind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),
@@ -275,6 +346,12 @@ impl Conn {
                 ))
             }
             exchange::AMQPMethod::Unbind(b) => {
+                self.authorize_binding(
+                    "exchange",
+                    b.destination.as_str(),
+                    b.source.as_str(),
+                    b.routing_key.as_str(),
+                )?;
                 v.unbind_exchange(
                     b.destination.as_str(),
                     b.source.as_str(),
@@ -312,10 +389,27 @@ impl Conn {
                 ))
             }
             qm::AMQPMethod::Declare(d) => {
-                let name =
-                    if d.passive { self.queue_name(ch, d.queue.as_str())? } else { d.queue.to_string() };
+                let server_named = !d.passive && d.queue.as_str().is_empty();
+                let name = if d.passive {
+                    self.queue_name(ch, d.queue.as_str())?
+                } else if server_named {
+                    crate::broker::vhost::generated_name("amq.gen-")
+                } else {
+                    d.queue.to_string()
+                };
+                if !d.passive {
+                    self.authorize("queue", &name, Access::Configure)?;
+                    if !v.queues.contains_key(&name)
+                        && let Some(dlx) =
+                            d.arguments.inner().get("x-dead-letter-exchange").and_then(args::as_str)
+                    {
+                        self.authorize("queue", &name, Access::Read)?;
+                        self.authorize("exchange", &dlx, Access::Write)?;
+                    }
+                }
                 let (q, created) = v.declare_queue(crate::broker::vhost::QueueDeclare {
                     name: &name,
+                    server_named,
                     passive: d.passive,
                     durable: d.durable,
                     exclusive: d.exclusive,
@@ -339,16 +433,19 @@ impl Conn {
             }
             qm::AMQPMethod::Bind(b) => {
                 let name = self.queue_name(ch, b.queue.as_str())?;
+                self.authorize_binding("queue", &name, b.exchange.as_str(), b.routing_key.as_str())?;
                 v.bind_queue(&name, b.exchange.as_str(), b.routing_key.as_str(), b.arguments, self.id)?;
                 Ok(ok_or_nowait(b.nowait, AMQPClass::Queue(qm::AMQPMethod::BindOk(qm::BindOk {}))))
             }
             qm::AMQPMethod::Unbind(b) => {
                 let name = self.queue_name(ch, b.queue.as_str())?;
+                self.authorize_binding("queue", &name, b.exchange.as_str(), b.routing_key.as_str())?;
                 v.unbind_queue(&name, b.exchange.as_str(), b.routing_key.as_str(), &b.arguments, self.id)?;
                 Ok(Some(AMQPClass::Queue(qm::AMQPMethod::UnbindOk(qm::UnbindOk {}))))
             }
             qm::AMQPMethod::Purge(p) => {
                 let name = self.queue_name(ch, p.queue.as_str())?;
+                self.authorize("queue", &name, Access::Read)?;
                 let q = v.usable_queue(&name, self.id)?;
                 let n = q.purge();
                 Ok(ok_or_nowait(
@@ -358,6 +455,7 @@ impl Conn {
             }
             qm::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(ch, d.queue.as_str())?;
+                self.authorize("queue", &name, Access::Configure)?;
                 let n = v.delete_queue(&name, d.if_unused, d.if_empty, self.id)?;
                 self.exclusive_queues.retain(|q| q.name != name);
                 Ok(ok_or_nowait(
@@ -409,6 +507,7 @@ impl Conn {
             }
             basic::AMQPMethod::Get(g) => {
                 let name = self.queue_name(ch, g.queue.as_str())?;
+                self.authorize("queue", &name, Access::Read)?;
                 let q = self.vhost.usable_queue(&name, self.id)?;
                 if q.get(&self.outbox, ch, g.no_ack) {
                     Ok(None)
@@ -457,6 +556,7 @@ impl Conn {
             return self.consume_reply_to(ch, c);
         }
         let name = self.queue_name(ch, c.queue.as_str())?;
+        self.authorize("queue", &name, Access::Read)?;
         let q = self.vhost.usable_queue(&name, self.id)?;
         let tag_str = if c.consumer_tag.as_str().is_empty() {
             crate::broker::vhost::generated_name("amq.ctag-")
@@ -739,8 +839,21 @@ impl Conn {
         body: Bytes,
     ) -> AmqpResult<()> {
         let err = |e: AmqpError| e.on(CLASS_BASIC, BASIC_PUBLISH);
+        self.authorize_publish(&p.exchange).map_err(err)?;
         let x_name = std::str::from_utf8(&p.exchange).unwrap_or("");
         let x = self.vhost.exchange(x_name).map_err(err)?;
+        if x.kind == Kind::Topic {
+            self.broker
+                .access
+                .check_topic(
+                    &self.user,
+                    &self.vhost.name,
+                    x_name,
+                    std::str::from_utf8(&p.routing_key).unwrap_or(""),
+                    Access::Write,
+                )
+                .map_err(err)?;
+        }
         if x.internal {
             return Err(err(AmqpError::access_refused(format!(
                 "cannot publish to internal {}",

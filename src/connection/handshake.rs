@@ -213,6 +213,13 @@ pub async fn run(
             AmqpError::not_allowed(format!("vhost {vhost_name} not found")).on(10, 40),
         ));
     };
+    // RabbitMQ's check_vhost_access: any permission entry opens the vhost.
+    if broker.access.get(&user, &vhost_name).is_none() {
+        return Err(Failed::Close(
+            AmqpError::not_allowed(format!("access to vhost '{vhost_name}' refused for user '{user}'"))
+                .on(10, 40),
+        ));
+    }
     let ok = AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {}));
     write_method(sock, &ok).await.map_err(|_| Failed::Silent)?;
     Ok(Negotiated {

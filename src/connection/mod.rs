@@ -47,6 +47,19 @@ pub struct Conn {
     channels: HashMap<u16, Channel>,
     /// Connection-level close sent; waiting for close-ok.
     closing: bool,
+    /// This user's permissions in the vhost, as of `access_generation`.
+    access: AccessCache,
+}
+
+/// A connection's copy of its permissions, refreshed when any permission
+/// in the broker changes (a generation counter), so that the publish path
+/// costs one atomic load and one comparison.
+#[derive(Default)]
+struct AccessCache {
+    generation: u64,
+    permission: Option<Arc<crate::broker::access::Permission>>,
+    /// The last exchange a publish was allowed to write to.
+    publish_ok: Option<bytes::Bytes>,
 }
 
 /// Serves one accepted socket until it closes.
@@ -105,6 +118,7 @@ pub async fn serve(
         exclusive_queues: Vec::new(),
         channels: HashMap::new(),
         closing: false,
+        access: AccessCache { generation: u64::MAX, ..Default::default() },
     };
     let reason = conn.read_loop(rd, buf, neg.heartbeat, &mut shutdown).await;
     tracing::info!(%peer, conn = id, reason, "connection closed");
@@ -406,7 +420,7 @@ impl Conn {
                 .values()
                 .filter_map(|d| d.unacked.values().next())
                 .filter_map(|u| {
-                    let t = u.queue.args.consumer_timeout.unwrap_or(default);
+                    let t = u.queue.consumer_timeout().unwrap_or(default);
                     (t > 0).then_some(u.at + t)
                 })
                 .min()
@@ -423,7 +437,7 @@ impl Conn {
                 .iter()
                 .filter_map(|(ch, d)| {
                     let u = d.unacked.values().next()?;
-                    let t = u.queue.args.consumer_timeout.unwrap_or(default);
+                    let t = u.queue.consumer_timeout().unwrap_or(default);
                     (t > 0 && u.at + t <= now).then_some((*ch, t))
                 })
                 .collect()

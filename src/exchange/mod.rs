@@ -103,7 +103,12 @@ pub struct Exchange {
     pub auto_delete: bool,
     pub internal: bool,
     pub arguments: FieldTable,
-    pub alternate: Option<String>,
+    /// The `alternate-exchange` argument (compared on redeclare).
+    pub alternate_arg: Option<String>,
+    /// The alternate exchange in effect: the argument, else a policy's.
+    pub alternate: parking_lot::RwLock<Option<String>>,
+    /// The policy that applies (management).
+    pub policy: parking_lot::RwLock<Option<String>>,
     /// `x-delayed-message`: publishes with an `x-delay` header wait that long
     /// in the exchange's delay queue, then route by `kind` (`x-delayed-type`).
     pub delayed: bool,
@@ -132,7 +137,9 @@ impl Exchange {
             auto_delete,
             internal,
             arguments,
-            alternate,
+            alternate: parking_lot::RwLock::new(alternate.clone()),
+            alternate_arg: alternate,
+            policy: Default::default(),
             delayed: false,
             publish_in: Default::default(),
             publish_out: Default::default(),

@@ -390,6 +390,7 @@ pub async fn queue_put(
     };
     let existed = v.queues.contains_key(&name);
     v.declare_queue(QueueDeclare {
+        server_named: false,
         name: &name,
         passive: false,
         durable: spec.get("durable").and_then(Value::as_bool).unwrap_or(true),

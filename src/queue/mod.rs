@@ -84,6 +84,8 @@ struct QueueState {
     armed: u64,
     /// Last consume, get or redeclare (for `x-expires`).
     last_used: u64,
+    /// Effective settings: arguments combined with policies.
+    args: Arc<QueueArgs>,
 }
 
 /// Monotonic counters read by management and metrics.
@@ -106,7 +108,15 @@ pub struct Queue {
     /// The connection that owns an exclusive queue.
     pub exclusive_owner: Option<u64>,
     pub arguments: FieldTable,
-    pub args: QueueArgs,
+    /// What the arguments say (x-max-priority, single active consumer and
+    /// consumer timeout come only from here); the effective settings, with
+    /// policies applied, live in the state.
+    pub declared: QueueArgs,
+    /// Names and merged definition of the policies that apply (management).
+    pub applied: parking_lot::RwLock<crate::broker::policy::Applied>,
+    /// The effective consumer timeout (ms), `u64::MAX` for "use the
+    /// broker's default"; an atomic because connections read it often.
+    consumer_timeout: AtomicU64,
     pub stats: QueueStats,
     /// The message log: persistent messages of a persisted queue go there,
     /// and any message paged out of memory.
@@ -167,7 +177,9 @@ impl Queue {
             auto_delete,
             exclusive_owner,
             arguments,
-            args,
+            declared: args.clone(),
+            applied: Default::default(),
+            consumer_timeout: AtomicU64::new(args.consumer_timeout.unwrap_or(u64::MAX)),
             stats: QueueStats::default(),
             store,
             store_id,
@@ -184,12 +196,58 @@ impl Queue {
                 dead: Vec::new(),
                 armed: 0,
                 last_used: now_ms(),
+                args: Arc::new(args),
             }),
         }
     }
 
     pub fn resource(&self) -> String {
         rs("queue", &self.name, &self.vhost)
+    }
+
+    /// The consumer timeout set for this queue (argument or policy), if any.
+    pub fn consumer_timeout(&self) -> Option<u64> {
+        Some(self.consumer_timeout.load(Ordering::Relaxed)).filter(|t| *t != u64::MAX)
+    }
+
+    /// The effective settings (arguments with policies applied).
+    pub fn args(&self) -> Arc<QueueArgs> {
+        self.state.lock().args.clone()
+    }
+
+    /// Applies a policy change: new effective settings take effect at once,
+    /// for messages already queued too where RabbitMQ does so (length
+    /// limits trim the head; a new `x-expires` re-arms). A message keeps the
+    /// deadline it was given when it was enqueued.
+    pub fn set_policy(self: &Arc<Self>, args: QueueArgs, applied: crate::broker::policy::Applied) {
+        *self.applied.write() = applied;
+        self.consumer_timeout.store(args.consumer_timeout.unwrap_or(u64::MAX), Ordering::Relaxed);
+        let mut st = self.state.lock();
+        if *st.args == args {
+            return;
+        }
+        st.args = Arc::new(args);
+        if st.deleted {
+            return;
+        }
+        if st.args.overflow.as_deref().unwrap_or("drop-head") == "drop-head" {
+            let over = |st: &QueueState| {
+                st.args.max_length.is_some_and(|m| st.ready.len() as u64 > m)
+                    || st.args.max_length_bytes.is_some_and(|m| st.ready.bytes() > m)
+            };
+            while over(&st) {
+                let Some(head) = self.pop_ready(&mut st) else { break };
+                self.kill(&mut st, head, Reason::Maxlen);
+            }
+        }
+        // With reject-publish[-dlx] a lowered limit only refuses new
+        // messages (`maybe_drop_head` leaves the queue as it is).
+        if let Some(exp) = st.args.expires
+            && st.consumers.is_empty()
+        {
+            let at = st.last_used + exp;
+            self.arm(&mut st, at);
+        }
     }
 
     /// Asks the timer to call back at `at` unless it already will earlier.
@@ -205,7 +263,7 @@ impl Queue {
     /// Arms the `x-expires` check (after creation, recovery, last consumer gone).
     pub fn start_timers(self: &Arc<Self>) {
         let mut st = self.state.lock();
-        if let Some(exp) = self.args.expires
+        if let Some(exp) = st.args.expires
             && st.consumers.is_empty()
         {
             let at = st.last_used + exp;
@@ -243,7 +301,7 @@ impl Queue {
             Reason::Expired => self.stats.expired.fetch_add(1, Ordering::Relaxed),
             _ => self.stats.dropped.fetch_add(1, Ordering::Relaxed),
         };
-        if (self.args.dead_letter_exchange.is_some() || self.delay_for.is_some())
+        if (st.args.dead_letter_exchange.is_some() || self.delay_for.is_some())
             && let Some(m) = self.materialize(&qm)
         {
             st.dead.push((m, reason));
@@ -290,20 +348,21 @@ impl Queue {
         }
         let now = now_ms();
         let size = msg.body.len() as u64;
+        let args = st.args.clone();
         let full = |st: &QueueState, extra: u64, bytes: u64| {
-            self.args.max_length.is_some_and(|m| st.ready.len() as u64 + extra > m)
-                || self.args.max_length_bytes.is_some_and(|m| st.ready.bytes() + bytes > m)
+            args.max_length.is_some_and(|m| st.ready.len() as u64 + extra > m)
+                || args.max_length_bytes.is_some_and(|m| st.ready.bytes() + bytes > m)
         };
-        let overflow = self.args.overflow.as_deref().unwrap_or("drop-head");
+        let overflow = args.overflow.as_deref().unwrap_or("drop-head");
         if overflow != "drop-head" && full(&st, 1, size) {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            if overflow == "reject-publish-dlx" && self.args.dead_letter_exchange.is_some() {
+            if overflow == "reject-publish-dlx" && args.dead_letter_exchange.is_some() {
                 st.dead.push((msg, Reason::Maxlen));
                 self.arm(&mut st, now);
             }
             return false;
         }
-        let ttl = match (self.args.message_ttl, expiration_ms(&msg)) {
+        let ttl = match (args.message_ttl, expiration_ms(&msg)) {
             _ if ttl_override.is_some() => ttl_override,
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -381,7 +440,7 @@ impl Queue {
     /// With `x-delivery-limit`, a redelivered message carries the number of
     /// earlier deliveries in its `x-delivery-count` header.
     fn stamp_delivery_count(&self, st: &mut QueueState) {
-        if self.args.delivery_limit.is_none() {
+        if st.args.delivery_limit.is_none() {
             return;
         }
         let Some(head) = st.ready.peek_mut() else { return };
@@ -421,7 +480,7 @@ impl Queue {
 
     /// Hands ready messages to consumers with credit (no expiry check).
     fn deliver_ready(self: &Arc<Self>, st: &mut QueueState) {
-        let single = self.args.single_active_consumer;
+        let single = self.declared.single_active_consumer;
         while !st.consumers.is_empty() {
             if !self.page_in_head(st) {
                 break;
@@ -513,7 +572,7 @@ impl Queue {
         self.expire(&mut st, now);
         let dead = std::mem::take(&mut st.dead);
         let mut delete = false;
-        if let Some(exp) = self.args.expires
+        if let Some(exp) = st.args.expires
             && st.consumers.is_empty()
         {
             let at = st.last_used + exp;
@@ -543,7 +602,7 @@ impl Queue {
         if st.consumers.iter().any(|x| x.exclusive) || (c.exclusive && !st.consumers.is_empty()) {
             return Err(AmqpError::access_refused(format!("{} in exclusive use", self.resource())));
         }
-        let at = if self.args.single_active_consumer {
+        let at = if self.declared.single_active_consumer {
             st.consumers.len()
         } else {
             st.consumers.iter().take_while(|x| x.priority >= c.priority).count()
@@ -564,7 +623,7 @@ impl Queue {
         st.consumers.retain(|c| !(c.outbox.conn_id == conn_id && c.channel == channel && &c.tag[..] == tag));
         if st.consumers.is_empty() {
             st.last_used = now_ms();
-            if let Some(exp) = self.args.expires {
+            if let Some(exp) = st.args.expires {
                 let at = st.last_used + exp;
                 self.arm(&mut st, at);
             }
@@ -577,7 +636,7 @@ impl Queue {
     /// Which consumer tag is the single active one, if any.
     pub fn active_consumer(&self) -> Option<Bytes> {
         let st = self.state.lock();
-        if self.args.single_active_consumer { st.consumers.first().map(|c| c.tag.clone()) } else { None }
+        if self.declared.single_active_consumer { st.consumers.first().map(|c| c.tag.clone()) } else { None }
     }
 
     /// `basic.get`: hands the head message to `outbox`. Returns whether one was sent.
@@ -636,7 +695,7 @@ impl Queue {
         }
         for mut qm in msgs {
             qm.redelivered = true;
-            if let Some(limit) = self.args.delivery_limit
+            if let Some(limit) = st.args.delivery_limit
                 && qm.deliveries as u64 > limit
             {
                 self.kill(&mut st, qm, Reason::DeliveryLimit);

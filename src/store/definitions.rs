@@ -51,6 +51,42 @@ pub struct UserDef {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VHostDef {
     pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// A user's configure/write/read regexes in one vhost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PermissionDef {
+    pub user: String,
+    pub vhost: String,
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+/// A user's write/read regexes on routing keys of one topic exchange.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopicPermissionDef {
+    pub user: String,
+    pub vhost: String,
+    pub exchange: String,
+    pub write: String,
+    pub read: String,
+}
+
+/// A policy or operator policy, as RabbitMQ's definitions carry it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyDef {
+    pub vhost: String,
+    pub name: String,
+    pub pattern: String,
+    #[serde(rename = "apply-to")]
+    pub apply_to: String,
+    pub definition: serde_json::Map<String, serde_json::Value>,
+    pub priority: i64,
 }
 
 /// Everything recovered at startup.
@@ -61,6 +97,10 @@ pub struct Loaded {
     pub exchanges: Vec<ExchangeDef>,
     pub queues: Vec<QueueDef>,
     pub bindings: Vec<BindingDef>,
+    pub permissions: Vec<PermissionDef>,
+    pub topic_permissions: Vec<TopicPermissionDef>,
+    pub policies: Vec<PolicyDef>,
+    pub operator_policies: Vec<PolicyDef>,
 }
 
 #[derive(Debug)]
@@ -85,7 +125,17 @@ impl std::fmt::Debug for Definitions {
     }
 }
 
-const TREES: &[&str] = &["vhosts", "users", "exchanges", "queues", "bindings"];
+const TREES: &[&str] = &[
+    "vhosts",
+    "users",
+    "exchanges",
+    "queues",
+    "bindings",
+    "permissions",
+    "topic_permissions",
+    "policies",
+    "operator_policies",
+];
 
 fn key(parts: &[&str]) -> Vec<u8> {
     parts.join("\u{0}").into_bytes()
@@ -200,6 +250,10 @@ impl Definitions {
             exchanges: all(self, "exchanges")?,
             queues: all(self, "queues")?,
             bindings: all(self, "bindings")?,
+            permissions: all(self, "permissions")?,
+            topic_permissions: all(self, "topic_permissions")?,
+            policies: all(self, "policies")?,
+            operator_policies: all(self, "operator_policies")?,
         })
     }
 
@@ -237,6 +291,79 @@ impl Definitions {
 
     pub fn put_user(&self, u: &UserDef) -> Result<(), StoreError> {
         self.put("users", key(&[&u.name]), u)
+    }
+
+    /// Deletes a user and every permission it holds.
+    pub fn delete_user(&self, name: &str) -> Result<(), StoreError> {
+        self.tree("users")?.remove(key(&[name])).map_err(|e| StoreError(format!("delete user: {e}")))?;
+        for tree in ["permissions", "topic_permissions"] {
+            self.remove_matching(tree, |v| v.get("user").and_then(|u| u.as_str()) == Some(name))?;
+        }
+        self.commit()
+    }
+
+    /// Deletes a vhost with everything defined in it.
+    pub fn delete_vhost(&self, name: &str) -> Result<(), StoreError> {
+        self.tree("vhosts")?.remove(key(&[name])).map_err(|e| StoreError(format!("delete vhost: {e}")))?;
+        for tree in [
+            "exchanges",
+            "queues",
+            "bindings",
+            "permissions",
+            "topic_permissions",
+            "policies",
+            "operator_policies",
+        ] {
+            self.remove_matching(tree, |v| v.get("vhost").and_then(|u| u.as_str()) == Some(name))?;
+        }
+        self.commit()
+    }
+
+    /// Removes (without committing) every entry of `tree` whose JSON value satisfies `doomed`.
+    fn remove_matching(
+        &self,
+        tree: &str,
+        doomed: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<(), StoreError> {
+        let t = self.tree(tree)?;
+        let mut keys = Vec::new();
+        for item in t.iter() {
+            let (k, v) = item.map_err(|e| StoreError(format!("reading {tree}: {e}")))?;
+            if serde_json::from_slice::<serde_json::Value>(&v).is_ok_and(|v| doomed(&v)) {
+                keys.push(k);
+            }
+        }
+        for k in keys {
+            t.remove(k).map_err(|e| StoreError(format!("delete from {tree}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    pub fn put_permission(&self, p: &PermissionDef) -> Result<(), StoreError> {
+        self.put("permissions", key(&[&p.user, &p.vhost]), p)
+    }
+
+    pub fn delete_permission(&self, user: &str, vhost: &str) -> Result<(), StoreError> {
+        self.del("permissions", key(&[user, vhost]))
+    }
+
+    pub fn put_topic_permission(&self, p: &TopicPermissionDef) -> Result<(), StoreError> {
+        self.put("topic_permissions", key(&[&p.user, &p.vhost, &p.exchange]), p)
+    }
+
+    pub fn delete_topic_permission(&self, user: &str, vhost: &str, exchange: &str) -> Result<(), StoreError> {
+        self.del("topic_permissions", key(&[user, vhost, exchange]))
+    }
+
+    /// `operator` selects the operator-policy tree.
+    pub fn put_policy(&self, p: &PolicyDef, operator: bool) -> Result<(), StoreError> {
+        let tree = if operator { "operator_policies" } else { "policies" };
+        self.put(tree, key(&[&p.vhost, &p.name]), p)
+    }
+
+    pub fn delete_policy(&self, vhost: &str, name: &str, operator: bool) -> Result<(), StoreError> {
+        let tree = if operator { "operator_policies" } else { "policies" };
+        self.del(tree, key(&[vhost, name]))
     }
 
     pub fn put_exchange(&self, x: &ExchangeDef) -> Result<(), StoreError> {
