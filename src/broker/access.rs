@@ -19,21 +19,37 @@ pub enum Access {
     Read,
 }
 
-/// A compiled permission regex; `None` for the empty string (no access).
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Configure => "configure",
+            Access::Write => "write",
+            Access::Read => "read",
+        }
+    }
+}
+
+/// A compiled permission regex. RabbitMQ replaces an empty one with `^$`
+/// (it matches only the empty name, which in practice means "nothing").
 #[derive(Debug, Clone)]
-pub struct Pattern(Option<Regex>);
+pub struct Pattern(Regex);
 
 impl Pattern {
     /// Compiles `re`; an invalid regex is a 400 in management, never a panic.
     pub fn new(re: &str) -> Result<Self, String> {
-        if re.is_empty() {
-            return Ok(Pattern(None));
+        let re = if re.is_empty() { "^$" } else { re };
+        match Regex::new(re) {
+            Ok(r) => Ok(Pattern(r)),
+            // PCRE reads a `{` that starts no valid quantifier as a literal
+            // (`^{client_id}` in a topic permission); Rust's regex does not.
+            Err(e) => Regex::new(&re.replace('{', "\\{").replace('}', "\\}"))
+                .map(Pattern)
+                .map_err(|_| format!("invalid regex '{re}': {e}")),
         }
-        Regex::new(re).map(|r| Pattern(Some(r))).map_err(|e| format!("invalid regex '{re}': {e}"))
     }
 
     pub fn matches(&self, name: &str) -> bool {
-        self.0.as_ref().is_some_and(|r| r.is_match(name))
+        self.0.is_match(name)
     }
 }
 
@@ -172,16 +188,18 @@ impl AccessControl {
             Ok(())
         } else {
             Err(AmqpError::access_refused(format!(
-                "access to topic '{routing_key}' in exchange '{exchange}' in vhost '{vhost}' refused for user '{user}'"
+                "{} access to topic '{routing_key}' in exchange '{exchange}' in vhost '{vhost}' refused for user '{user}'",
+                access.as_str()
             )))
         }
     }
 }
 
-/// The refusal RabbitMQ sends for a missing resource permission.
-pub fn refused(kind: &str, name: &str, vhost: &str, user: &str) -> AmqpError {
+/// The refusal RabbitMQ (3.12+) sends for a missing resource permission.
+pub fn refused(access: Access, kind: &str, name: &str, vhost: &str, user: &str) -> AmqpError {
     AmqpError::access_refused(format!(
-        "access to {kind} '{name}' in vhost '{vhost}' refused for user '{user}'"
+        "{} access to {kind} '{name}' in vhost '{vhost}' refused for user '{user}'",
+        access.as_str()
     ))
 }
 
@@ -206,7 +224,8 @@ mod tests {
         assert!(p.allows(Access::Configure, "tasks.a"));
         assert!(!p.allows(Access::Configure, "x.tasks.a"));
         assert!(!p.allows(Access::Write, "anything"));
-        assert!(!p.allows(Access::Write, ""));
+        // Empty means `^$`: only the empty name.
+        assert!(p.allows(Access::Write, ""));
         assert!(p.allows(Access::Read, ""));
         // Unanchored: a bare word matches anywhere in the name.
         assert!(perm("ask", "", "").allows(Access::Configure, "tasks"));
@@ -227,7 +246,7 @@ mod tests {
         let e = ac.check_topic("u", "/", "amq.topic", "v.news", Access::Write).unwrap_err();
         assert_eq!(
             e.reply_text(),
-            "ACCESS_REFUSED - access to topic 'v.news' in exchange 'amq.topic' in vhost '/' refused for user 'u'"
+            "ACCESS_REFUSED - write access to topic 'v.news' in exchange 'amq.topic' in vhost '/' refused for user 'u'"
         );
         assert!(Pattern::new("(").is_err());
     }

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod dead_letter;
 pub mod policy;
+pub mod registry;
 pub mod timers;
 pub mod users;
 use timers::Timers;
@@ -12,7 +13,7 @@ pub mod vhost;
 
 use crate::config::Config;
 use crate::queue::Queue;
-use crate::store::definitions::{Definitions, PermissionDef, UserDef, VHostDef};
+use crate::store::definitions::{self, Definitions, PermissionDef, UserDef, VHostDef};
 use crate::store::{MessageStore, Recovered, Stores};
 use access::{AccessControl, Permission};
 use dashmap::DashMap;
@@ -43,8 +44,10 @@ pub struct Broker {
     pub vhosts: DashMap<String, Arc<VHost>>,
     pub users: DashMap<String, User>,
     pub access: AccessControl,
+    pub registry: registry::Registry,
     pub counters: Counters,
     pub store: Arc<Stores>,
+    timers: Arc<Timers>,
     next_conn_id: AtomicU64,
 }
 
@@ -69,10 +72,12 @@ impl Broker {
             vhosts: DashMap::new(),
             users: DashMap::new(),
             access: AccessControl::default(),
+            registry: Default::default(),
             counters: Counters::default(),
             next_conn_id: AtomicU64::new(1),
             config: Arc::new(config),
             store: store.clone(),
+            timers: timers.clone(),
         };
 
         // Vhosts, users and permissions: the defaults are created (and
@@ -185,6 +190,30 @@ impl Broker {
     /// Writes and syncs everything pending (graceful shutdown).
     pub fn sync_store(&self) {
         self.store.messages.close();
+    }
+
+    /// A new, empty vhost (not yet registered or persisted).
+    pub fn new_vhost(&self, name: &str) -> Arc<VHost> {
+        VHost::new(name, self.store.clone(), self.timers.clone())
+    }
+
+    /// Deletes a vhost: its queues (and their messages), exchanges,
+    /// bindings, policies and permissions, persisted first.
+    pub fn delete_vhost(&self, v: &Arc<VHost>) -> Result<(), definitions::StoreError> {
+        self.store.defs.delete_vhost(&v.name)?;
+        self.vhosts.remove_if(&v.name, |_, x| Arc::ptr_eq(x, v));
+        let queues: Vec<Arc<Queue>> = v.queues.iter().map(|q| q.clone()).collect();
+        for q in queues {
+            v.remove_queue(&q);
+        }
+        v.exchanges.clear();
+        self.access.forget(None, Some(&v.name));
+        for c in self.registry.all() {
+            if c.vhost == v.name {
+                c.force_close("vhost deleted");
+            }
+        }
+        Ok(())
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {

@@ -11,42 +11,47 @@ use regex::Regex;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
-/// Keys a (user) policy may set, as RabbitMQ 3.13 recognises them for
-/// classic queues and exchanges; keys Warren accepts but does not act on are
-/// listed too so that definitions exported from RabbitMQ import.
+/// Keys a (user) policy may set, as RabbitMQ 3.13 recognises them (core,
+/// quorum queues, streams, mirroring, federation, sharding), so that
+/// definitions exported from RabbitMQ import; Warren acts on the ones
+/// `effective_queue_args` and `effective_alternate_exchange` read.
 const POLICY_KEYS: &[&str] = &[
+    "alternate-exchange",
+    "consumer-timeout",
+    "dead-letter-exchange",
+    "dead-letter-routing-key",
+    "dead-letter-strategy",
     "message-ttl",
     "expires",
     "max-length",
     "max-length-bytes",
-    "overflow",
-    "dead-letter-exchange",
-    "dead-letter-routing-key",
-    "alternate-exchange",
-    "delivery-limit",
-    "consumer-timeout",
+    "max-in-memory-length",
+    "max-in-memory-bytes",
     "queue-mode",
     "queue-version",
-    "queue-master-locator",
+    "overflow",
+    "delivery-limit",
+    "max-age",
+    "stream-max-segment-size-bytes",
+    "stream-filter-size-bytes",
     "queue-leader-locator",
+    "initial-cluster-size",
+    "target-group-size",
     "ha-mode",
     "ha-params",
     "ha-sync-mode",
+    "ha-sync-batch-size",
     "ha-promote-on-shutdown",
     "ha-promote-on-failure",
-    "ha-sync-batch-size",
+    "queue-master-locator",
     "federation-upstream",
+    "federation-upstream-pattern",
     "federation-upstream-set",
-    "max-age",
-    "stream-max-segment-size-bytes",
-    "dead-letter-strategy",
-    "max-in-memory-length",
-    "max-in-memory-bytes",
-    "initial-cluster-size",
+    "shards-per-node",
+    "routing-key",
 ];
 
-/// Keys an operator policy may set (`rabbit_policies:register/0`, operator
-/// policy validators).
+/// Keys an operator policy may set (`operator_policy_validator`).
 const OPERATOR_KEYS: &[&str] = &[
     "expires",
     "message-ttl",
@@ -57,6 +62,23 @@ const OPERATOR_KEYS: &[&str] = &[
     "delivery-limit",
     "queue-version",
     "overflow",
+    "target-group-size",
+    "ha-mode",
+    "ha-params",
+    "ha-sync-mode",
+];
+
+/// Keys that make a policy inapplicable to a classic queue
+/// (`rabbit_classic_queue:capabilities/0` `unsupported_policies`); Warren's
+/// classic queues do support `delivery-limit`, so it is not here.
+const UNSUPPORTED_BY_CLASSIC: &[&str] = &[
+    "max-age",
+    "stream-max-segment-size-bytes",
+    "queue-leader-locator",
+    "initial-cluster-size",
+    "dead-letter-strategy",
+    "max-in-memory-length",
+    "max-in-memory-bytes",
     "target-group-size",
 ];
 
@@ -73,72 +95,91 @@ pub struct Policy {
     pattern: Regex,
 }
 
-fn non_neg_int(key: &str, v: &Value, min: i64) -> Result<(), String> {
-    match v.as_i64() {
-        Some(i) if i >= min => Ok(()),
-        _ if min == 0 => Err(format!("{key} must be a non-negative integer, got {v}")),
-        _ => Err(format!("{key} must be an integer of at least {min}, got {v}")),
+/// A JSON value printed as Erlang's `~tp` prints the decoded term, as
+/// RabbitMQ's validation messages show it.
+pub fn erl(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("<<\"{s}\">>"),
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Array(a) => format!("[{}]", a.iter().map(erl).collect::<Vec<_>>().join(",")),
+        Value::Object(m) => format!(
+            "[{}]",
+            m.iter().map(|(k, v)| format!("{{<<\"{k}\">>,{}}}", erl(v))).collect::<Vec<_>>().join(",")
+        ),
     }
 }
 
-fn string(key: &str, v: &Value) -> Result<(), String> {
-    if v.is_string() { Ok(()) } else { Err(format!("{key} must be a string, got {v}")) }
+fn int_at_least(v: &Value, min: i64) -> bool {
+    v.as_i64().is_some_and(|i| i >= min)
 }
 
 /// Checks one definition entry's value (`rabbit_policies:validate_policy0`).
 fn validate_value(key: &str, v: &Value) -> Result<(), String> {
-    match key {
-        "message-ttl" | "max-length" | "max-length-bytes" | "delivery-limit" | "consumer-timeout" => {
-            non_neg_int(key, v, 0)
+    let (ok, what) = match key {
+        "alternate-exchange" => (v.is_string(), "is not a valid alternate exchange name"),
+        "consumer-timeout" => (int_at_least(v, 0), "is not a valid consumer timeout"),
+        "dead-letter-exchange" => (v.is_string(), "is not a valid dead letter exchange name"),
+        "dead-letter-routing-key" => (v.is_string(), "is not a valid dead letter routing key"),
+        "dead-letter-strategy" => (
+            matches!(v.as_str(), Some("at-most-once" | "at-least-once")),
+            "is not a valid dead letter strategy",
+        ),
+        "message-ttl" => (int_at_least(v, 0), "is not a valid message TTL"),
+        "expires" => (int_at_least(v, 1), "is not a valid queue expiry"),
+        "max-length" => (int_at_least(v, 0), "is not a valid maximum length"),
+        "max-length-bytes" => (int_at_least(v, 0), "is not a valid maximum length in bytes"),
+        "max-in-memory-length" | "max-in-memory-bytes" => {
+            (int_at_least(v, 0), "is not a valid maximum memory in bytes")
         }
-        "expires" => non_neg_int(key, v, 1),
-        "overflow" => match v.as_str() {
-            Some("drop-head" | "reject-publish" | "reject-publish-dlx") => Ok(()),
-            _ => Err(format!("\"{}\" is not a valid overflow value", v.as_str().unwrap_or(&v.to_string()))),
-        },
-        "dead-letter-exchange" | "dead-letter-routing-key" | "alternate-exchange" => string(key, v),
-        "queue-mode" => match v.as_str() {
-            Some("default" | "lazy") => Ok(()),
-            _ => Err(format!("{v} is not a valid queue-mode value")),
-        },
-        _ => Ok(()),
-    }
+        "queue-mode" => (matches!(v.as_str(), Some("default" | "lazy")), "is not a valid queue-mode value"),
+        "queue-version" => (matches!(v.as_i64(), Some(1 | 2)), "is not a valid queue-version value"),
+        "overflow" => (
+            matches!(v.as_str(), Some("drop-head" | "reject-publish" | "reject-publish-dlx")),
+            "is not a valid overflow value",
+        ),
+        "delivery-limit" => (int_at_least(v, 0), "is not a valid delivery limit"),
+        _ => (true, ""),
+    };
+    if ok { Ok(()) } else { Err(format!("{} {what}", erl(v))) }
 }
 
 impl Policy {
-    /// Validates a policy as the management API receives it; errors carry
-    /// RabbitMQ's wording (`Validation failed` …).
+    /// Validates a policy; errors carry RabbitMQ's wording
+    /// (`rabbit_runtime_parameters:format_error`: "Validation failed", a
+    /// blank line, one line per problem).
     pub fn new(def: PolicyDef, operator: bool) -> Result<Self, String> {
+        let failed = |lines: Vec<String>| format!("Validation failed\n\n{}\n", lines.join("\n"));
         let pattern = Regex::new(&def.pattern).map_err(|e| {
-            format!("Validation failed\n\n<<\"{}\">> is not a valid regex: {e}\n", def.pattern)
+            let why = e.to_string().lines().last().unwrap_or("invalid").trim().replace('"', "'");
+            failed(vec![format!("pattern should be regular expression but is invalid: {{\"{why}\",0}}")])
         })?;
         const APPLY: &[&str] = &["all", "queues", "exchanges", "classic_queues", "quorum_queues", "streams"];
         if !APPLY.contains(&def.apply_to.as_str()) {
-            return Err(format!("Validation failed\n\n'{}' is not a valid apply-to value\n", def.apply_to));
+            return Err(failed(vec![format!(
+                "apply-to '{}' unrecognised; should be one of: 'queues', 'classic_queues',  'quorum_queues', 'streams', 'exchanges', or 'all'",
+                def.apply_to
+            )]));
         }
         if def.definition.is_empty() {
-            return Err("Validation failed\n\nno policy provided\n".to_string());
+            return Err(failed(vec!["no policy provided".into()]));
         }
         let allowed = if operator { OPERATOR_KEYS } else { POLICY_KEYS };
+        // serde_json's map is ordered by key, as Erlang's maps:to_list.
         let unknown: Vec<String> = def
             .definition
-            .keys()
-            .filter(|k| !allowed.contains(&k.as_str()))
-            .map(|k| format!("<<\"{k}\">>"))
+            .iter()
+            .filter(|(k, _)| !allowed.contains(&k.as_str()))
+            .map(|(k, v)| format!("{{<<\"{k}\">>,{}}}", erl(v)))
             .collect();
         if !unknown.is_empty() {
-            return Err(format!(
-                "Validation failed\n\n[{}] are not recognised policy settings\n",
-                unknown.join(",")
-            ));
+            return Err(failed(vec![format!("[{}] are not recognised policy settings", unknown.join(","))]));
         }
-        if def.definition.contains_key("dead-letter-routing-key")
-            && !def.definition.contains_key("dead-letter-exchange")
-        {
-            return Err("Validation failed\n\ndead-letter-routing-key requires dead-letter-exchange\n".into());
-        }
-        for (k, v) in &def.definition {
-            validate_value(k, v).map_err(|e| format!("Validation failed\n\n{e}\n"))?;
+        let errors: Vec<String> =
+            def.definition.iter().filter_map(|(k, v)| validate_value(k, v).err()).collect();
+        if !errors.is_empty() {
+            return Err(failed(errors));
         }
         Ok(Policy { def, pattern })
     }
@@ -148,7 +189,9 @@ impl Policy {
             (self.def.apply_to.as_str(), target),
             ("all", _) | ("queues" | "classic_queues", Target::Queue) | ("exchanges", Target::Exchange)
         );
-        kind_ok && self.pattern.is_match(name)
+        let usable = target == Target::Exchange
+            || !self.def.definition.keys().any(|k| UNSUPPORTED_BY_CLASSIC.contains(&k.as_str()));
+        kind_ok && usable && self.pattern.is_match(name)
     }
 
     fn int(&self, key: &str) -> Option<u64> {
@@ -210,8 +253,9 @@ pub fn effective_queue_args(
     a.max_length_bytes = min_opt(a.max_length_bytes, numeric("max-length-bytes"));
     a.delivery_limit = min_opt(a.delivery_limit, numeric("delivery-limit"));
     if a.overflow.is_none() {
+        // Between the two policies the operator's overflow wins; the argument beats both.
         a.overflow =
-            policy.and_then(|p| p.str("overflow")).or_else(|| operator.and_then(|p| p.str("overflow")));
+            operator.and_then(|p| p.str("overflow")).or_else(|| policy.and_then(|p| p.str("overflow")));
     }
     if a.dead_letter_exchange.is_none() {
         a.dead_letter_exchange = policy.and_then(|p| p.str("dead-letter-exchange"));
@@ -228,11 +272,13 @@ pub fn effective_queue_args(
         applied.definition = p.def.definition.clone();
     }
     if let Some(op) = operator {
+        // `rabbit_policies:merge_policy_value`: numeric limits take the
+        // lower value, overflow and queue-version the operator's.
         for (k, v) in &op.def.definition {
-            let keep = match (applied.definition.get(k).and_then(Value::as_u64), v.as_u64()) {
-                (Some(mine), Some(theirs)) => theirs < mine,
+            let keep = match (applied.definition.get(k), v.as_u64()) {
                 (None, _) => true,
-                _ => false,
+                (Some(mine), Some(theirs)) if mine.is_u64() => mine.as_u64().is_some_and(|m| theirs < m),
+                _ => matches!(k.as_str(), "overflow" | "queue-version"),
             };
             if keep {
                 applied.definition.insert(k.clone(), v.clone());
@@ -322,10 +368,22 @@ mod tests {
             .unwrap_err()
         };
         assert_eq!(
-            bad(json!({"foo": 1}), false),
-            "Validation failed\n\n[<<\"foo\">>] are not recognised policy settings\n"
+            bad(json!({"foo": "bar"}), false),
+            "Validation failed\n\n[{<<\"foo\">>,<<\"bar\">>}] are not recognised policy settings\n"
         );
-        assert!(bad(json!({"dead-letter-exchange": "x"}), true).contains("not recognised"));
-        assert!(bad(json!({"message-ttl": -1}), false).contains("message-ttl"));
+        assert_eq!(
+            bad(json!({"dead-letter-exchange": "d"}), true),
+            "Validation failed\n\n[{<<\"dead-letter-exchange\">>,<<\"d\">>}] are not recognised policy settings\n"
+        );
+        assert_eq!(
+            bad(json!({"message-ttl": -1}), false),
+            "Validation failed\n\n-1 is not a valid message TTL\n"
+        );
+        assert_eq!(
+            bad(json!({"message-ttl": "abc"}), false),
+            "Validation failed\n\n<<\"abc\">> is not a valid message TTL\n"
+        );
+        assert_eq!(bad(json!({"expires": 0}), false), "Validation failed\n\n0 is not a valid queue expiry\n");
+        assert_eq!(bad(json!({}), false), "Validation failed\n\nno policy provided\n");
     }
 }

@@ -95,6 +95,16 @@ impl Channel {
         }
     }
 
+    /// What management shows of this channel's settings.
+    pub fn info(&self) -> crate::broker::registry::ChannelInfo {
+        crate::broker::registry::ChannelInfo {
+            confirm: self.confirm,
+            transactional: self.tx.is_some(),
+            prefetch_count: self.consumer_prefetch,
+            global_prefetch_count: 0,
+        }
+    }
+
     pub fn discard_pending(&mut self) {
         self.content = Content::Idle;
         self.tx = None;
@@ -151,7 +161,7 @@ impl Conn {
         if self.access.permission.as_ref().is_some_and(|p| p.allows(access, name)) {
             Ok(())
         } else {
-            Err(refused(kind, name, &self.vhost.name, &self.user))
+            Err(refused(access, kind, name, &self.vhost.name, &self.user))
         }
     }
 
@@ -230,6 +240,8 @@ impl Conn {
     }
 
     fn method(&mut self, ch: u16, m: AMQPClass) -> AmqpResult<()> {
+        // Any method here may change what management shows of the channel.
+        self.info_dirty = true;
         let reply = match m {
             AMQPClass::Channel(c) => self.channel_class(ch, c)?,
             AMQPClass::Exchange(x) => self.exchange_class(x)?,

@@ -23,6 +23,7 @@ pub struct Negotiated {
     pub heartbeat: u16,
     pub client_properties: FieldTable,
     pub cancel_notify: bool,
+    pub mechanism: String,
 }
 
 /// Why the handshake ended without a connection.
@@ -229,6 +230,7 @@ pub async fn run(
         frame_max,
         heartbeat: tok.heartbeat,
         cancel_notify: capability(&start_ok.client_properties, "consumer_cancel_notify"),
+        mechanism: start_ok.mechanism.to_string(),
         client_properties: start_ok.client_properties,
     })
 }

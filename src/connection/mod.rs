@@ -8,6 +8,7 @@ mod handshake;
 mod writer;
 
 use crate::broker::Broker;
+use crate::broker::registry::ConnectionInfo;
 use crate::broker::vhost::VHost;
 use crate::error::{AmqpError, Scope, code};
 use crate::protocol::frame::{self, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, Frame};
@@ -49,6 +50,10 @@ pub struct Conn {
     closing: bool,
     /// This user's permissions in the vhost, as of `access_generation`.
     access: AccessCache,
+    /// What management sees of this connection.
+    pub info: Arc<ConnectionInfo>,
+    /// A channel setting changed: refresh `info.channels` after the batch.
+    info_dirty: bool,
 }
 
 /// A connection's copy of its permissions, refreshed when any permission
@@ -104,6 +109,21 @@ pub async fn serve(
         st.frame_max = neg.frame_max;
         st.cancel_notify = neg.cancel_notify;
     });
+    let local = sock.local_addr().unwrap_or(peer);
+    let info = Arc::new(ConnectionInfo::new(
+        id,
+        peer,
+        local,
+        neg.user.clone(),
+        neg.vhost.name.clone(),
+        neg.client_properties.clone(),
+        neg.frame_max,
+        neg.channel_max,
+        neg.heartbeat,
+        neg.mechanism.clone(),
+        outbox.clone(),
+    ));
+    broker.registry.add(info.clone());
     let (rd, wr) = sock.into_split();
     let writer = tokio::spawn(writer::run(outbox.clone(), wr, neg.heartbeat));
     let mut conn = Conn {
@@ -119,10 +139,13 @@ pub async fn serve(
         channels: HashMap::new(),
         closing: false,
         access: AccessCache { generation: u64::MAX, ..Default::default() },
+        info,
+        info_dirty: false,
     };
     let reason = conn.read_loop(rd, buf, neg.heartbeat, &mut shutdown).await;
     tracing::info!(%peer, conn = id, reason, "connection closed");
     conn.teardown();
+    broker.registry.remove(id);
     outbox.with(|st| {
         st.closed = true;
         st.shutdown = true;
@@ -168,6 +191,8 @@ impl Conn {
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(READ_CHUNK);
             }
+            let before = buf.len();
+            let info = self.info.clone();
             let read = rd.read_buf(&mut buf);
             let ack_deadline = if self.closing { None } else { self.consumer_deadline() };
             let outcome = tokio::select! {
@@ -182,11 +207,17 @@ impl Conn {
                     self.check_consumer_timeouts();
                     continue;
                 }
+                reason = info.closed_by_broker(), if !self.closing => {
+                    self.close_connection(AmqpError::new(code::CONNECTION_FORCED, reason));
+                    continue;
+                }
                 _ = shutdown.changed(), if !self.closing => {
                     self.close_connection(AmqpError::new(code::CONNECTION_FORCED, "broker forced connection closure with reason 'shutdown'"));
                     continue;
                 }
             };
+            let got = buf.len().saturating_sub(before) as u64;
+            self.info.recv_oct.fetch_add(got, Ordering::Relaxed);
             match outcome {
                 Ok(Ok(0)) => return "client closed the socket",
                 Ok(Ok(_)) => {}
@@ -336,6 +367,7 @@ impl Conn {
             st.channels.insert(ch, ChannelDeliveries::default());
         });
         self.broker.counters.channels.fetch_add(1, Ordering::Relaxed);
+        self.info_dirty = true;
         self.send_method(ch, &AMQPClass::Channel(chm::AMQPMethod::OpenOk(chm::OpenOk {})));
         Ok(())
     }
@@ -381,6 +413,7 @@ impl Conn {
     fn release_channel(&mut self, ch: u16) {
         self.drop_reply_consumer(ch);
         let taken = self.outbox.with(|st| st.channels.remove(&ch));
+        self.info_dirty = true;
         if let Some(c) = self.channels.get_mut(&ch) {
             c.discard_pending();
         }
@@ -460,6 +493,20 @@ impl Conn {
 
     /// Work deferred to the end of a read batch: coalesced confirms.
     fn end_of_batch(&mut self) {
+        if self.info_dirty {
+            self.info_dirty = false;
+            let globals: HashMap<u16, u32> =
+                self.outbox.with(|st| st.channels.iter().map(|(ch, d)| (*ch, d.global_limit)).collect());
+            let mut map = std::collections::BTreeMap::new();
+            for (ch, c) in &self.channels {
+                if let Some(g) = globals.get(ch) {
+                    let mut i = c.info();
+                    i.global_prefetch_count = *g;
+                    map.insert(*ch, i);
+                }
+            }
+            *self.info.channels.lock() = map;
+        }
         let outbox = &self.outbox;
         let mut n = 0;
         for (id, c) in self.channels.iter_mut() {

@@ -37,6 +37,7 @@ pub async fn run<W: AsyncWrite + Unpin>(outbox: Arc<Outbox>, mut wr: W, heartbea
                 return;
             }
             last_write = Instant::now();
+            outbox.add_sent(spare.len());
             spare.clear();
             outbox.signal_drained();
             // Keep a big buffer from pinning memory after a burst.

@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 
 type ApiResult = Result<Response, ApiError>;
 
-fn rate() -> Value {
+pub(super) fn rate() -> Value {
     json!({"rate": 0.0})
 }
 
@@ -58,7 +58,7 @@ fn message_stats(b: &Broker, extra: &[&str]) -> Value {
     Value::Object(m)
 }
 
-fn node(b: &Broker) -> String {
+pub(super) fn node(b: &Broker) -> String {
     b.config.identity.cluster_name.clone()
 }
 
@@ -75,6 +75,7 @@ pub fn queue_json(b: &Broker, q: &Queue) -> Value {
     let (ready, unacked, consumers, ready_bytes) = q.counts();
     let s = &q.stats;
     let now = chrono_like_now();
+    let applied = q.applied.read().clone();
     json!({
         "arguments": values::table(&q.arguments),
         "auto_delete": q.auto_delete,
@@ -88,7 +89,7 @@ pub fn queue_json(b: &Broker, q: &Queue) -> Value {
         "consumer_utilisation": if consumers > 0 { 1.0 } else { 0.0 },
         "consumers": consumers,
         "durable": q.durable,
-        "effective_policy_definition": {},
+        "effective_policy_definition": applied.definition,
         "exclusive": q.exclusive_owner.is_some(),
         "exclusive_consumer_tag": Value::Null,
         "head_message_timestamp": Value::Null,
@@ -119,8 +120,8 @@ pub fn queue_json(b: &Broker, q: &Queue) -> Value {
         "messages_unacknowledged_ram": unacked,
         "name": q.name,
         "node": node(b),
-        "operator_policy": Value::Null,
-        "policy": Value::Null,
+        "operator_policy": applied.operator_policy,
+        "policy": applied.policy,
         "recoverable_slaves": Value::Null,
         "reductions": 0,
         "reductions_details": rate(),
@@ -153,7 +154,7 @@ fn chrono_like_now() -> String {
 }
 
 pub fn exchange_json(x: &Exchange) -> Value {
-    json!({
+    let mut j = json!({
         "arguments": values::table(&x.arguments),
         "auto_delete": x.auto_delete,
         "durable": x.durable,
@@ -166,7 +167,12 @@ pub fn exchange_json(x: &Exchange) -> Value {
         "type": x.type_name(),
         "user_who_performed_action": "rmq-internal",
         "vhost": x.vhost,
-    })
+    });
+    // RabbitMQ shows `policy` on an exchange only when one applies.
+    if let Some(p) = x.policy.read().clone() {
+        j["policy"] = json!(p);
+    }
+    j
 }
 
 fn totals(b: &Broker) -> (u64, u64, usize, usize, u64) {
@@ -250,19 +256,6 @@ pub async fn whoami(Authed(user): Authed) -> ApiResult {
     Ok(Json(json!({"name": user.name, "tags": user.tags})).into_response())
 }
 
-pub async fn users(State(b): State<Arc<Broker>>, _: Authed) -> ApiResult {
-    let mut out: Vec<Value> = b
-        .users
-        .iter()
-        .map(|u| {
-            json!({"name": u.name, "password_hash": u.password_hash,
-                   "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": u.tags, "limits": {}})
-        })
-        .collect();
-    out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    Ok(Json(out).into_response())
-}
-
 fn vhost_json(b: &Broker, v: &VHost) -> Value {
     let (mut ready, mut unacked) = (0, 0);
     for q in v.queues.iter() {
@@ -272,19 +265,20 @@ fn vhost_json(b: &Broker, v: &VHost) -> Value {
     }
     let mut cluster = serde_json::Map::new();
     cluster.insert(node(b), json!("running"));
+    let meta = v.meta.read().clone();
     json!({
         "cluster_state": cluster,
         "default_queue_type": "classic",
-        "description": if v.name == "/" { "Default virtual host" } else { "" },
+        "description": meta.description,
         "message_stats": message_stats(b, &[]),
         "messages": ready + unacked, "messages_details": rate(),
         "messages_ready": ready, "messages_ready_details": rate(),
         "messages_unacknowledged": unacked, "messages_unacknowledged_details": rate(),
-        "metadata": {"description": if v.name == "/" { "Default virtual host" } else { "" }, "tags": []},
+        "metadata": {"description": meta.description, "tags": meta.tags},
         "name": v.name,
         "recv_oct": 0, "recv_oct_details": rate(),
         "send_oct": 0, "send_oct_details": rate(),
-        "tags": [],
+        "tags": meta.tags,
         "tracing": false,
     })
 }
@@ -301,7 +295,7 @@ pub async fn vhost_detail(State(b): State<Arc<Broker>>, _: Authed, Path(name): P
 }
 
 /// `?sort=` and `?sort_reverse=` on a list.
-fn sorted(mut items: Vec<Value>, q: &HashMap<String, String>) -> Vec<Value> {
+pub(super) fn sorted(mut items: Vec<Value>, q: &HashMap<String, String>) -> Vec<Value> {
     let key = q.get("sort").cloned().unwrap_or_else(|| "name".into());
     items.sort_by(|a, b| {
         let (x, y) = (&a[&key], &b[&key]);

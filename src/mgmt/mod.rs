@@ -2,7 +2,9 @@
 //! auth against the broker's users, JSON errors `{"error","reason"}` with the
 //! status RabbitMQ uses. This is the first slice of the API (see `api`).
 
+mod access_api;
 mod api;
+mod conn_api;
 pub mod metrics;
 pub mod values;
 
@@ -13,7 +15,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use std::sync::Arc;
@@ -24,9 +26,66 @@ pub fn router(broker: Arc<Broker>) -> Router {
     Router::new()
         .route("/api/overview", get(api::overview))
         .route("/api/whoami", get(api::whoami))
-        .route("/api/users", get(api::users))
+        .route("/api/users", get(access_api::users))
+        .route("/api/users/without-permissions", get(access_api::users_without_permissions))
+        .route("/api/users/bulk-delete", post(access_api::users_bulk_delete))
+        .route(
+            "/api/users/{user}",
+            get(access_api::user_detail).put(access_api::user_put).delete(access_api::user_delete),
+        )
+        .route("/api/users/{user}/permissions", get(access_api::user_permissions))
+        .route("/api/users/{user}/topic-permissions", get(access_api::user_topic_permissions))
         .route("/api/vhosts", get(api::vhosts))
-        .route("/api/vhosts/{vhost}", get(api::vhost_detail))
+        .route(
+            "/api/vhosts/{vhost}",
+            get(api::vhost_detail).put(access_api::vhost_put).delete(access_api::vhost_delete),
+        )
+        .route("/api/vhosts/{vhost}/permissions", get(access_api::vhost_permissions))
+        .route("/api/vhosts/{vhost}/topic-permissions", get(access_api::vhost_topic_permissions))
+        .route("/api/permissions", get(access_api::permissions))
+        .route(
+            "/api/permissions/{vhost}/{user}",
+            get(access_api::permission_detail)
+                .put(access_api::permission_put)
+                .delete(access_api::permission_delete),
+        )
+        .route("/api/topic-permissions", get(access_api::topic_permissions))
+        .route(
+            "/api/topic-permissions/{vhost}/{user}",
+            get(access_api::topic_permission_detail)
+                .put(access_api::topic_permission_put)
+                .delete(access_api::topic_permission_delete),
+        )
+        .route("/api/policies", get(access_api::policies))
+        .route("/api/policies/{vhost}", get(access_api::policies_in))
+        .route(
+            "/api/policies/{vhost}/{name}",
+            get(access_api::policy_detail).put(access_api::policy_put).delete(access_api::policy_delete),
+        )
+        .route("/api/operator-policies", get(access_api::operator_policies))
+        .route("/api/operator-policies/{vhost}", get(access_api::operator_policies_in))
+        .route(
+            "/api/operator-policies/{vhost}/{name}",
+            get(access_api::operator_policy_detail)
+                .put(access_api::operator_policy_put)
+                .delete(access_api::operator_policy_delete),
+        )
+        .route("/api/connections", get(conn_api::connections))
+        .route(
+            "/api/connections/username/{user}",
+            get(conn_api::user_connections).delete(conn_api::user_connections_delete),
+        )
+        .route(
+            "/api/connections/{name}",
+            get(conn_api::connection_detail).delete(conn_api::connection_delete),
+        )
+        .route("/api/connections/{name}/channels", get(conn_api::connection_channels))
+        .route("/api/vhosts/{vhost}/connections", get(conn_api::vhost_connections))
+        .route("/api/channels", get(conn_api::channels))
+        .route("/api/channels/{name}", get(conn_api::channel_detail))
+        .route("/api/vhosts/{vhost}/channels", get(conn_api::vhost_channels))
+        .route("/api/consumers", get(conn_api::consumers))
+        .route("/api/consumers/{vhost}", get(conn_api::vhost_consumers))
         .route("/api/queues", get(api::queues))
         .route("/api/queues/{vhost}", get(api::queues_in))
         .route(
@@ -74,6 +133,16 @@ impl ApiError {
     pub fn bad_request(reason: impl Into<String>) -> Self {
         ApiError { status: StatusCode::BAD_REQUEST, error: "bad_request", reason: reason.into() }
     }
+    pub fn new(status: StatusCode, error: &'static str, reason: impl Into<String>) -> Self {
+        ApiError { status, error, reason: reason.into() }
+    }
+    pub fn internal(reason: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, error: "internal_error", reason: reason.into() }
+    }
+    /// A user lacking the tag an operation needs (RabbitMQ: 401 not_authorised).
+    fn not_authorised(reason: &str) -> Self {
+        ApiError { status: StatusCode::UNAUTHORIZED, error: "not_authorised", reason: reason.into() }
+    }
     pub fn bad_json(e: serde_json::Error) -> Self {
         Self::bad_request(format!("invalid JSON: {e}"))
     }
@@ -120,6 +189,24 @@ pub struct Authed(pub User);
 impl Authed {
     fn has(&self, tags: &[&str]) -> bool {
         self.0.tags.iter().any(|t| tags.contains(&t.as_str()))
+    }
+
+    /// Users, vhosts, permissions, operator policies: administrators only.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.has(&["administrator"]) {
+            Ok(())
+        } else {
+            Err(ApiError::not_authorised("Not administrator user"))
+        }
+    }
+
+    /// Policies: policymakers and administrators.
+    pub fn require_policymaker(&self) -> Result<(), ApiError> {
+        if self.has(&["administrator", "policymaker"]) {
+            Ok(())
+        } else {
+            Err(ApiError::not_authorised("Not policymaker user"))
+        }
     }
 }
 

@@ -721,6 +721,17 @@ impl Queue {
         self.state.lock().ready.len() as u32
     }
 
+    /// The consumers and, with single active consumer, the active one's tag.
+    pub fn consumers(&self) -> (Vec<Consumer>, Option<Bytes>) {
+        let st = self.state.lock();
+        let active = if self.declared.single_active_consumer {
+            st.consumers.first().map(|c| c.tag.clone())
+        } else {
+            None
+        };
+        (st.consumers.clone(), active)
+    }
+
     pub fn consumer_count(&self) -> u32 {
         self.state.lock().consumers.len() as u32
     }

@@ -187,6 +187,8 @@ pub struct Outbox {
     /// Signalled by the writer after each write (readers waiting for room).
     drained: Notify,
     high_water: usize,
+    /// Bytes the writer has written to the socket (management).
+    sent: AtomicU64,
 }
 
 /// Why a delivery did not happen.
@@ -215,7 +217,17 @@ impl Outbox {
             notify: Notify::new(),
             drained: Notify::new(),
             high_water,
+            sent: AtomicU64::new(0),
         }
+    }
+
+    /// Counts bytes written to the socket.
+    pub fn add_sent(&self, n: usize) {
+        self.sent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn sent_bytes(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// Adds to the broker's count of confirms sent.

@@ -113,10 +113,22 @@ impl Raw {
 
     /// Full handshake as guest with the usual capabilities, then channel 1 open.
     pub async fn open(addr: std::net::SocketAddr) -> Raw {
+        let mut r = Raw::open_as(addr, "guest", "guest", "/").await;
+        assert!(matches!(
+            r.recv().await,
+            In::Method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)))
+        ));
+        r.open_channel(1).await;
+        r
+    }
+
+    /// Handshake up to and including `connection.open` of `vhost` as `user`;
+    /// the caller reads the answer (open-ok or close).
+    pub async fn open_as(addr: std::net::SocketAddr, user: &str, pass: &str, vhost: &str) -> Raw {
         let mut r = Raw::login(
             addr,
-            "guest",
-            "guest",
+            user,
+            pass,
             &["consumer_cancel_notify", "authentication_failure_close", "publisher_confirms"],
         )
         .await;
@@ -136,15 +148,10 @@ impl Raw {
         r.method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
-                virtual_host: "/".into(),
+                virtual_host: vhost.into(),
             })),
         )
         .await;
-        assert!(matches!(
-            r.recv().await,
-            In::Method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)))
-        ));
-        r.open_channel(1).await;
         r
     }
 
