@@ -36,7 +36,9 @@ fn kind(v: &Value) -> &'static str {
 fn same_shape(path: &str, want: &Value, got: &Value, problems: &mut Vec<String>) {
     match (want, got) {
         (Value::Object(w), Value::Object(g)) => {
-            if ["cluster_state", "arguments", "effective_policy_definition"].iter().any(|k| path.ends_with(k))
+            if ["cluster_state", "arguments", "effective_policy_definition", "client_properties"]
+                .iter()
+                .any(|k| path.ends_with(k))
             {
                 return;
             }
@@ -224,4 +226,114 @@ async fn overview_counts_confirms_released_by_the_persister() {
     let o = get(&s, "/api/overview").await;
     assert_eq!(o["message_stats"]["confirm"], 3);
     assert_eq!(o["message_stats"]["publish"], 3);
+}
+
+/// A real RabbitMQ 3.10.8 response captured for this project (tests/samples).
+fn captured(name: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/samples").join(name);
+    serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .expect("sample JSON")
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn connections_channels_and_consumers_match_rabbitmq_and_close_with_x_reason() {
+    let s = start().await;
+    let mut r = Raw::open(s.addr()).await;
+    r.declare(1, "cq").await;
+    r.call(1, common::m::qos(7, false)).await;
+    let prio = table(&[("x-priority", amq_protocol::types::AMQPValue::LongInt(3))]);
+    r.call(1, common::m::consume("cq", "ctag-x", false, false, prio)).await;
+    r.open_channel(2).await;
+    r.call(2, common::m::confirm_select()).await;
+    // Channel summaries are refreshed after the batch that changed them.
+    eventually_json(&s, "/api/channels", |v| v.as_array().is_some_and(|a| a.len() == 2)).await;
+
+    let conns = get(&s, "/api/connections").await;
+    let mut conns_sample = captured("api-connections-3.10.8.json");
+    // Shown only when the client names its connection (checked below).
+    conns_sample[0].as_object_mut().expect("object").remove("user_provided_name");
+    assert_shape("connections", &conns_sample, &conns);
+    let c = &conns[0];
+    assert_eq!(c["channels"], 2);
+    assert_eq!(c["user"], "guest");
+    assert_eq!(c["protocol"], "AMQP 0-9-1");
+    let name = c["name"].as_str().expect("name").to_string();
+    assert!(name.contains(" -> 127.0.0.1:"), "{name}");
+    let one = get(&s, &format!("/api/connections/{}", urlencode(&name))).await;
+    assert_eq!(one["name"], name);
+
+    let chans = get(&s, "/api/channels").await;
+    assert_shape("channels", &captured("api-channels-3.10.8.json"), &chans);
+    let ch1 = chans.as_array().unwrap().iter().find(|c| c["number"] == 1).expect("channel 1");
+    assert_eq!((ch1["prefetch_count"].clone(), ch1["consumer_count"].clone()), (7.into(), 1.into()));
+    let ch2 = chans.as_array().unwrap().iter().find(|c| c["number"] == 2).expect("channel 2");
+    assert_eq!(ch2["confirm"], true);
+    assert_eq!(ch1["name"], format!("{name} (1)"));
+    let detail = get(&s, &format!("/api/channels/{}", urlencode(&format!("{name} (1)")))).await;
+    assert_shape("channel detail", &captured("api-channel-detail-3.10.8.json"), &detail);
+    assert_eq!(detail["consumer_details"][0]["consumer_tag"], "ctag-x");
+
+    let consumers = get(&s, "/api/consumers").await;
+    assert_shape("consumers", &captured("api-consumers-3.10.8.json"), &consumers);
+    assert_eq!(consumers[0]["arguments"], serde_json::json!({"x-priority": 3}));
+    assert_eq!(consumers[0]["prefetch_count"], 7);
+    assert_eq!(consumers[0]["queue"], serde_json::json!({"name": "cq", "vhost": "/"}));
+
+    // DELETE closes the connection with 320 and the X-Reason text.
+    let del = http_with(
+        mgmt(&s),
+        "DELETE",
+        &format!("/api/connections/{}", urlencode(&name)),
+        GUEST,
+        None,
+        &[("X-Reason", "bye now")],
+    )
+    .await;
+    assert_eq!(del.status, 204);
+    let (code, text, _, _) = r.expect_connection_close().await;
+    assert_eq!((code, text.as_str()), (320, "CONNECTION_FORCED - bye now"));
+    // Without the header: RabbitMQ's default reason.
+    let mut r2 = Raw::open(s.addr()).await;
+    let conns = eventually_json(&s, "/api/connections", |v| v.as_array().is_some_and(|a| a.len() == 1)).await;
+    let name2 = conns[0]["name"].as_str().unwrap().to_string();
+    let del = http(mgmt(&s), "DELETE", &format!("/api/connections/{}", urlencode(&name2)), GUEST, None).await;
+    assert_eq!(del.status, 204);
+    let (code, text, _, _) = r2.expect_connection_close().await;
+    assert_eq!((code, text.as_str()), (320, "CONNECTION_FORCED - Closed via management plugin"));
+    assert_eq!(http(mgmt(&s), "DELETE", "/api/connections/nope", GUEST, None).await.status, 404);
+    // A client-chosen connection name: `user_provided_name`, as RabbitMQ.
+    let named = lapin::Connection::connect(
+        &s.uri(),
+        lapin::ConnectionProperties::default().with_connection_name("my-conn".into()),
+    )
+    .await
+    .expect("lapin connects");
+    let conns = eventually_json(&s, "/api/connections", |v| v.as_array().is_some_and(|a| a.len() == 1)).await;
+    assert_eq!(conns[0]["user_provided_name"], "my-conn");
+    assert_eq!(conns[0]["client_properties"]["connection_name"], "my-conn");
+    drop(named);
+}
+
+/// Polls a GET until `ok` holds (summaries refresh asynchronously).
+async fn eventually_json(s: &TestServer, path: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let v = get(s, path).await;
+        if ok(&v) {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{path} never satisfied the condition: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

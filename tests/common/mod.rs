@@ -797,8 +797,23 @@ pub async fn http(
     auth: Option<(&str, &str)>,
     body: Option<&str>,
 ) -> HttpReply {
+    http_with(addr, method, path, auth, body, &[]).await
+}
+
+/// `http` with extra request headers.
+pub async fn http_with(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+    body: Option<&str>,
+    extra: &[(&str, &str)],
+) -> HttpReply {
     use base64::Engine;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
     if let Some((u, p)) = auth {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
         req.push_str(&format!("Authorization: Basic {token}\r\n"));
