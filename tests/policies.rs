@@ -258,3 +258,21 @@ async fn policies_survive_a_restart_and_apply_to_recovered_queues() {
     let args = s.broker().vhost("/").unwrap().queue("kept-q").unwrap().args();
     assert_eq!((args.max_length, args.message_ttl), (Some(7), Some(999)));
 }
+
+#[tokio::test]
+async fn an_expires_policy_deletes_an_unused_queue() {
+    let s = start().await;
+    let mut r = Raw::open(s.addr()).await;
+    r.declare(1, "idle-q").await;
+    r.declare(1, "busy-q").await;
+    r.call(1, m::consume("busy-q", "c", true, false, Default::default())).await;
+    put(
+        &s,
+        "/api/policies/%2F/idle",
+        json!({"pattern": "-q$", "apply-to": "queues", "definition": {"expires": 100}}),
+    )
+    .await;
+    let v = s.broker().vhost("/").unwrap();
+    eventually("the unused queue expires", Duration::from_secs(5), || !v.queues.contains_key("idle-q")).await;
+    assert!(v.queues.contains_key("busy-q"), "a queue with a consumer is in use");
+}
