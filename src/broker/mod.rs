@@ -49,6 +49,8 @@ pub struct Broker {
     pub store: Arc<Stores>,
     timers: Arc<Timers>,
     next_conn_id: AtomicU64,
+    /// When the broker started (uptime in management).
+    pub started: std::time::Instant,
 }
 
 impl Broker {
@@ -78,6 +80,7 @@ impl Broker {
             config: Arc::new(config),
             store: store.clone(),
             timers: timers.clone(),
+            started: std::time::Instant::now(),
         };
 
         // Vhosts, users and permissions: the defaults are created (and

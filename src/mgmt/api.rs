@@ -294,11 +294,18 @@ pub async fn vhost_detail(State(b): State<Arc<Broker>>, _: Authed, Path(name): P
     Ok(Json(vhost_json(&b, &v)).into_response())
 }
 
-/// `?sort=` and `?sort_reverse=` on a list.
-pub(super) fn sorted(mut items: Vec<Value>, q: &HashMap<String, String>) -> Vec<Value> {
+/// A list answer with RabbitMQ's query parameters: `sort` (dotted path),
+/// `sort_reverse`, `name` (+ `use_regex`), `columns` (dotted paths) and
+/// pagination (`page`, `page_size`, default 100, at most 500), which wraps the
+/// items in `{filtered_count, item_count, items, page, page_count,
+/// page_size, total_count}`.
+pub(super) fn sorted(mut items: Vec<Value>, q: &HashMap<String, String>) -> Value {
+    let at = |v: &Value, path: &str| -> Value {
+        path.split('.').try_fold(v, |v, k| v.get(k)).cloned().unwrap_or(Value::Null)
+    };
     let key = q.get("sort").cloned().unwrap_or_else(|| "name".into());
     items.sort_by(|a, b| {
-        let (x, y) = (&a[&key], &b[&key]);
+        let (x, y) = (at(a, &key), at(b, &key));
         match (x.as_f64(), y.as_f64()) {
             (Some(p), Some(q)) => p.partial_cmp(&q).unwrap_or(std::cmp::Ordering::Equal),
             _ => x.to_string().cmp(&y.to_string()),
@@ -307,7 +314,66 @@ pub(super) fn sorted(mut items: Vec<Value>, q: &HashMap<String, String>) -> Vec<
     if q.get("sort_reverse").is_some_and(|v| v == "true") {
         items.reverse();
     }
-    items
+    let total = items.len();
+    if let Some(filter) = q.get("name").filter(|n| !n.is_empty()) {
+        let regex = q.get("use_regex").is_some_and(|v| v == "true");
+        let re = if regex { regex::Regex::new(filter).ok() } else { None };
+        items.retain(|i| {
+            let name = i["name"].as_str().unwrap_or_default();
+            match &re {
+                Some(r) => r.is_match(name),
+                None if regex => false,
+                None => name.contains(filter.as_str()),
+            }
+        });
+    }
+    if let Some(cols) = q.get("columns").filter(|c| !c.is_empty()) {
+        let cols: Vec<&str> = cols.split(',').map(str::trim).collect();
+        items = items
+            .into_iter()
+            .map(|i| {
+                let mut out = serde_json::Map::new();
+                for c in &cols {
+                    let v = at(&i, c);
+                    if v.is_null() && c.split('.').try_fold(&i, |v, k| v.get(k)).is_none() {
+                        continue;
+                    }
+                    // Nested columns keep their nesting (`message_stats.publish`).
+                    let mut parts = c.split('.').peekable();
+                    let mut cur = &mut out;
+                    while let Some(p) = parts.next() {
+                        if parts.peek().is_none() {
+                            cur.insert(p.to_string(), v.clone());
+                        } else {
+                            let next = cur.entry(p.to_string()).or_insert_with(|| json!({}));
+                            match next.as_object_mut() {
+                                Some(m) => cur = m,
+                                None => break,
+                            }
+                        }
+                    }
+                }
+                Value::Object(out)
+            })
+            .collect();
+    }
+    let Some(page) = q.get("page") else {
+        return Value::Array(items);
+    };
+    let page: usize = page.parse().unwrap_or(1).max(1);
+    let page_size: usize = q.get("page_size").and_then(|p| p.parse().ok()).unwrap_or(100).clamp(1, 500);
+    let filtered = items.len();
+    let page_count = filtered.div_ceil(page_size).max(1);
+    let slice: Vec<Value> = items.into_iter().skip((page - 1) * page_size).take(page_size).collect();
+    json!({
+        "filtered_count": filtered,
+        "item_count": slice.len(),
+        "items": slice,
+        "page": page,
+        "page_count": page_count,
+        "page_size": page_size,
+        "total_count": total,
+    })
 }
 
 fn queues_of(b: &Broker, only: Option<&str>) -> Vec<Value> {
@@ -359,7 +425,7 @@ pub async fn queue_detail(
 ) -> ApiResult {
     let (_, q) = find_queue(&b, &vh, &name)?;
     let mut j = queue_json(&b, &q);
-    j["consumer_details"] = json!([]);
+    j["consumer_details"] = json!(super::conn_api::consumers_of_queue(&b, &q));
     j["incoming"] = json!([]);
     j["deliveries"] = json!([]);
     Ok(Json(j).into_response())

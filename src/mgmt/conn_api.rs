@@ -209,6 +209,18 @@ fn consumers_where(b: &Broker, vhost: Option<&str>, on: Option<(u64, u16)>) -> V
     out
 }
 
+/// The consumers of one queue (queue detail's `consumer_details`).
+pub fn consumers_of_queue(b: &Broker, q: &Arc<crate::queue::Queue>) -> Vec<Value> {
+    let (consumers, active) = q.consumers();
+    consumers
+        .iter()
+        .filter_map(|c| {
+            let conn = b.registry.connections.get(&c.outbox.conn_id)?;
+            Some(consumer_json(b, &conn, c.channel, c, q, active.as_ref()))
+        })
+        .collect()
+}
+
 pub async fn consumers(State(b): State<Arc<Broker>>, _: Authed) -> ApiResult {
     Ok(Json(consumers_where(&b, None, None)).into_response())
 }

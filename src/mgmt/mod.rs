@@ -5,7 +5,10 @@
 mod access_api;
 mod api;
 mod conn_api;
+pub mod definitions;
+mod messages_api;
 pub mod metrics;
+mod node_api;
 pub mod values;
 
 use crate::broker::Broker;
@@ -24,7 +27,21 @@ use tokio::sync::watch;
 
 pub fn router(broker: Arc<Broker>) -> Router {
     Router::new()
+        .route("/", get(node_api::index))
+        .route("/app.js", get(node_api::app_js))
+        .route("/app.css", get(node_api::app_css))
         .route("/api/overview", get(api::overview))
+        .route("/api/nodes", get(node_api::nodes))
+        .route("/api/nodes/{node}", get(node_api::node_detail))
+        .route("/api/cluster-name", get(node_api::cluster_name))
+        .route("/api/extensions", get(node_api::extensions))
+        .route("/api/auth", get(node_api::auth))
+        .route("/api/feature-flags", get(node_api::feature_flags))
+        .route("/api/global-parameters", get(node_api::global_parameters))
+        .route("/api/parameters", get(node_api::empty_list))
+        .route("/api/vhost-limits", get(node_api::empty_list))
+        .route("/api/user-limits", get(node_api::empty_list))
+        .route("/api/aliveness-test/{vhost}", get(node_api::aliveness))
         .route("/api/whoami", get(api::whoami))
         .route("/api/users", get(access_api::users))
         .route("/api/users/without-permissions", get(access_api::users_without_permissions))
@@ -99,6 +116,26 @@ pub fn router(broker: Arc<Broker>) -> Router {
             "/api/exchanges/{vhost}/{name}",
             get(api::exchange_detail).put(api::exchange_put).delete(api::exchange_delete),
         )
+        .route("/api/bindings", get(messages_api::bindings))
+        .route("/api/bindings/{vhost}", get(messages_api::bindings_in))
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{destination}",
+            get(messages_api::binding_list).post(messages_api::binding_create),
+        )
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}",
+            get(messages_api::binding_detail).delete(messages_api::binding_delete),
+        )
+        .route("/api/exchanges/{vhost}/{name}/bindings/source", get(messages_api::exchange_bindings_source))
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/destination",
+            get(messages_api::exchange_bindings_destination),
+        )
+        .route("/api/exchanges/{vhost}/{name}/publish", post(messages_api::exchange_publish))
+        .route("/api/queues/{vhost}/{name}/bindings", get(messages_api::queue_bindings))
+        .route("/api/queues/{vhost}/{name}/get", post(messages_api::queue_get))
+        .route("/api/definitions", get(definitions::export_all).post(definitions::import_all))
+        .route("/api/definitions/{vhost}", get(definitions::export_vhost).post(definitions::import_vhost))
         .route("/api/health/checks/alarms", get(api::health_ok))
         .route("/api/health/checks/local-alarms", get(api::health_ok))
         .route("/api/health/checks/virtual-hosts", get(api::health_ok))
@@ -140,6 +177,9 @@ impl ApiError {
         ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, error: "internal_error", reason: reason.into() }
     }
     /// A user lacking the tag an operation needs (RabbitMQ: 401 not_authorised).
+    pub fn reason(&self) -> String {
+        self.reason.clone()
+    }
     fn not_authorised(reason: &str) -> Self {
         ApiError { status: StatusCode::UNAUTHORIZED, error: "not_authorised", reason: reason.into() }
     }

@@ -673,6 +673,28 @@ impl Queue {
         }
     }
 
+    /// Takes the head message as an unacked delivery for an inspector (the
+    /// management API's "get messages"), which settles or requeues it.
+    /// Returns the message and how many stay ready.
+    pub fn fetch(self: &Arc<Self>) -> Option<(QueuedMessage, u32)> {
+        let mut st = self.state.lock();
+        st.last_used = now_ms();
+        let now = st.last_used;
+        self.expire(&mut st, now);
+        if !self.page_in_head(&mut st) {
+            return None;
+        }
+        self.stamp_delivery_count(&mut st);
+        let mut qm = self.pop_ready(&mut st)?;
+        if !qm.redelivered {
+            self.store.delivered(qm.loc);
+        }
+        qm.deliveries = qm.deliveries.saturating_add(1);
+        st.unacked += 1;
+        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+        Some((qm, st.ready.len() as u32))
+    }
+
     /// Deliveries settled without requeue (acked, or rejected and dropped).
     pub fn settled(self: &Arc<Self>, msgs: &[QueuedMessage]) {
         self.forget(msgs);

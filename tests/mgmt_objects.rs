@@ -1,0 +1,305 @@
+//! Management API beyond the basics: bindings (properties keys, Location),
+//! publishing and getting messages, definitions export and import (a real
+//! RabbitMQ export loads, its password hashes log in), list pagination and
+//! columns, nodes and the aliveness test — compared with RabbitMQ's samples.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+const GUEST: Option<(&str, &str)> = Some(("guest", "guest"));
+
+fn mgmt(s: &TestServer) -> std::net::SocketAddr {
+    s.handle.as_ref().expect("running").mgmt_addr
+}
+
+fn sample(name: &str) -> Value {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/docs/mgmt-samples").join(name);
+    serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .expect("sample JSON")
+}
+
+/// Every key of the sample object is present in ours with the same JSON type.
+fn assert_keys(what: &str, want: &Value, got: &Value) {
+    let (Some(w), Some(g)) = (want.as_object(), got.as_object()) else {
+        panic!("{what}: not objects: {got}")
+    };
+    for (k, v) in w.iter().filter(|(k, _)| !k.starts_with('_')) {
+        let Some(gv) = g.get(k) else { panic!("{what}: key {k} missing in {got}") };
+        let same = std::mem::discriminant(v) == std::mem::discriminant(gv) || v.is_null();
+        assert!(same, "{what}.{k}: {v} in RabbitMQ, {gv} in Warren");
+    }
+}
+
+async fn call(s: &TestServer, method: &str, path: &str, body: Option<Value>) -> HttpReply {
+    http(mgmt(s), method, path, GUEST, body.map(|b| b.to_string()).as_deref()).await
+}
+
+#[tokio::test]
+async fn bindings_are_listed_created_and_deleted_by_properties_key() {
+    let s = start().await;
+    let mut r = Raw::open(s.addr()).await;
+    r.declare(1, "cq").await;
+    r.call(1, m::x("ex1", "direct")).await;
+    let created = call(&s, "POST", "/api/bindings/%2F/e/ex1/q/cq", Some(json!({"routing_key": "k1"}))).await;
+    assert_eq!(created.status, 201);
+    assert_eq!(created.header("location"), Some("cq/k1"));
+    let odd = call(&s, "POST", "/api/bindings/%2F/e/ex1/q/cq", Some(json!({"routing_key": "a b~c/d"}))).await;
+    assert_eq!(odd.header("location"), Some("cq/a%2Bb%257Ec%252Fd"), "the key is quoted, then quoted again");
+    let empty = call(&s, "POST", "/api/bindings/%2F/e/ex1/q/cq", Some(json!({}))).await;
+    assert_eq!(empty.header("location"), Some("cq/~"));
+    let with_args = call(
+        &s,
+        "POST",
+        "/api/bindings/%2F/e/ex1/q/cq",
+        Some(json!({"routing_key": "k2", "arguments": {"x-foo": "bar"}})),
+    )
+    .await;
+    let loc = with_args.header("location").expect("location").to_string();
+    assert!(loc.starts_with("cq/k2~"), "{loc}");
+
+    let all = call(&s, "GET", "/api/bindings/%2F", None).await.json();
+    let want = sample("api-bindings-sample.json");
+    for item in all.as_array().expect("list") {
+        assert_keys("binding", &want[0], item);
+    }
+    let default = all.as_array().unwrap().iter().find(|b| b["source"] == "" && b["destination"] == "cq");
+    assert_eq!(default.expect("the default exchange's implicit binding")["properties_key"], "cq");
+    let list = call(&s, "GET", "/api/bindings/%2F/e/ex1/q/cq", None).await.json();
+    let keys: Vec<&str> =
+        list.as_array().unwrap().iter().filter_map(|b| b["properties_key"].as_str()).collect();
+    assert!(keys.contains(&"k1") && keys.contains(&"~") && keys.contains(&"a+b%7Ec%2Fd"), "{keys:?}");
+    assert_eq!(
+        call(&s, "GET", "/api/queues/%2F/cq/bindings", None).await.json().as_array().unwrap().len(),
+        5
+    );
+    assert_eq!(
+        call(&s, "GET", "/api/exchanges/%2F/ex1/bindings/source", None)
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+
+    // The binding routes, then goes away by its key.
+    r.publish(1, "ex1", "k1", false, &[], b"routed").await;
+    assert_eq!(r.counts(1, "cq").await.0, 1);
+    assert_eq!(call(&s, "DELETE", "/api/bindings/%2F/e/ex1/q/cq/k1", None).await.status, 204);
+    assert_eq!(call(&s, "GET", "/api/bindings/%2F/e/ex1/q/cq/k1", None).await.status, 404);
+    r.publish(1, "ex1", "k1", false, &[], b"unrouted").await;
+    assert_eq!(r.counts(1, "cq").await.0, 1);
+
+    let missing = call(&s, "POST", "/api/bindings/%2F/e/nosuch/q/cq", Some(json!({}))).await;
+    assert_eq!(
+        (missing.status, missing.json()),
+        (404, json!({"error": "not_found", "reason": "no exchange 'nosuch' in vhost '/'"}))
+    );
+    let default_src = call(&s, "POST", "/api/bindings/%2F/e/amq.default/q/cq", Some(json!({}))).await;
+    assert_eq!(
+        (default_src.status, default_src.json()),
+        (401, json!({"error": "not_authorised", "reason": "Access refused."}))
+    );
+}
+
+#[tokio::test]
+async fn publish_and_get_messages_over_http() {
+    let s = start().await;
+    let mut r = Raw::open(s.addr()).await;
+    r.call(1, m::qdecl("hq", false, true, false, false, Default::default())).await;
+    let body = json!({"properties": {"delivery_mode": 2, "headers": {"h": "v"}, "content_type": "text/plain"},
+                      "routing_key": "hq", "payload": "hello from http", "payload_encoding": "string"});
+    let p = call(&s, "POST", "/api/exchanges/%2F/amq.default/publish", Some(body)).await;
+    assert_eq!((p.status, p.json()), (200, json!({"routed": true})));
+    let nowhere =
+        json!({"properties": {}, "routing_key": "nobody", "payload": "x", "payload_encoding": "string"});
+    assert_eq!(
+        call(&s, "POST", "/api/exchanges/%2F/amq.default/publish", Some(nowhere)).await.json(),
+        json!({"routed": false})
+    );
+    let b64 = json!({"properties": {}, "routing_key": "hq", "payload": "//4=", "payload_encoding": "base64"});
+    assert_eq!(
+        call(&s, "POST", "/api/exchanges/%2F/amq.default/publish", Some(b64)).await.json()["routed"],
+        true
+    );
+
+    // Peek with requeue: both stay, now redelivered.
+    let got = call(
+        &s,
+        "POST",
+        "/api/queues/%2F/hq/get",
+        Some(json!({"count": 5, "ackmode": "ack_requeue_true", "encoding": "auto", "truncate": 50000})),
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    let msgs = got.json();
+    assert_eq!(msgs.as_array().map(|a| a.len()), Some(2));
+    assert_eq!(msgs[0]["payload"], "hello from http");
+    assert_eq!(msgs[0]["payload_encoding"], "string");
+    assert_eq!(msgs[0]["payload_bytes"], 15);
+    assert_eq!(msgs[0]["redelivered"], false);
+    assert_eq!(msgs[0]["exchange"], "");
+    assert_eq!(msgs[0]["routing_key"], "hq");
+    assert_eq!(msgs[0]["message_count"], 1);
+    assert_eq!(
+        msgs[0]["properties"],
+        json!({"content_type": "text/plain", "headers": {"h": "v"}, "delivery_mode": 2})
+    );
+    assert_eq!(
+        (msgs[1]["payload"].clone(), msgs[1]["payload_encoding"].clone()),
+        (json!("//4="), json!("base64")),
+        "auto: a payload that is not UTF-8 comes back base64"
+    );
+    assert_eq!(r.counts(1, "hq").await.0, 2);
+    // Then take them for good.
+    let got = call(
+        &s,
+        "POST",
+        "/api/queues/%2F/hq/get",
+        Some(json!({"count": 5, "ackmode": "ack_requeue_false", "encoding": "auto"})),
+    )
+    .await
+    .json();
+    assert_eq!(got[0]["redelivered"], true);
+    assert_eq!(r.counts(1, "hq").await.0, 0);
+    let bad = call(&s, "POST", "/api/queues/%2F/hq/get", Some(json!({"count": 1}))).await;
+    assert_eq!(
+        (bad.status, bad.json()["reason"].clone()),
+        (400, json!("[{key_missing,ackmode},{key_missing,encoding}]"))
+    );
+}
+
+#[tokio::test]
+async fn a_rabbitmq_export_imports_and_exports_round_trip() {
+    let s = start().await;
+    let mut doc = sample("api-definitions-trimmed.json");
+    // The trimmed sample's bindings point at exclusive queues it does not
+    // carry; bind to what it does carry instead.
+    let q = doc["queues"][2]["name"].as_str().expect("queue name").to_string();
+    let x = doc["exchanges"][1]["name"].as_str().expect("exchange name").to_string();
+    doc["bindings"] = json!([{"source": x, "vhost": "/", "destination": q, "destination_type": "queue", "routing_key": "rk", "arguments": {}}]);
+    let mut imported = doc["users"][0].clone();
+    imported["name"] = json!("imported");
+    doc["users"].as_array_mut().unwrap().push(imported);
+    doc["vhosts"].as_array_mut().unwrap().push(json!({"name": "second"}));
+    doc["permissions"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"user": "imported", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}));
+    doc["policies"] = json!([{"vhost": "/", "name": "p1", "pattern": "^test\\.", "apply-to": "queues", "definition": {"max-length": 9}, "priority": 0}]);
+    let r = call(&s, "POST", "/api/definitions", Some(doc.clone())).await;
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+
+    // RabbitMQ's password hash works: the copied user logs in with guest's password.
+    let mut c = Raw::open_as(s.addr(), "imported", "guest", "/").await;
+    assert!(matches!(
+        c.recv().await,
+        In::Method(
+            0,
+            amq_protocol::protocol::AMQPClass::Connection(
+                amq_protocol::protocol::connection::AMQPMethod::OpenOk(_)
+            )
+        )
+    ));
+    let v = s.broker().vhost("/").unwrap();
+    let queue = v.queue(&q).expect("imported queue");
+    assert_eq!(queue.args().message_ttl, Some(300));
+    assert_eq!(queue.args().max_length, Some(9), "the imported policy applies");
+    assert!(s.broker().vhost("second").is_some());
+
+    let out = call(&s, "GET", "/api/definitions", None).await.json();
+    assert_keys("definitions", &sample("api-definitions-trimmed.json"), &out);
+    for key in ["queues", "exchanges", "bindings", "users", "permissions"] {
+        for item in doc[key].as_array().unwrap() {
+            let name_of = |i: &Value| {
+                (i["name"].clone(), i["source"].clone(), i["destination"].clone(), i["user"].clone())
+            };
+            let found = out[key].as_array().unwrap().iter().find(|o| name_of(o) == name_of(item));
+            let found = found.unwrap_or_else(|| panic!("{key}: {item} not exported"));
+            assert_keys(key, item, found);
+        }
+    }
+    assert!(
+        out["exchanges"].as_array().unwrap().iter().all(|x| !x["name"].as_str().unwrap().starts_with("amq."))
+    );
+    assert!(out["bindings"].as_array().unwrap().iter().all(|b| b["source"] != ""));
+    let one = call(&s, "GET", "/api/definitions/%2F", None).await.json();
+    assert!(one.get("users").is_none() && one["queues"][0].get("vhost").is_none(), "per-vhost export: {one}");
+}
+
+#[tokio::test]
+async fn lists_paginate_and_select_columns_like_rabbitmq() {
+    let s = start().await;
+    let mut r = Raw::open(s.addr()).await;
+    for i in 0..5 {
+        r.declare(1, &format!("page-{i}")).await;
+    }
+    let paged =
+        call(&s, "GET", "/api/queues?page=1&page_size=2&columns=name,messages,consumers", None).await.json();
+    let want = sample("api-queues-paged-columns.json");
+    for k in ["filtered_count", "item_count", "items", "page", "page_count", "page_size", "total_count"] {
+        assert!(paged.get(k).is_some(), "{k} missing: {paged}");
+    }
+    assert_eq!(
+        (paged["total_count"].clone(), paged["page_count"].clone(), paged["item_count"].clone()),
+        (json!(5), json!(3), json!(2))
+    );
+    let item = paged["items"][0].as_object().expect("item");
+    let mut keys: Vec<&String> = item.keys().collect();
+    keys.sort();
+    let mut want_keys: Vec<&String> = want["items"][0].as_object().unwrap().keys().collect();
+    want_keys.sort();
+    assert_eq!(keys, want_keys);
+    assert_eq!(paged["items"][0]["name"], "page-0");
+    let last = call(&s, "GET", "/api/queues?page=3&page_size=2", None).await.json();
+    assert_eq!(last["items"][0]["name"], "page-4");
+    let filtered = call(&s, "GET", "/api/queues?page=1&name=page-[13]&use_regex=true", None).await.json();
+    assert_eq!(filtered["filtered_count"], 2);
+    let rev = call(&s, "GET", "/api/queues?sort=name&sort_reverse=true&columns=name", None).await.json();
+    assert_eq!(rev[0], json!({"name": "page-4"}));
+}
+
+#[tokio::test]
+async fn nodes_extensions_and_aliveness() {
+    let s = start().await;
+    let nodes = call(&s, "GET", "/api/nodes", None).await.json();
+    let want = sample("api-nodes-item-trimmed.json");
+    let want = if want.is_array() { want[0].clone() } else { want };
+    for k in [
+        "name",
+        "type",
+        "running",
+        "mem_used",
+        "mem_limit",
+        "mem_alarm",
+        "disk_free",
+        "disk_free_limit",
+        "disk_free_alarm",
+        "fd_used",
+        "fd_total",
+        "sockets_used",
+        "sockets_total",
+        "uptime",
+        "processors",
+        "exchange_types",
+        "auth_mechanisms",
+    ] {
+        let (w, g) = (&want[k], &nodes[0][k]);
+        assert!(std::mem::discriminant(w) == std::mem::discriminant(g), "nodes.{k}: {w} vs {g}");
+    }
+    assert!(nodes[0]["mem_used"].as_u64().unwrap() > 0, "RSS read from /proc");
+    assert!(nodes[0]["disk_free"].as_u64().unwrap() > 0, "statvfs of the data dir");
+    let name = nodes[0]["name"].as_str().unwrap().to_string();
+    assert_eq!(call(&s, "GET", &format!("/api/nodes/{name}"), None).await.status, 200);
+    assert_eq!(call(&s, "GET", "/api/nodes/nope", None).await.status, 404);
+    assert_eq!(call(&s, "GET", "/api/aliveness-test/%2F", None).await.json(), json!({"status": "ok"}));
+    assert!(call(&s, "GET", "/api/extensions", None).await.json().is_array());
+    let ui = http(mgmt(&s), "GET", "/", None, None).await;
+    assert_eq!(ui.status, 200);
+    assert!(String::from_utf8_lossy(&ui.body).contains("<html"), "the web UI is served at /");
+}
