@@ -6,6 +6,8 @@
 #   4. interop: pika, aio-pika, Celery (a real worker) and amqplib against the
 #      real binary (tests/run-interop.sh installs the pinned clients into
 #      tests/interop/.venv and tests/interop/node_modules)
+#   5. rabbitmqadmin v2 against the real binary (tests/run-rabbitmqadmin.sh
+#      installs the pinned CLI into tests/tools once)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -23,3 +25,6 @@ WARREN_BIN="$PWD/target/debug/warren" tests/run-interop.sh
 
 echo "==> promtool check metrics"
 WARREN_BIN="$PWD/target/debug/warren" tests/check-metrics.sh
+
+echo "==> rabbitmqadmin"
+WARREN_BIN="$PWD/target/debug/warren" tests/run-rabbitmqadmin.sh
