@@ -47,7 +47,9 @@ while time.monotonic() - start < seconds:
     t = time.monotonic()
     c.request("GET", "/api/queues", headers=auth)
     r = c.getresponse(); body = r.read()
-    assert r.status == 200 and len(json.loads(body)) >= 1000
+    # Status and size only: parsing 1.5 MB of JSON 100 times a second would
+    # measure the poller's CPU (on the same 2 cores), not the broker's.
+    assert r.status == 200 and len(body) > 1000 * 1000, (r.status, len(body))
     lat.append((time.monotonic() - t) * 1000)
     n += 1
 lat.sort()
