@@ -49,6 +49,9 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     pub segment_size: u64,
     pub definitions_cache: u64,
+    /// A definitions file (RabbitMQ's JSON) imported at every boot, after
+    /// recovery and before the listeners serve; empty for none.
+    pub load_definitions: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -23,6 +23,18 @@ pub struct ServerHandle {
 }
 
 /// Starts a broker with `config`; returns once the listeners are bound.
+/// Imports `storage.load_definitions` (RabbitMQ's `load_definitions`).
+fn load_definitions(broker: &Broker, path: &str) -> Result<(), String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read definitions file {path}: {e}"))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("definitions file {path} is not valid JSON: {e}"))?;
+    crate::mgmt::definitions::import(broker, &doc, None, "load_definitions")
+        .map_err(|e| format!("definitions file {path}: {e}"))?;
+    tracing::info!(file = %path, "definitions loaded");
+    Ok(())
+}
+
 pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
     std::fs::create_dir_all(&config.storage.data_dir).map_err(|e| {
         std::io::Error::new(
@@ -58,6 +70,14 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
         .await
         .map_err(|e| std::io::Error::other(format!("recovery task failed: {e}")))?
         .map_err(std::io::Error::other)?;
+    let defs_file = broker.config.storage.load_definitions.clone();
+    if !defs_file.is_empty() {
+        let b = broker.clone();
+        tokio::task::spawn_blocking(move || load_definitions(&b, &defs_file))
+            .await
+            .map_err(|e| std::io::Error::other(format!("definitions task failed: {e}")))?
+            .map_err(std::io::Error::other)?;
+    }
     let (tx, rx) = watch::channel(false);
     let accept = tokio::spawn(accept_loop(broker.clone(), amqp, rx.clone()));
     let http = tokio::spawn(crate::mgmt::serve(broker.clone(), mgmt, rx.clone()));

@@ -303,3 +303,45 @@ async fn nodes_extensions_and_aliveness() {
     assert_eq!(ui.status, 200);
     assert!(String::from_utf8_lossy(&ui.body).contains("<html"), "the web UI is served at /");
 }
+
+#[tokio::test]
+async fn load_definitions_at_boot_creates_what_the_file_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("defs.json");
+    let doc = json!({
+        "users": [{"name": "svc", "password_hash": sample("api-definitions-trimmed.json")["users"][0]["password_hash"],
+                   "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ["management"]}],
+        "vhosts": [{"name": "/"}, {"name": "jobs"}],
+        "permissions": [{"user": "svc", "vhost": "jobs", "configure": ".*", "write": ".*", "read": ".*"}],
+        "policies": [{"vhost": "jobs", "name": "ttl", "pattern": ".*", "apply-to": "queues", "definition": {"message-ttl": 60000}, "priority": 0}],
+        "exchanges": [{"name": "work", "vhost": "jobs", "type": "direct", "durable": true, "auto_delete": false, "internal": false, "arguments": {}}],
+        "queues": [{"name": "tasks", "vhost": "jobs", "durable": true, "auto_delete": false, "arguments": {"x-max-priority": 5}}],
+        "bindings": [{"source": "work", "vhost": "jobs", "destination": "tasks", "destination_type": "queue", "routing_key": "t", "arguments": {}}]
+    });
+    std::fs::write(&file, doc.to_string()).expect("write");
+    let path = file.display().to_string();
+    let s = start_with(|c| c.storage.load_definitions = path.clone()).await;
+    let v = s.broker().vhost("jobs").expect("vhost from the file");
+    let q = v.queue("tasks").expect("queue from the file");
+    assert_eq!(q.declared.max_priority, Some(5));
+    assert_eq!(q.args().message_ttl, Some(60000), "the file's policy applies");
+    assert_eq!(v.exchange("work").expect("exchange").bindings().len(), 1);
+    // The exported hash is guest's: svc logs in with "guest".
+    let mut r = Raw::open_as(s.addr(), "svc", "guest", "jobs").await;
+    assert!(matches!(
+        r.recv().await,
+        In::Method(
+            0,
+            amq_protocol::protocol::AMQPClass::Connection(
+                amq_protocol::protocol::connection::AMQPMethod::OpenOk(_)
+            )
+        )
+    ));
+
+    // A file that is not JSON stops startup with an error naming it.
+    std::fs::write(&file, "{not json").expect("write");
+    let mut cfg = test_config(dir.path());
+    cfg.storage.load_definitions = path.clone();
+    let err = warren::start(cfg).await.err().expect("startup refused");
+    assert!(err.to_string().contains(&path), "{err}");
+}
