@@ -167,6 +167,9 @@ async fn publish_and_get_messages_over_http() {
     .json();
     assert_eq!(got[0]["redelivered"], true);
     assert_eq!(r.counts(1, "hq").await.0, 0);
+    // The overview sums the queues' delivery counters: 2 peeked + 2 taken, 2 acked.
+    let o = call(&s, "GET", "/api/overview", None).await.json();
+    assert_eq!((o["message_stats"]["deliver_get"].clone(), o["message_stats"]["ack"].clone()), (json!(4), json!(2)));
     let bad = call(&s, "POST", "/api/queues/%2F/hq/get", Some(json!({"count": 1}))).await;
     assert_eq!(
         (bad.status, bad.json()["reason"].clone()),

@@ -30,7 +30,19 @@ pub(super) fn rate() -> Value {
 /// Counters Warren does not keep (yet) are 0.
 fn message_stats(b: &Broker, extra: &[&str]) -> Value {
     let c = &b.counters;
+    // Delivery-side counters are kept per queue: sum them.
+    let (mut delivered, mut acked, mut redelivered) = (0, 0, 0);
+    for v in b.vhosts.iter() {
+        for q in v.queues.iter() {
+            delivered += q.stats.delivered.load(Ordering::Relaxed);
+            acked += q.stats.acked.load(Ordering::Relaxed);
+            redelivered += q.stats.redelivered.load(Ordering::Relaxed);
+        }
+    }
     let known = |k: &str| match k {
+        "deliver_get" => delivered,
+        "ack" => acked,
+        "redeliver" => redelivered,
         "publish" => c.published.load(Ordering::Relaxed),
         "confirm" => c.confirmed.load(Ordering::Relaxed),
         "return_unroutable" => c.unroutable_returned.load(Ordering::Relaxed),
