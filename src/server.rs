@@ -78,6 +78,7 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
             .map_err(|e| std::io::Error::other(format!("definitions task failed: {e}")))?
             .map_err(std::io::Error::other)?;
     }
+    let _ = broker.ports.set((amqp_addr.port(), mgmt_addr.port(), metrics_addr.port()));
     let (tx, rx) = watch::channel(false);
     let accept = tokio::spawn(accept_loop(broker.clone(), amqp, rx.clone()));
     let http = tokio::spawn(crate::mgmt::serve(broker.clone(), mgmt, rx.clone()));

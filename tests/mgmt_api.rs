@@ -200,7 +200,11 @@ async fn health_checks() {
     ] {
         assert_eq!(get(&s, &path).await["status"], "ok", "{path}");
     }
-    let _ = port; // the test broker binds port 0; config keeps 0, so check a wrong port fails
+    // The bound port (the config says 0) is the one checked and listed.
+    let ok = get(&s, &format!("/api/health/checks/port-listener/{port}")).await;
+    assert_eq!(ok, serde_json::json!({"status": "ok", "port": port}));
+    let o = get(&s, "/api/overview").await;
+    assert_eq!(o["listeners"][0]["port"], port);
     let r = http(mgmt(&s), "GET", "/api/health/checks/port-listener/1", GUEST, None).await;
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["status"], "failed");

@@ -8,6 +8,8 @@
 #      tests/interop/.venv and tests/interop/node_modules)
 #   5. rabbitmqadmin v2 against the real binary (tests/run-rabbitmqadmin.sh
 #      installs the pinned CLI into tests/tools once)
+#   6. the web UI in headless Chromium (tests/run-ui.sh installs Debian's
+#      chromium if missing and playwright-core into tests/ui/node_modules)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -28,3 +30,6 @@ WARREN_BIN="$PWD/target/debug/warren" tests/check-metrics.sh
 
 echo "==> rabbitmqadmin"
 WARREN_BIN="$PWD/target/debug/warren" tests/run-rabbitmqadmin.sh
+
+echo "==> web UI (headless Chromium)"
+WARREN_BIN="$PWD/target/debug/warren" tests/run-ui.sh

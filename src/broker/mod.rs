@@ -51,6 +51,16 @@ pub struct Broker {
     next_conn_id: AtomicU64,
     /// When the broker started (uptime in management).
     pub started: std::time::Instant,
+    /// The ports actually bound (AMQP, management, Prometheus); a configured
+    /// port 0 becomes the one the OS chose.
+    pub ports: std::sync::OnceLock<(u16, u16, u16)>,
+}
+
+impl Broker {
+    /// (AMQP, management) ports as bound, else as configured.
+    pub fn listen_ports(&self) -> (u16, u16) {
+        self.ports.get().map(|p| (p.0, p.1)).unwrap_or((self.config.amqp.port, self.config.management.port))
+    }
 }
 
 impl Broker {
@@ -81,6 +91,7 @@ impl Broker {
             store: store.clone(),
             timers: timers.clone(),
             started: std::time::Instant::now(),
+            ports: std::sync::OnceLock::new(),
         };
 
         // Vhosts, users and permissions: the defaults are created (and

@@ -317,6 +317,7 @@ fn totals(b: &Broker) -> (u64, u64, usize, usize, u64) {
 }
 
 pub async fn overview(State(b): State<Arc<Broker>>, _: Authed) -> ApiResult {
+    let (amqp_port, mgmt_port) = b.listen_ports();
     let c = &b.counters;
     let (ready, unacked, queues, exchanges, consumers) = totals(&b);
     let id = &b.config.identity;
@@ -364,13 +365,13 @@ pub async fn overview(State(b): State<Arc<Broker>>, _: Authed) -> ApiResult {
         "statistics_db_event_queue": 0,
         "node": node(&b),
         "listeners": [
-            {"node": node(&b), "protocol": "amqp", "ip_address": b.config.amqp.bind, "port": b.config.amqp.port,
+            {"node": node(&b), "protocol": "amqp", "ip_address": b.config.amqp.bind, "port": amqp_port,
              "socket_opts": {"backlog": 1024, "nodelay": true, "linger": [true, 0], "exit_on_close": false}},
-            {"node": node(&b), "protocol": "http", "ip_address": b.config.management.bind, "port": b.config.management.port,
-             "socket_opts": {"cowboy_opts": {"sendfile": false}, "port": b.config.management.port}}
+            {"node": node(&b), "protocol": "http", "ip_address": b.config.management.bind, "port": mgmt_port,
+             "socket_opts": {"cowboy_opts": {"sendfile": false}, "port": mgmt_port}}
         ],
         "contexts": [{"ssl_opts": [], "node": node(&b), "description": "RabbitMQ Management", "path": "/",
-                      "cowboy_opts": "[]", "port": b.config.management.port.to_string()}]
+                      "cowboy_opts": "[]", "port": mgmt_port.to_string()}]
     }))
     .into_response())
 }
@@ -764,7 +765,8 @@ pub async fn health_ok(_: Authed) -> ApiResult {
 }
 
 pub async fn health_port(State(b): State<Arc<Broker>>, _: Authed, Path(port): Path<u16>) -> ApiResult {
-    if port == b.config.amqp.port || port == b.config.management.port {
+    let (amqp_port, mgmt_port) = b.listen_ports();
+    if port == amqp_port || port == mgmt_port {
         return Ok(Json(json!({"status": "ok", "port": port})).into_response());
     }
     Ok((
