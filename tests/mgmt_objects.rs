@@ -169,7 +169,10 @@ async fn publish_and_get_messages_over_http() {
     assert_eq!(r.counts(1, "hq").await.0, 0);
     // The overview sums the queues' delivery counters: 2 peeked + 2 taken, 2 acked.
     let o = call(&s, "GET", "/api/overview", None).await.json();
-    assert_eq!((o["message_stats"]["deliver_get"].clone(), o["message_stats"]["ack"].clone()), (json!(4), json!(2)));
+    assert_eq!(
+        (o["message_stats"]["deliver_get"].clone(), o["message_stats"]["ack"].clone()),
+        (json!(4), json!(2))
+    );
     let bad = call(&s, "POST", "/api/queues/%2F/hq/get", Some(json!({"count": 1}))).await;
     assert_eq!(
         (bad.status, bad.json()["reason"].clone()),
@@ -347,4 +350,85 @@ async fn load_definitions_at_boot_creates_what_the_file_names() {
     cfg.storage.load_definitions = path.clone();
     let err = warren::start(cfg).await.err().expect("startup refused");
     assert!(err.to_string().contains(&path), "{err}");
+}
+
+#[tokio::test]
+async fn small_endpoints_match_their_rabbitmq_samples() {
+    let s = start().await;
+    let _ = Raw::open(s.addr()).await; // one AMQP login
+    let bad = Raw::login(s.addr(), "guest", "wrong", &["authentication_failure_close"]).await; // one failed AMQP login
+    drop(bad);
+    let node = call(&s, "GET", "/api/nodes", None).await.json()[0]["name"].as_str().unwrap().to_string();
+    assert_keys(
+        "cluster-name",
+        &sample("api-cluster-name.json"),
+        &call(&s, "GET", "/api/cluster-name", None).await.json(),
+    );
+    let flags = call(&s, "GET", "/api/feature-flags", None).await.json();
+    assert_keys("feature flag", &sample("api-feature-flags-sample.json")[0], &flags[0]);
+    let globals = call(&s, "GET", "/api/global-parameters", None).await.json();
+    assert_keys("global parameter", &sample("api-global-parameters.json")[0], &globals[0]);
+    assert!(call(&s, "GET", "/api/extensions", None).await.json().is_array());
+    let attempts = eventually_attempts(&s, &node).await;
+    assert_keys("auth attempts", &sample("api-auth-attempts.json")[0], &attempts[0]);
+    let amqp =
+        attempts.as_array().unwrap().iter().find(|a| a["protocol"] == "amqp091").expect("amqp091").clone();
+    assert_eq!(
+        (amqp["auth_attempts_succeeded"].clone(), amqp["auth_attempts_failed"].clone()),
+        (json!(1), json!(1))
+    );
+    let checks = sample("api-health-checks.json");
+    let port = s.addr().port();
+    for (path, key) in [
+        ("/api/health/checks/alarms".to_string(), "GET /api/health/checks/alarms -> 200"),
+        ("/api/health/checks/local-alarms".to_string(), "GET /api/health/checks/local-alarms -> 200"),
+        ("/api/health/checks/virtual-hosts".to_string(), "GET /api/health/checks/virtual-hosts -> 200"),
+        (
+            format!("/api/health/checks/port-listener/{port}"),
+            "GET /api/health/checks/port-listener/5672 -> 200",
+        ),
+        (
+            "/api/health/checks/protocol-listener/amqp".to_string(),
+            "GET /api/health/checks/protocol-listener/amqp -> 200",
+        ),
+        (
+            "/api/health/checks/node-is-quorum-critical".to_string(),
+            "GET /api/health/checks/node-is-quorum-critical -> 200",
+        ),
+        (
+            "/api/health/checks/certificate-expiration/1/months".to_string(),
+            "GET /api/health/checks/certificate-expiration/1/months -> 200",
+        ),
+    ] {
+        let r = call(&s, "GET", &path, None).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_keys(&path, &checks[key], &r.json());
+    }
+    // A priority queue's detail, against RabbitMQ's.
+    let mut r = Raw::open(s.addr()).await;
+    let prio = table(&[("x-max-priority", amq_protocol::types::AMQPValue::LongInt(10))]);
+    r.call(1, m::qdecl("prio-q", false, true, false, false, prio)).await;
+    let detail = call(&s, "GET", "/api/queues/%2F/prio-q", None).await.json();
+    let want = sample("api-queue-detail-priority.json");
+    for k in want.as_object().unwrap().keys() {
+        assert!(detail.get(k).is_some(), "queue detail lacks {k}");
+    }
+    assert_eq!(detail["arguments"]["x-max-priority"], 10);
+}
+
+/// The failed login is counted when its handshake ends; poll for it.
+async fn eventually_attempts(s: &TestServer, node: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let v = call(s, "GET", &format!("/api/auth/attempts/{node}"), None).await.json();
+        let failed = v
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["protocol"] == "amqp091"))
+            .map(|x| x["auth_attempts_failed"].clone());
+        if failed == Some(json!(1)) {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "failed AMQP login never counted: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

@@ -37,6 +37,17 @@ pub struct Counters {
     /// Shared with every connection's outbox: confirms are counted where
     /// they are encoded (the reader or the persister thread).
     pub confirmed: Arc<AtomicU64>,
+    /// Login attempts (`/api/auth/attempts`): AMQP and HTTP, (succeeded, failed).
+    pub auth_amqp: (AtomicU64, AtomicU64),
+    pub auth_http: (AtomicU64, AtomicU64),
+}
+
+impl Counters {
+    /// Counts a login attempt over `amqp` (else HTTP).
+    pub fn count_auth(&self, amqp: bool, ok: bool) {
+        let (good, bad) = if amqp { &self.auth_amqp } else { &self.auth_http };
+        if ok { good } else { bad }.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 pub struct Broker {

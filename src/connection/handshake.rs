@@ -173,8 +173,10 @@ pub async fn run(
             ));
         }
     };
+    let ok = creds.as_ref().is_some_and(|(u, p)| broker.authenticate(u, p, loopback));
+    broker.counters.count_auth(true, ok);
     let user = match creds {
-        Some((user, pass)) if broker.authenticate(&user, &pass, loopback) => user,
+        Some((user, _)) if ok => user,
         other => {
             let who = other.map(|(u, _)| u).unwrap_or_default();
             tracing::warn!(user = %who, mechanism = %mechanism, "login refused");

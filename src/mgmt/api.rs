@@ -764,6 +764,11 @@ pub async fn health_ok(_: Authed) -> ApiResult {
     ok()
 }
 
+/// Quorum-critical checks on a single node pass, saying why (as RabbitMQ).
+pub async fn health_single_node(_: Authed) -> ApiResult {
+    Ok(Json(json!({"status": "ok", "reason": "single node cluster"})).into_response())
+}
+
 pub async fn health_port(State(b): State<Arc<Broker>>, _: Authed, Path(port): Path<u16>) -> ApiResult {
     let (amqp_port, mgmt_port) = b.listen_ports();
     if port == amqp_port || port == mgmt_port {

@@ -36,6 +36,9 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/api/cluster-name", get(node_api::cluster_name))
         .route("/api/extensions", get(node_api::extensions))
         .route("/api/auth", get(node_api::auth))
+        .route("/api/auth/attempts/{node}", get(node_api::auth_attempts))
+        .route("/api/auth/attempts/{node}/source", get(node_api::auth_attempts_source))
+        .route("/api/health/checks/certificate-expiration/{within}/{unit}", get(api::health_ok))
         .route("/api/feature-flags", get(node_api::feature_flags))
         .route("/api/global-parameters", get(node_api::global_parameters))
         .route("/api/parameters", get(node_api::empty_list))
@@ -139,7 +142,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/api/health/checks/alarms", get(api::health_ok))
         .route("/api/health/checks/local-alarms", get(api::health_ok))
         .route("/api/health/checks/virtual-hosts", get(api::health_ok))
-        .route("/api/health/checks/node-is-quorum-critical", get(api::health_ok))
+        .route("/api/health/checks/node-is-quorum-critical", get(api::health_single_node))
         .route("/api/health/checks/port-listener/{port}", get(api::health_port))
         .route("/api/health/checks/protocol-listener/{proto}", get(api::health_protocol))
         .fallback(|| async { ApiError::not_found() })
@@ -287,7 +290,9 @@ impl FromRequestParts<Arc<Broker>> for Authed {
         };
         // The management listener is bound where the operator chose; the
         // loopback restriction on guest applies to AMQP connections.
-        if !broker.authenticate(user, pass, true) {
+        let ok = broker.authenticate(user, pass, true);
+        broker.counters.count_auth(false, ok);
+        if !ok {
             return Err(ApiError::unauthorized().into_response());
         }
         let Some(u) = broker.users.get(user).map(|u| u.clone()) else {

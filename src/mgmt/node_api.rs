@@ -178,6 +178,36 @@ pub async fn auth(_: Authed) -> ApiResult {
     Ok(Json(json!({"oauth_enabled": false, "oauth_client_id": "", "oauth_provider_url": ""})).into_response())
 }
 
+fn attempts(
+    protocol: &str,
+    (good, bad): &(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64),
+) -> Value {
+    let (ok, failed) = (good.load(Ordering::Relaxed), bad.load(Ordering::Relaxed));
+    json!({"protocol": protocol, "auth_attempts": ok + failed, "auth_attempts_failed": failed,
+           "auth_attempts_succeeded": ok})
+}
+
+/// `GET /api/auth/attempts/{node}`: login attempts per protocol.
+pub async fn auth_attempts(State(b): State<Arc<Broker>>, _: Authed, Path(name): Path<String>) -> ApiResult {
+    if name != node(&b) {
+        return Err(ApiError::not_found());
+    }
+    let c = &b.counters;
+    Ok(Json(json!([attempts("http", &c.auth_http), attempts("amqp091", &c.auth_amqp)])).into_response())
+}
+
+/// Per-source attempts are not tracked (RabbitMQ too, unless enabled).
+pub async fn auth_attempts_source(
+    State(b): State<Arc<Broker>>,
+    _: Authed,
+    Path(name): Path<String>,
+) -> ApiResult {
+    if name != node(&b) {
+        return Err(ApiError::not_found());
+    }
+    Ok(Json(json!([])).into_response())
+}
+
 pub async fn global_parameters(State(b): State<Arc<Broker>>, _: Authed) -> ApiResult {
     Ok(Json(json!([{"name": "cluster_name", "value": node(&b)}])).into_response())
 }
