@@ -9,23 +9,6 @@ use amq_protocol::protocol::{AMQPClass, channel, connection};
 use common::*;
 use serde_json::{Value, json};
 
-const GUEST: Option<(&str, &str)> = Some(("guest", "guest"));
-
-fn mgmt(s: &TestServer) -> std::net::SocketAddr {
-    s.handle.as_ref().expect("running").mgmt_addr
-}
-
-async fn put(s: &TestServer, path: &str, body: Value) -> u16 {
-    let r = http(mgmt(s), "PUT", path, GUEST, Some(&body.to_string())).await;
-    assert!(
-        r.status == 201 || r.status == 204,
-        "PUT {path}: {} {}",
-        r.status,
-        String::from_utf8_lossy(&r.body)
-    );
-    r.status
-}
-
 /// A user `name`/`pw` with the given permissions on "/".
 async fn user_with(s: &TestServer, name: &str, tags: &str, perms: (&str, &str, &str)) {
     assert_eq!(put(s, &format!("/api/users/{name}"), json!({"password": "pw", "tags": tags})).await, 201);

@@ -8,8 +8,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-const GUEST: Option<(&str, &str)> = Some(("guest", "guest"));
-
 fn sample(name: &str) -> Value {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/docs/mgmt-samples").join(name);
@@ -71,10 +69,6 @@ async fn get(s: &TestServer, path: &str) -> Value {
     let r = http(mgmt(s), "GET", path, GUEST, None).await;
     assert_eq!(r.status, 200, "GET {path}: {}", String::from_utf8_lossy(&r.body));
     r.json()
-}
-
-fn mgmt(s: &TestServer) -> std::net::SocketAddr {
-    s.handle.as_ref().expect("running").mgmt_addr
 }
 
 #[tokio::test]

@@ -8,12 +8,6 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 
-const GUEST: Option<(&str, &str)> = Some(("guest", "guest"));
-
-fn mgmt(s: &TestServer) -> std::net::SocketAddr {
-    s.handle.as_ref().expect("running").mgmt_addr
-}
-
 fn sample(name: &str) -> Value {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/docs/mgmt-samples").join(name);

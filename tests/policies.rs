@@ -11,23 +11,6 @@ use common::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-const GUEST: Option<(&str, &str)> = Some(("guest", "guest"));
-
-fn mgmt(s: &TestServer) -> std::net::SocketAddr {
-    s.handle.as_ref().expect("running").mgmt_addr
-}
-
-async fn put(s: &TestServer, path: &str, body: Value) -> u16 {
-    let r = http(mgmt(s), "PUT", path, GUEST, Some(&body.to_string())).await;
-    assert!(
-        r.status == 201 || r.status == 204,
-        "PUT {path}: {} {}",
-        r.status,
-        String::from_utf8_lossy(&r.body)
-    );
-    r.status
-}
-
 async fn queue(s: &TestServer, name: &str) -> Value {
     http(mgmt(s), "GET", &format!("/api/queues/%2F/{name}"), GUEST, None).await.json()
 }

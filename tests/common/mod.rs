@@ -857,3 +857,24 @@ pub async fn http_with(
     }
     HttpReply { status, headers, body }
 }
+
+/// The default administrator's credentials for management calls.
+pub const GUEST: Option<(&str, &str)> = Some(("guest", "guest"));
+
+/// The management API's address of a test broker.
+pub fn mgmt(s: &TestServer) -> std::net::SocketAddr {
+    s.handle.as_ref().expect("running").mgmt_addr
+}
+
+/// `PUT path` with a JSON body as guest; asserts 201 or 204 and returns it.
+#[allow(dead_code)]
+pub async fn put(s: &TestServer, path: &str, body: serde_json::Value) -> u16 {
+    let r = http(mgmt(s), "PUT", path, GUEST, Some(&body.to_string())).await;
+    assert!(
+        r.status == 201 || r.status == 204,
+        "PUT {path}: {} {}",
+        r.status,
+        String::from_utf8_lossy(&r.body)
+    );
+    r.status
+}
