@@ -13,7 +13,7 @@ pub const DEFAULT_TOML: &str = include_str!("../config/warren.toml");
 pub struct Config {
     pub amqp: AmqpConfig,
     pub management: ManagementConfig,
-    pub prometheus: ManagementConfig,
+    pub prometheus: ListenerConfig,
     pub storage: StorageConfig,
     pub memory: MemoryConfig,
     pub auth: AuthConfig,
@@ -39,6 +39,16 @@ pub struct AmqpConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManagementConfig {
+    pub bind: String,
+    pub port: u16,
+    /// How often message rates are sampled (RabbitMQ's
+    /// `collect_statistics_interval`).
+    pub sample_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
     pub bind: String,
     pub port: u16,
 }
@@ -165,6 +175,9 @@ impl Config {
         }
         if self.storage.segment_size < 65536 || self.storage.segment_size > 1 << 31 {
             return bad("storage.segment_size", "must be between 65536 and 2147483648");
+        }
+        if !(100..=3_600_000).contains(&self.management.sample_interval_ms) {
+            return bad("management.sample_interval_ms", "must be between 100 and 3600000");
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format", "must be \"text\" or \"json\"");

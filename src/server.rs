@@ -83,6 +83,8 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
     let accept = tokio::spawn(accept_loop(broker.clone(), amqp, rx.clone()));
     let http = tokio::spawn(crate::mgmt::serve(broker.clone(), mgmt, rx.clone()));
     let metrics = tokio::spawn(crate::mgmt::metrics::serve(broker.clone(), prom, rx));
+    let every = Duration::from_millis(broker.config.management.sample_interval_ms);
+    tokio::spawn(crate::broker::rates::sampler(Arc::downgrade(&broker), every));
     tracing::info!(%amqp_addr, %mgmt_addr, %metrics_addr, "Warren started");
     Ok(ServerHandle {
         amqp_addr,

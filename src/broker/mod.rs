@@ -5,6 +5,7 @@
 pub mod access;
 pub mod dead_letter;
 pub mod policy;
+pub mod rates;
 pub mod registry;
 pub mod timers;
 pub mod users;
@@ -31,6 +32,10 @@ pub struct Counters {
     pub connections_opened: AtomicU64,
     pub connections_closed: AtomicU64,
     pub channels: AtomicUsize,
+    pub channels_opened: AtomicU64,
+    pub channels_closed: AtomicU64,
+    /// `basic.get` that found the queue empty.
+    pub get_empty: AtomicU64,
     pub published: AtomicU64,
     pub unroutable_returned: AtomicU64,
     pub unroutable_dropped: AtomicU64,
@@ -57,6 +62,8 @@ pub struct Broker {
     pub access: AccessControl,
     pub registry: registry::Registry,
     pub counters: Counters,
+    /// Sampled broker-wide rates (management overview).
+    pub rates: rates::OverviewRates,
     pub store: Arc<Stores>,
     timers: Arc<Timers>,
     next_conn_id: AtomicU64,
@@ -68,6 +75,61 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// The overview's counters, in `rates::OVERVIEW_RATES` order: message
+    /// counters (delivery side summed over queues), queue totals, churn.
+    pub fn overview_counters(&self) -> [u64; 24] {
+        let c = &self.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (mut deliver, mut deliver_no_ack, mut get, mut get_no_ack) = (0, 0, 0, 0);
+        let (mut ack, mut redeliver, mut ready, mut unacked) = (0, 0, 0, 0);
+        let mut churn = [0u64; 3];
+        for v in self.vhosts.iter() {
+            for (i, n) in v.churn.iter().enumerate() {
+                churn[i] += l(n);
+            }
+            for q in v.queues.iter() {
+                let s = &q.stats;
+                deliver += l(&s.deliver);
+                deliver_no_ack += l(&s.deliver_no_ack);
+                get += l(&s.get);
+                get_no_ack += l(&s.get_no_ack);
+                ack += l(&s.acked);
+                redeliver += l(&s.redelivered);
+                if !q.name.starts_with(crate::exchange::DELAY_QUEUE_PREFIX) {
+                    let (r, u, _, _) = q.counts();
+                    ready += r;
+                    unacked += u;
+                }
+            }
+        }
+        [
+            ack,
+            l(&c.confirmed),
+            deliver,
+            deliver + deliver_no_ack + get + get_no_ack,
+            deliver_no_ack,
+            l(&c.unroutable_dropped),
+            get,
+            l(&c.get_empty),
+            get_no_ack,
+            l(&c.published),
+            redeliver,
+            l(&c.unroutable_returned),
+            0,
+            0,
+            ready + unacked,
+            ready,
+            unacked,
+            l(&c.connections_opened),
+            l(&c.connections_closed),
+            l(&c.channels_opened),
+            l(&c.channels_closed),
+            churn[1],
+            churn[0],
+            churn[2],
+        ]
+    }
+
     /// (AMQP, management) ports as bound, else as configured.
     pub fn listen_ports(&self) -> (u16, u16) {
         self.ports.get().map(|p| (p.0, p.1)).unwrap_or((self.config.amqp.port, self.config.management.port))
@@ -97,6 +159,7 @@ impl Broker {
             access: AccessControl::default(),
             registry: Default::default(),
             counters: Counters::default(),
+            rates: Default::default(),
             next_conn_id: AtomicU64::new(1),
             config: Arc::new(config),
             store: store.clone(),

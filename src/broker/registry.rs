@@ -43,6 +43,8 @@ pub struct ConnectionInfo {
     /// Bytes read from the socket.
     pub recv_oct: AtomicU64,
     pub channels: Mutex<BTreeMap<u16, ChannelInfo>>,
+    /// Sampled `recv_oct`/`send_oct` rates.
+    pub rates: super::rates::ConnectionRates,
     /// Why management (or vhost deletion) asked the connection to close.
     close_reason: Mutex<Option<String>>,
     close: Notify,
@@ -79,9 +81,22 @@ impl ConnectionInfo {
             outbox,
             recv_oct: AtomicU64::new(0),
             channels: Mutex::new(BTreeMap::new()),
+            rates: Default::default(),
             close_reason: Mutex::new(None),
             close: Notify::new(),
         }
+    }
+
+    /// Samples the connection's byte counters and its channels' message
+    /// counters (kept in the outbox) for management's rates.
+    pub fn sample_rates(&self, now: std::time::Instant) {
+        use std::sync::atomic::Ordering;
+        self.rates.sample(now, [self.recv_oct.load(Ordering::Relaxed), self.outbox.sent_bytes()]);
+        self.outbox.with(|st| {
+            for d in st.channels.values() {
+                d.rates.sample(now, d.counters.values());
+            }
+        });
     }
 
     /// Asks the connection to close with 320 CONNECTION_FORCED and `reason`.

@@ -67,6 +67,34 @@ pub struct VHost {
     pub meta: RwLock<VHostMeta>,
     policies: RwLock<Vec<Arc<Policy>>>,
     operator_policies: RwLock<Vec<Arc<Policy>>>,
+    /// Queue churn (management's `churn_rates`): declared, created, deleted.
+    pub churn: [std::sync::atomic::AtomicU64; 3],
+    /// Message counters kept per vhost rather than per queue.
+    pub msg: VHostCounters,
+}
+
+/// The vhost's share of counters that belong to no queue (management).
+#[derive(Debug, Default)]
+pub struct VHostCounters {
+    /// Shared with the outboxes of this vhost's connections.
+    pub confirm: Arc<std::sync::atomic::AtomicU64>,
+    pub return_unroutable: std::sync::atomic::AtomicU64,
+    pub drop_unroutable: std::sync::atomic::AtomicU64,
+    pub get_empty: std::sync::atomic::AtomicU64,
+    pub rates: super::rates::RateCell<4>,
+}
+
+impl VHostCounters {
+    /// In `rates::VHOST_RATES` order.
+    pub fn values(&self) -> [u64; 4] {
+        use std::sync::atomic::Ordering::Relaxed;
+        [
+            self.confirm.load(Relaxed),
+            self.return_unroutable.load(Relaxed),
+            self.drop_unroutable.load(Relaxed),
+            self.get_empty.load(Relaxed),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -102,6 +130,8 @@ impl VHost {
             meta: Default::default(),
             policies: Default::default(),
             operator_policies: Default::default(),
+            churn: Default::default(),
+            msg: Default::default(),
         };
         for (x, kind, internal) in SYSTEM_EXCHANGES {
             let ex = Exchange::new(
@@ -396,6 +426,7 @@ impl VHost {
             return Ok((self.usable_queue(d.name, d.conn_id)?, false));
         }
         let name = if d.name.is_empty() { generated_name("amq.gen-") } else { d.name.to_string() };
+        self.churn[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let server_named = d.server_named || d.name.is_empty();
         if let Some(q) = self.queues.get(&name).map(|q| q.clone()) {
             self.check_exclusive(&q, d.conn_id)?;
@@ -450,6 +481,7 @@ impl VHost {
         self.apply_queue_policy(&q);
         let q = self.queues.entry(name).or_insert(q).clone();
         q.start_timers();
+        self.churn[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok((q, true))
     }
 
@@ -471,7 +503,9 @@ impl VHost {
 
     /// Unconditional removal (also used for exclusive and auto-delete queues).
     pub fn remove_queue(&self, q: &Arc<Queue>) -> u32 {
-        self.queues.remove_if(&q.name, |_, v| Arc::ptr_eq(v, q));
+        if self.queues.remove_if(&q.name, |_, v| Arc::ptr_eq(v, q)).is_some() {
+            self.churn[2].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if q.persisted {
             let r = self
                 .store

@@ -69,6 +69,9 @@ pub struct Channel {
     publish_seq: u64,
     /// `publish_seq` as last reported to the confirm tracker.
     confirm_reported: u64,
+    /// Publishes, returned and dropped unroutable publishes on this channel
+    /// not yet added to the outbox's channel counters.
+    unreported: [u64; 3],
     tx: Option<TxState>,
     last_queue: Option<String>,
     /// `basic.qos(global=false)`: the limit given to consumers created later.
@@ -87,6 +90,7 @@ impl Channel {
             confirm: false,
             publish_seq: 0,
             confirm_reported: 0,
+            unreported: [0; 3],
             tx: None,
             last_queue: None,
             consumer_prefetch: 0,
@@ -111,20 +115,31 @@ impl Channel {
     }
 
     /// Reports the batch's routed publishes to the confirm tracker, which
-    /// sends one `basic.ack(multiple)` for everything not waiting for the log.
+    /// sends one `basic.ack(multiple)` for everything not waiting for the log,
+    /// and adds them to the channel's publish counter (one lock per batch).
     /// Returns how many confirms went out.
     pub fn flush_confirms(&mut self, ch: u16, outbox: &crate::queue::sink::Outbox) -> u64 {
-        if !self.confirm || self.publish_seq == self.confirm_reported {
+        let confirm_due = self.confirm && self.publish_seq != self.confirm_reported;
+        if self.unreported[0] == 0 && !confirm_due {
             return 0;
         }
+        let [published, returned, dropped] = std::mem::take(&mut self.unreported);
         self.confirm_reported = self.publish_seq;
         let seq = self.publish_seq;
         outbox.with(|st| {
             let crate::queue::sink::OutState { buf, channels, .. } = st;
             match channels.get_mut(&ch) {
                 Some(d) => {
+                    d.counters.publish += published;
+                    d.counters.return_unroutable += returned;
+                    d.counters.drop_unroutable += dropped;
+                    if !confirm_due {
+                        return 0;
+                    }
                     d.confirms.published = seq;
-                    d.confirms.flush(ch, buf)
+                    let n = d.confirms.flush(ch, buf);
+                    d.counters.confirm += n;
+                    n
                 }
                 None => 0,
             }
@@ -524,6 +539,13 @@ impl Conn {
                 if q.get(&self.outbox, ch, g.no_ack) {
                     Ok(None)
                 } else {
+                    self.broker.counters.get_empty.fetch_add(1, Ordering::Relaxed);
+                    self.vhost.msg.get_empty.fetch_add(1, Ordering::Relaxed);
+                    self.outbox.with(|st| {
+                        if let Some(d) = st.channels.get_mut(&ch) {
+                            d.counters.get_empty += 1;
+                        }
+                    });
                     Ok(Some(AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {}))))
                 }
             }
@@ -683,7 +705,14 @@ impl Conn {
     }
 
     fn apply_settle(&mut self, ch: u16, tag: u64, multiple: bool, kind: Settle) -> AmqpResult<()> {
-        let taken = self.outbox.with(|st| st.channels.get_mut(&ch).and_then(|d| d.settle(tag, multiple)));
+        let taken = self.outbox.with(|st| {
+            let d = st.channels.get_mut(&ch)?;
+            let taken = d.settle(tag, multiple)?;
+            if kind == Settle::Ack {
+                d.counters.ack += taken.len() as u64;
+            }
+            Some(taken)
+        });
         let Some(taken) = taken else {
             return Err(AmqpError::precondition(format!("unknown delivery tag {tag}")));
         };
@@ -901,6 +930,7 @@ impl Conn {
         self.broker.counters.published.fetch_add(1, Ordering::Relaxed);
         let msg = Arc::new(msg);
         let c = self.chan(ch);
+        c.unreported[0] += 1;
         if c.confirm {
             c.publish_seq += 1;
         }
@@ -991,6 +1021,8 @@ impl Conn {
         if routed.is_empty() && !direct {
             if p.mandatory {
                 self.broker.counters.unroutable_returned.fetch_add(1, Ordering::Relaxed);
+                self.vhost.msg.return_unroutable.fetch_add(1, Ordering::Relaxed);
+                self.chan(ch).unreported[1] += 1;
                 let m = msg.clone();
                 self.outbox.send(|b| {
                     fast::encode_return(b, ch, code::NO_ROUTE, "NO_ROUTE", &m.exchange, &m.routing_key);
@@ -999,6 +1031,8 @@ impl Conn {
                 });
             } else {
                 self.broker.counters.unroutable_dropped.fetch_add(1, Ordering::Relaxed);
+                self.vhost.msg.drop_unroutable.fetch_add(1, Ordering::Relaxed);
+                self.chan(ch).unreported[2] += 1;
             }
         }
         // A persistent message in confirm mode may wait for the log: its

@@ -103,7 +103,7 @@ pub async fn serve(
     let outbox = Arc::new(Outbox::new(
         id,
         broker.config.amqp.write_buffer_high_water,
-        broker.counters.confirmed.clone(),
+        [broker.counters.confirmed.clone(), neg.vhost.msg.confirm.clone()],
     ));
     outbox.with(|st| {
         st.frame_max = neg.frame_max;
@@ -367,6 +367,7 @@ impl Conn {
             st.channels.insert(ch, ChannelDeliveries::default());
         });
         self.broker.counters.channels.fetch_add(1, Ordering::Relaxed);
+        self.broker.counters.channels_opened.fetch_add(1, Ordering::Relaxed);
         self.info_dirty = true;
         self.send_method(ch, &AMQPClass::Channel(chm::AMQPMethod::OpenOk(chm::OpenOk {})));
         Ok(())
@@ -419,6 +420,7 @@ impl Conn {
         }
         let Some(mut deliveries) = taken else { return };
         self.broker.counters.channels.fetch_sub(1, Ordering::Relaxed);
+        self.broker.counters.channels_closed.fetch_add(1, Ordering::Relaxed);
         let unacked = deliveries.take_all();
         for (tag, entry) in deliveries.consumers.drain() {
             if entry.queue.remove_consumer(self.id, ch, &tag) {

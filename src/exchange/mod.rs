@@ -115,6 +115,8 @@ pub struct Exchange {
     /// Messages published to this exchange / routed on by it (management).
     pub publish_in: std::sync::atomic::AtomicU64,
     pub publish_out: std::sync::atomic::AtomicU64,
+    /// Sampled `publish_in`/`publish_out` rates (management).
+    pub rates: crate::broker::rates::ExchangeRates,
     bindings: RwLock<Bindings>,
 }
 
@@ -143,6 +145,7 @@ impl Exchange {
             delayed: false,
             publish_in: Default::default(),
             publish_out: Default::default(),
+            rates: Default::default(),
             bindings: RwLock::default(),
         }
     }

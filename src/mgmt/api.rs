@@ -7,6 +7,7 @@
 use super::values;
 use super::{ApiError, Authed, Writes};
 use crate::broker::Broker;
+use crate::broker::rates::{OVERVIEW_RATES, QUEUE_RATES, VHOST_RATES, rate_of};
 use crate::broker::vhost::{QueueDeclare, VHost};
 use crate::exchange::{DELAY_QUEUE_PREFIX, Exchange};
 use crate::queue::Queue;
@@ -26,49 +27,31 @@ pub(super) fn rate() -> Value {
     json!({"rate": 0.0})
 }
 
-/// RabbitMQ's message_stats object: every counter with its `_details`.
-/// Counters Warren does not keep (yet) are 0.
-fn message_stats(b: &Broker, extra: &[&str]) -> Value {
-    let c = &b.counters;
-    // Delivery-side counters are kept per queue: sum them.
-    let (mut delivered, mut acked, mut redelivered) = (0, 0, 0);
-    for v in b.vhosts.iter() {
-        for q in v.queues.iter() {
-            delivered += q.stats.delivered.load(Ordering::Relaxed);
-            acked += q.stats.acked.load(Ordering::Relaxed);
-            redelivered += q.stats.redelivered.load(Ordering::Relaxed);
-        }
-    }
-    let known = |k: &str| match k {
-        "deliver_get" => delivered,
-        "ack" => acked,
-        "redeliver" => redelivered,
-        "publish" => c.published.load(Ordering::Relaxed),
-        "confirm" => c.confirmed.load(Ordering::Relaxed),
-        "return_unroutable" => c.unroutable_returned.load(Ordering::Relaxed),
-        "drop_unroutable" => c.unroutable_dropped.load(Ordering::Relaxed),
-        _ => 0,
-    };
+/// The overview's message_stats: every counter with its sampled rate.
+fn message_stats(counters: &[u64; 24], rates: &[f64; 24]) -> Value {
     let mut m = serde_json::Map::new();
-    let keys = [
-        "ack",
-        "confirm",
-        "deliver",
-        "deliver_get",
-        "deliver_no_ack",
-        "drop_unroutable",
-        "get",
-        "get_empty",
-        "get_no_ack",
-        "publish",
-        "redeliver",
-        "return_unroutable",
-    ];
-    for k in keys.iter().chain(extra.iter()) {
-        m.insert(k.to_string(), json!(known(k)));
-        m.insert(format!("{k}_details"), rate());
+    for (i, k) in OVERVIEW_RATES.iter().enumerate().take(14) {
+        m.insert(k.to_string(), json!(counters[i]));
+        m.insert(format!("{k}_details"), json!({"rate": rates[i]}));
     }
     Value::Object(m)
+}
+
+/// `{"<key>": n, "<key>_details": {"rate": r}}` for some of a cell's keys.
+pub(super) fn with_rates<const N: usize>(
+    keys: &[&str; N],
+    counters: &[u64; N],
+    rates: &[f64; N],
+    pick: &[&str],
+) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    for k in pick {
+        if let Some(i) = keys.iter().position(|x| x == k) {
+            m.insert(k.to_string(), json!(counters[i]));
+            m.insert(format!("{k}_details"), json!({"rate": rates[i]}));
+        }
+    }
+    m
 }
 
 pub(super) fn node(b: &Broker) -> String {
@@ -90,6 +73,10 @@ struct Rate {
 }
 
 const RATE: Rate = Rate { rate: 0.0 };
+
+fn r(rate: f64) -> Rate {
+    Rate { rate }
+}
 
 #[derive(Serialize)]
 struct BackingQueueStatus {
@@ -114,6 +101,14 @@ struct BackingQueueStatus {
 struct QueueMessageStats {
     publish: u64,
     publish_details: Rate,
+    deliver: u64,
+    deliver_details: Rate,
+    deliver_no_ack: u64,
+    deliver_no_ack_details: Rate,
+    get: u64,
+    get_details: Rate,
+    get_no_ack: u64,
+    get_no_ack_details: Rate,
     deliver_get: u64,
     deliver_get_details: Rate,
     ack: u64,
@@ -176,6 +171,9 @@ impl<'a> QueueItem<'a> {
     pub fn new(q: &'a Queue, node: &'a str, now: &'a str) -> Self {
         let (ready, unacked, consumers, ready_bytes) = q.counts();
         let s = &q.stats;
+        let rates = s.rates.get();
+        let rate = |k: &str| r(rate_of(&QUEUE_RATES, &rates, k));
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let applied = q.applied.read().clone();
         let busy = if consumers > 0 { 1.0 } else { 0.0 };
         QueueItem {
@@ -215,25 +213,33 @@ impl<'a> QueueItem<'a> {
             message_bytes_ready: ready_bytes,
             message_bytes_unacknowledged: 0,
             message_stats: QueueMessageStats {
-                publish: s.published.load(Ordering::Relaxed),
-                publish_details: RATE,
-                deliver_get: s.delivered.load(Ordering::Relaxed),
-                deliver_get_details: RATE,
-                ack: s.acked.load(Ordering::Relaxed),
-                ack_details: RATE,
-                redeliver: s.redelivered.load(Ordering::Relaxed),
-                redeliver_details: RATE,
+                publish: l(&s.published),
+                publish_details: rate("publish"),
+                deliver: l(&s.deliver),
+                deliver_details: rate("deliver"),
+                deliver_no_ack: l(&s.deliver_no_ack),
+                deliver_no_ack_details: rate("deliver_no_ack"),
+                get: l(&s.get),
+                get_details: rate("get"),
+                get_no_ack: l(&s.get_no_ack),
+                get_no_ack_details: rate("get_no_ack"),
+                deliver_get: s.deliver_get(),
+                deliver_get_details: rate("deliver_get"),
+                ack: l(&s.acked),
+                ack_details: rate("ack"),
+                redeliver: l(&s.redelivered),
+                redeliver_details: rate("redeliver"),
             },
             messages: ready + unacked,
-            messages_details: RATE,
+            messages_details: rate("messages"),
             messages_paged_out: 0,
             messages_persistent: 0,
             messages_ram: ready + unacked,
             messages_ready: ready,
-            messages_ready_details: RATE,
+            messages_ready_details: rate("messages_ready"),
             messages_ready_ram: ready,
             messages_unacknowledged: unacked,
-            messages_unacknowledged_details: RATE,
+            messages_unacknowledged_details: rate("messages_unacknowledged"),
             messages_unacknowledged_ram: unacked,
             name: &q.name,
             node,
@@ -283,8 +289,8 @@ pub fn exchange_json(x: &Exchange) -> Value {
         "durable": x.durable,
         "internal": x.internal,
         "message_stats": {
-            "publish_in": x.publish_in.load(Ordering::Relaxed), "publish_in_details": rate(),
-            "publish_out": x.publish_out.load(Ordering::Relaxed), "publish_out_details": rate()
+            "publish_in": x.publish_in.load(Ordering::Relaxed), "publish_in_details": {"rate": x.rates.get()[0]},
+            "publish_out": x.publish_out.load(Ordering::Relaxed), "publish_out_details": {"rate": x.rates.get()[1]}
         },
         "name": x.name,
         "type": x.type_name(),
@@ -298,30 +304,38 @@ pub fn exchange_json(x: &Exchange) -> Value {
     j
 }
 
-fn totals(b: &Broker) -> (u64, u64, usize, usize, u64) {
-    let (mut ready, mut unacked, mut queues, mut exchanges, mut consumers) = (0, 0, 0, 0, 0);
+/// Object counts for the overview: visible queues, exchanges, consumers.
+fn totals(b: &Broker) -> (usize, usize, u64) {
+    let (mut queues, mut exchanges, mut consumers) = (0, 0, 0);
     for v in b.vhosts.iter() {
         exchanges += v.exchanges.len();
-        for q in v.queues.iter() {
-            if !visible(&q) {
-                continue;
-            }
+        for q in v.queues.iter().filter(|q| visible(q)) {
             queues += 1;
-            let (r, u, c, _) = q.counts();
-            ready += r;
-            unacked += u;
-            consumers += c;
+            consumers += q.counts().2;
         }
     }
-    (ready, unacked, queues, exchanges, consumers)
+    (queues, exchanges, consumers)
 }
 
 pub async fn overview(State(b): State<Arc<Broker>>, _: Authed) -> ApiResult {
     let (amqp_port, mgmt_port) = b.listen_ports();
     let c = &b.counters;
-    let (ready, unacked, queues, exchanges, consumers) = totals(&b);
+    let (queues, exchanges, consumers) = totals(&b);
     let id = &b.config.identity;
-    let stats = message_stats(&b, &["disk_reads", "disk_writes"]);
+    let counters = b.overview_counters();
+    let rates = b.rates.get();
+    let stats = message_stats(&counters, &rates);
+    let pick = |keys: &[&str]| Value::Object(with_rates(&OVERVIEW_RATES, &counters, &rates, keys));
+    let churn = pick(&[
+        "connection_created",
+        "connection_closed",
+        "channel_created",
+        "channel_closed",
+        "queue_created",
+        "queue_declared",
+        "queue_deleted",
+    ]);
+    let queue_totals = pick(&["messages", "messages_ready", "messages_unacknowledged"]);
     let types: Vec<Value> = ["direct", "fanout", "headers", "topic", "x-delayed-message"]
         .iter()
         .map(|t| json!({"name": t, "description": format!("AMQP {t} exchange"), "enabled": true}))
@@ -341,20 +355,8 @@ pub async fn overview(State(b): State<Arc<Broker>>, _: Authed) -> ApiResult {
         "disable_stats": false,
         "enable_queue_totals": false,
         "message_stats": stats,
-        "churn_rates": {
-            "connection_created": c.connections_opened.load(Ordering::Relaxed), "connection_created_details": rate(),
-            "connection_closed": c.connections_closed.load(Ordering::Relaxed), "connection_closed_details": rate(),
-            "channel_created": 0, "channel_created_details": rate(),
-            "channel_closed": 0, "channel_closed_details": rate(),
-            "queue_created": 0, "queue_created_details": rate(),
-            "queue_declared": 0, "queue_declared_details": rate(),
-            "queue_deleted": 0, "queue_deleted_details": rate()
-        },
-        "queue_totals": {
-            "messages": ready + unacked, "messages_details": rate(),
-            "messages_ready": ready, "messages_ready_details": rate(),
-            "messages_unacknowledged": unacked, "messages_unacknowledged_details": rate()
-        },
+        "churn_rates": churn,
+        "queue_totals": queue_totals,
         "object_totals": {
             "channels": c.channels.load(Ordering::Relaxed),
             "connections": c.connections.load(Ordering::Relaxed),
@@ -381,30 +383,61 @@ pub async fn whoami(Authed(user): Authed) -> ApiResult {
 }
 
 fn vhost_json(b: &Broker, v: &VHost) -> Value {
-    let (mut ready, mut unacked) = (0, 0);
+    // The vhost's statistics are its queues' summed (counters and rates).
+    let mut counters = [0u64; QUEUE_RATES.len()];
+    let mut rates = [0f64; QUEUE_RATES.len()];
     for q in v.queues.iter() {
         let (r, u, _, _) = q.counts();
-        ready += r;
-        unacked += u;
+        let s = &q.stats;
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let now = [
+            l(&s.published),
+            l(&s.deliver),
+            l(&s.deliver_no_ack),
+            l(&s.get),
+            l(&s.get_no_ack),
+            s.deliver_get(),
+            l(&s.acked),
+            l(&s.redelivered),
+            r + u,
+            r,
+            u,
+        ];
+        for (i, (n, r)) in now.iter().zip(s.rates.get()).enumerate() {
+            counters[i] += n;
+            rates[i] += r;
+        }
     }
+    let mut stats = with_rates(&QUEUE_RATES, &counters, &rates, &QUEUE_RATES[..8]);
+    stats.extend(with_rates(&VHOST_RATES, &v.msg.values(), &v.msg.rates.get(), &VHOST_RATES));
+    let depth = with_rates(&QUEUE_RATES, &counters, &rates, &QUEUE_RATES[8..]);
     let mut cluster = serde_json::Map::new();
     cluster.insert(node(b), json!("running"));
     let meta = v.meta.read().clone();
-    json!({
+    let (mut oct, mut oct_rate) = ([0u64; 2], [0f64; 2]);
+    for c in b.registry.all().iter().filter(|c| c.vhost == v.name) {
+        oct[0] += c.recv_oct.load(Ordering::Relaxed);
+        oct[1] += c.outbox.sent_bytes();
+        let r = c.rates.get();
+        oct_rate[0] += r[0];
+        oct_rate[1] += r[1];
+    }
+    let mut j = json!({
         "cluster_state": cluster,
         "default_queue_type": "classic",
         "description": meta.description,
-        "message_stats": message_stats(b, &[]),
-        "messages": ready + unacked, "messages_details": rate(),
-        "messages_ready": ready, "messages_ready_details": rate(),
-        "messages_unacknowledged": unacked, "messages_unacknowledged_details": rate(),
+        "message_stats": stats,
         "metadata": {"description": meta.description, "tags": meta.tags},
         "name": v.name,
-        "recv_oct": 0, "recv_oct_details": rate(),
-        "send_oct": 0, "send_oct_details": rate(),
+        "recv_oct": oct[0], "recv_oct_details": {"rate": oct_rate[0]},
+        "send_oct": oct[1], "send_oct_details": {"rate": oct_rate[1]},
         "tags": meta.tags,
         "tracing": false,
-    })
+    });
+    if let Value::Object(m) = &mut j {
+        m.extend(depth);
+    }
+    j
 }
 
 pub async fn vhosts(State(b): State<Arc<Broker>>, _: Authed) -> ApiResult {

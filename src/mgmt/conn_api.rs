@@ -7,6 +7,7 @@ use super::api::{node, rate, sorted};
 use super::values;
 use super::{ApiError, Authed};
 use crate::broker::Broker;
+use crate::broker::rates::CHANNEL_RATES;
 use crate::broker::registry::ConnectionInfo;
 use crate::queue::sink::ChannelDeliveries;
 use axum::Json;
@@ -22,6 +23,7 @@ type ApiResult = Result<Response, ApiError>;
 
 fn connection_json(b: &Broker, c: &ConnectionInfo) -> Value {
     let channels = c.channels.lock().len();
+    let oct_rates = c.rates.get();
     let mut j = json!({
         "auth_mechanism": c.auth_mechanism,
         "channel_max": c.channel_max,
@@ -42,12 +44,12 @@ fn connection_json(b: &Broker, c: &ConnectionInfo) -> Value {
         "protocol": "AMQP 0-9-1",
         "recv_cnt": 0,
         "recv_oct": c.recv_oct.load(Ordering::Relaxed),
-        "recv_oct_details": rate(),
+        "recv_oct_details": {"rate": oct_rates[0]},
         "reductions": 0,
         "reductions_details": rate(),
         "send_cnt": 0,
         "send_oct": c.outbox.sent_bytes(),
-        "send_oct_details": rate(),
+        "send_oct_details": {"rate": oct_rates[1]},
         "send_pend": 0,
         "ssl": false,
         "ssl_cipher": Value::Null,
@@ -230,18 +232,31 @@ pub async fn vhost_consumers(State(b): State<Arc<Broker>>, _: Authed, Path(vh): 
     Ok(Json(consumers_where(&b, Some(&vh), None)).into_response())
 }
 
-fn channel_stats(d: Option<&ChannelDeliveries>) -> (usize, usize, usize) {
-    d.map(|d| (d.consumers.len(), d.unacked.len(), d.confirms.waiting.len())).unwrap_or_default()
+/// What the outbox knows of a channel: consumers, unacked, unconfirmed,
+/// its message stats.
+type ChannelStats = (usize, usize, usize, Value);
+
+fn channel_stats(d: Option<&ChannelDeliveries>) -> ChannelStats {
+    match d {
+        Some(d) => (
+            d.consumers.len(),
+            d.unacked.len(),
+            d.confirms.waiting.len(),
+            channel_message_stats(&d.counters.values(), &d.rates.get()),
+        ),
+        None => (0, 0, 0, channel_message_stats(&[0; 12], &[0.0; 12])),
+    }
 }
 
 fn channels_of(b: &Broker, c: &ConnectionInfo) -> Vec<Value> {
     let infos = c.channels.lock().clone();
-    let stats: HashMap<u16, (usize, usize, usize)> =
+    let mut stats: HashMap<u16, ChannelStats> =
         c.outbox.with(|st| infos.keys().map(|ch| (*ch, channel_stats(st.channels.get(ch)))).collect());
     infos
         .iter()
         .map(|(ch, i)| {
-            let (consumers, unacked, unconfirmed) = stats.get(ch).copied().unwrap_or_default();
+            let (consumers, unacked, unconfirmed, message_stats) =
+                stats.remove(ch).unwrap_or_else(|| channel_stats(None));
             json!({
                 "acks_uncommitted": 0,
                 "confirm": i.confirm,
@@ -249,7 +264,7 @@ fn channels_of(b: &Broker, c: &ConnectionInfo) -> Vec<Value> {
                 "consumer_count": consumers,
                 "garbage_collection": {"fullsweep_after": 0, "max_heap_size": 0, "min_bin_vheap_size": 0, "min_heap_size": 0, "minor_gcs": 0},
                 "global_prefetch_count": i.global_prefetch_count,
-                "message_stats": channel_message_stats(),
+                "message_stats": message_stats,
                 "messages_unacknowledged": unacked,
                 "messages_uncommitted": 0,
                 "messages_unconfirmed": unconfirmed,
@@ -270,16 +285,29 @@ fn channels_of(b: &Broker, c: &ConnectionInfo) -> Vec<Value> {
         .collect()
 }
 
-/// Per-channel message counters are not kept (yet): zeros in RabbitMQ's shape.
-fn channel_message_stats() -> Value {
-    let mut m = serde_json::Map::new();
-    for k in
-        ["ack", "deliver", "deliver_get", "deliver_no_ack", "get", "get_empty", "get_no_ack", "redeliver"]
-    {
-        m.insert(k.into(), json!(0));
-        m.insert(format!("{k}_details"), rate());
+/// A channel's message counters and rates in RabbitMQ's shape: a channel
+/// that published shows the publishing keys, one that consumed or got the
+/// delivery keys (both if it did both), as RabbitMQ's channel stats do.
+fn channel_message_stats(counters: &[u64; 12], rates: &[f64; 12]) -> Value {
+    let published = counters[0] > 0;
+    let consumed = counters[2..10].iter().any(|n| *n > 0);
+    let mut keys = Vec::new();
+    if published {
+        keys.extend(["confirm", "drop_unroutable", "publish", "return_unroutable"]);
     }
-    Value::Object(m)
+    if consumed || !published {
+        keys.extend([
+            "ack",
+            "deliver",
+            "deliver_get",
+            "deliver_no_ack",
+            "get",
+            "get_empty",
+            "get_no_ack",
+            "redeliver",
+        ]);
+    }
+    Value::Object(super::api::with_rates(&CHANNEL_RATES, counters, rates, &keys))
 }
 
 fn channels_where(b: &Broker, keep: impl Fn(&ConnectionInfo) -> bool) -> Vec<Value> {

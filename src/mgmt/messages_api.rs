@@ -409,6 +409,7 @@ pub async fn exchange_publish(
     x.publish_in.fetch_add(1, Ordering::Relaxed);
     if routed.is_empty() {
         b.counters.unroutable_dropped.fetch_add(1, Ordering::Relaxed);
+        v.msg.drop_unroutable.fetch_add(1, Ordering::Relaxed);
         return Ok(Json(json!({"routed": false})).into_response());
     }
     x.publish_out.fetch_add(1, Ordering::Relaxed);

@@ -92,11 +92,28 @@ struct QueueState {
 #[derive(Debug, Default)]
 pub struct QueueStats {
     pub published: AtomicU64,
-    pub delivered: AtomicU64,
+    /// Deliveries to consumers, with and without acknowledgement.
+    pub deliver: AtomicU64,
+    pub deliver_no_ack: AtomicU64,
+    /// `basic.get` (and management gets), with and without acknowledgement.
+    pub get: AtomicU64,
+    pub get_no_ack: AtomicU64,
     pub acked: AtomicU64,
     pub redelivered: AtomicU64,
     pub expired: AtomicU64,
     pub dropped: AtomicU64,
+    /// Sampled rates (management), see `broker::rates`.
+    pub rates: crate::broker::rates::QueueRates,
+}
+
+impl QueueStats {
+    /// RabbitMQ's `deliver_get`: deliveries and gets of both kinds.
+    pub fn deliver_get(&self) -> u64 {
+        [&self.deliver, &self.deliver_no_ack, &self.get, &self.get_no_ack]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 #[derive(Debug)]
@@ -506,7 +523,9 @@ impl Queue {
                 }
                 self.after_delivery(&qm, st.consumers[i].no_ack);
             }
-            self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+            let s = &self.stats;
+            if st.consumers[i].no_ack { &s.deliver_no_ack } else { &s.deliver }
+                .fetch_add(1, Ordering::Relaxed);
             if !st.consumers[i].no_ack {
                 st.unacked += 1;
             }
@@ -662,7 +681,11 @@ impl Queue {
                         self.store.delivered(l);
                     }
                 }
-                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                let s = &self.stats;
+                if no_ack { &s.get_no_ack } else { &s.get }.fetch_add(1, Ordering::Relaxed);
+                if !first {
+                    s.redelivered.fetch_add(1, Ordering::Relaxed);
+                }
                 true
             }
             Err(qm) => {
@@ -686,13 +709,38 @@ impl Queue {
         }
         self.stamp_delivery_count(&mut st);
         let mut qm = self.pop_ready(&mut st)?;
-        if !qm.redelivered {
+        if qm.redelivered {
+            self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
+        } else {
             self.store.delivered(qm.loc);
         }
         qm.deliveries = qm.deliveries.saturating_add(1);
         st.unacked += 1;
-        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+        self.stats.get.fetch_add(1, Ordering::Relaxed);
         Some((qm, st.ready.len() as u32))
+    }
+
+    /// Samples this queue's counters for management's rates.
+    pub fn sample_rates(&self, now: std::time::Instant) {
+        let (ready, unacked, _, _) = self.counts();
+        let s = &self.stats;
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        s.rates.sample(
+            now,
+            [
+                c(&s.published),
+                c(&s.deliver),
+                c(&s.deliver_no_ack),
+                c(&s.get),
+                c(&s.get_no_ack),
+                s.deliver_get(),
+                c(&s.acked),
+                c(&s.redelivered),
+                ready + unacked,
+                ready,
+                unacked,
+            ],
+        );
     }
 
     /// Deliveries settled without requeue (acked, or rejected and dropped).

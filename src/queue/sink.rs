@@ -143,6 +143,7 @@ impl Durable for ConfirmWaiter {
             let OutState { buf, channels, .. } = st;
             if let Some(d) = channels.get_mut(&ch) {
                 let n = d.confirms.flush(ch, buf);
+                d.counters.confirm += n;
                 self.outbox.count_confirms(n);
             }
         });
@@ -152,6 +153,9 @@ impl Durable for ConfirmWaiter {
 /// What one channel's deliveries share between the queues and the reader.
 #[derive(Debug, Default)]
 pub struct ChannelDeliveries {
+    /// Message counters (management's channel `message_stats`) and rates.
+    pub counters: ChannelCounters,
+    pub rates: crate::broker::rates::ChannelRates,
     pub confirms: ConfirmTracker,
     pub next_tag: u64,
     pub unacked: BTreeMap<u64, Unacked>,
@@ -180,8 +184,8 @@ pub struct OutState {
 #[derive(Debug)]
 pub struct Outbox {
     pub conn_id: u64,
-    /// The broker's confirm counter (management, metrics).
-    confirmed_total: Arc<AtomicU64>,
+    /// The broker's and the vhost's confirm counters (management, metrics).
+    confirmed_total: [Arc<AtomicU64>; 2],
     state: Mutex<OutState>,
     notify: Notify,
     /// Signalled by the writer after each write (readers waiting for room).
@@ -201,7 +205,7 @@ pub enum Refused {
 }
 
 impl Outbox {
-    pub fn new(conn_id: u64, high_water: usize, confirmed_total: Arc<AtomicU64>) -> Self {
+    pub fn new(conn_id: u64, high_water: usize, confirmed_total: [Arc<AtomicU64>; 2]) -> Self {
         Outbox {
             conn_id,
             confirmed_total,
@@ -233,7 +237,9 @@ impl Outbox {
     /// Adds to the broker's count of confirms sent.
     pub fn count_confirms(&self, n: u64) {
         if n > 0 {
-            self.confirmed_total.fetch_add(n, Ordering::Relaxed);
+            for c in &self.confirmed_total {
+                c.fetch_add(n, Ordering::Relaxed);
+            }
         }
     }
 
@@ -347,6 +353,12 @@ impl Outbox {
         fast::encode_deliver(buf, channel, consumer_tag, tag, qm.redelivered, &m.exchange, &m.routing_key);
         frame::encode_content_header(buf, channel, m.body_size(), &m.properties);
         frame::encode_body(buf, channel, &m.body, *frame_max);
+        if no_ack {
+            ch.counters.deliver_no_ack += 1;
+        } else {
+            ch.counters.deliver += 1;
+        }
+        ch.counters.redeliver += qm.redelivered as u64;
         if !no_ack {
             credit.unacked.fetch_add(1, Ordering::Relaxed);
             ch.global_unacked += 1;
@@ -388,6 +400,7 @@ impl Outbox {
             );
             frame::encode_content_header(buf, channel, msg.body_size(), &msg.properties);
             frame::encode_body(buf, channel, &msg.body, *frame_max);
+            ch.counters.deliver_no_ack += 1;
             true
         })
     }
@@ -413,6 +426,12 @@ impl Outbox {
             fast::encode_get_ok(buf, channel, tag, qm.redelivered, &m.exchange, &m.routing_key, remaining);
             frame::encode_content_header(buf, channel, m.body_size(), &m.properties);
             frame::encode_body(buf, channel, &m.body, *frame_max);
+            if no_ack {
+                ch.counters.get_no_ack += 1;
+            } else {
+                ch.counters.get += 1;
+            }
+            ch.counters.redeliver += qm.redelivered as u64;
             if !no_ack {
                 ch.unacked.insert(
                     tag,
@@ -434,6 +453,45 @@ fn delivered_once_more(qm: &QueuedMessage) -> QueuedMessage {
     let mut u = qm.clone();
     u.deliveries = u.deliveries.saturating_add(1);
     u
+}
+
+/// One channel's message counters, kept under the outbox lock that every
+/// delivery, get, settlement and confirm of the channel takes anyway;
+/// publishes are added once per read batch by the connection.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ChannelCounters {
+    pub publish: u64,
+    pub confirm: u64,
+    pub ack: u64,
+    pub deliver: u64,
+    pub deliver_no_ack: u64,
+    pub get: u64,
+    pub get_no_ack: u64,
+    pub get_empty: u64,
+    pub redeliver: u64,
+    pub return_unroutable: u64,
+    pub drop_unroutable: u64,
+}
+
+impl ChannelCounters {
+    /// In `rates::CHANNEL_RATES` order.
+    pub fn values(&self) -> [u64; 12] {
+        let deliver_get = self.deliver + self.deliver_no_ack + self.get + self.get_no_ack;
+        [
+            self.publish,
+            self.confirm,
+            self.ack,
+            self.deliver,
+            self.deliver_no_ack,
+            self.get,
+            self.get_no_ack,
+            self.get_empty,
+            deliver_get,
+            self.redeliver,
+            self.return_unroutable,
+            self.drop_unroutable,
+        ]
+    }
 }
 
 impl ChannelDeliveries {

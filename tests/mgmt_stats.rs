@@ -1,0 +1,245 @@
+//! Management statistics with values, not only RabbitMQ's field names:
+//! sampled rates (`*_details.rate`) on the overview, queues, exchanges,
+//! connections, channels and vhosts, and per-channel message counters.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+async fn get(s: &TestServer, path: &str) -> Value {
+    let r = http(mgmt(s), "GET", path, GUEST, None).await;
+    assert_eq!(r.status, 200, "GET {path}: {}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+fn rate(v: &Value, path: &str) -> f64 {
+    path.split('.')
+        .try_fold(v, |v, k| v.get(k))
+        .and_then(|r| r.as_f64())
+        .unwrap_or_else(|| panic!("no number at {path} in {v}"))
+}
+
+/// Publishes 20 messages to `q` every 50 ms (about 400 msg/s) until every
+/// rate named in `want` reads positive, or panics at the deadline.
+async fn publish_until_rates(s: &TestServer, r: &mut Raw, q: &str, want: &[(&str, &str)]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sent = 0;
+    loop {
+        for _ in 0..20 {
+            r.send_to(1, q, b"rate-sample").await;
+        }
+        sent += 20;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut missing = Vec::new();
+        for (path, field) in want {
+            let v = get(s, path).await;
+            let v = if v.is_array() { v[0].clone() } else { v };
+            if rate(&v, field) <= 0.0 {
+                missing.push(format!("{path} {field}"));
+            }
+        }
+        if missing.is_empty() {
+            return sent;
+        }
+        assert!(Instant::now() < deadline, "rates still zero: {missing:?}");
+    }
+}
+
+#[tokio::test]
+async fn rates_follow_the_traffic_and_fall_back_to_zero() {
+    let s = start_with(|c| c.management.sample_interval_ms = 200).await;
+    let mut r = Raw::open(s.addr()).await;
+    r.declare(1, "rated").await;
+    let sent = publish_until_rates(
+        &s,
+        &mut r,
+        "rated",
+        &[
+            ("/api/overview", "message_stats.publish_details.rate"),
+            ("/api/overview", "queue_totals.messages_details.rate"),
+            ("/api/queues/%2F/rated", "message_stats.publish_details.rate"),
+            ("/api/queues/%2F/rated", "messages_ready_details.rate"),
+            ("/api/exchanges/%2F/amq.default", "message_stats.publish_in_details.rate"),
+            ("/api/vhosts/%2F", "message_stats.publish_details.rate"),
+            ("/api/connections", "recv_oct_details.rate"),
+            ("/api/channels", "message_stats.publish_details.rate"),
+        ],
+    )
+    .await;
+    // Rates are per second: nowhere near the count of messages sent (a rate
+    // that echoed a counter would be).
+    let o = get(&s, "/api/overview").await;
+    let publish_rate = rate(&o, "message_stats.publish_details.rate");
+    assert!(publish_rate < 5_000.0, "publish rate {publish_rate} for ~400 msg/s");
+    assert_eq!(o["churn_rates"]["queue_declared"], 1);
+    assert_eq!(o["churn_rates"]["channel_created"], 1);
+    assert_eq!(o["churn_rates"]["connection_created"], 1);
+    eventually_async("counters catch up", || async {
+        let q = get(&s, "/api/queues/%2F/rated").await;
+        q["message_stats"]["publish"] == sent && q["messages"] == sent
+    })
+    .await;
+
+    // Traffic stops: two samples later every rate is 0 again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = get(&s, "/api/overview").await;
+        let q = get(&s, "/api/queues/%2F/rated").await;
+        if rate(&o, "message_stats.publish_details.rate") == 0.0
+            && rate(&q, "message_stats.publish_details.rate") == 0.0
+            && rate(&q, "messages_details.rate") == 0.0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rates did not return to zero: {o}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Draining gives a negative depth rate and a positive delivery rate.
+    r.open_channel(2).await;
+    r.call(2, common::m::consume("rated", "drain", true, false, Default::default())).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let q = get(&s, "/api/queues/%2F/rated").await;
+        if rate(&q, "messages_details.rate") < 0.0
+            && rate(&q, "message_stats.deliver_no_ack_details.rate") > 0.0
+        {
+            break;
+        }
+        while r.try_recv(Duration::from_millis(1)).await.is_some() {}
+        assert!(Instant::now() < deadline, "no drain rates: {q}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls an async condition with a deadline.
+async fn eventually_async<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn channel(chans: &Value, n: u16) -> Value {
+    chans.as_array().and_then(|a| a.iter().find(|c| c["number"] == n)).cloned().unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn channels_count_their_own_publishes_deliveries_gets_and_acks() {
+    let s = start().await;
+    let mut r = Raw::open(s.addr()).await;
+    r.declare(1, "counted").await;
+    r.call(1, common::m::confirm_select()).await;
+    for _ in 0..5 {
+        r.send_to(1, "counted", b"m").await;
+    }
+    r.send_to(1, "nowhere", b"dropped").await;
+    let mut acked = 0;
+    while acked < 6 {
+        if let In::Method(
+            1,
+            amq_protocol::protocol::AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Ack(a)),
+        ) = r.recv().await
+        {
+            acked = a.delivery_tag;
+        }
+    }
+    // Channel 2 gets two with ack, rejects one (requeued), gets it again
+    // (a redelivery), one without ack, and finds the queue empty... later.
+    r.open_channel(2).await;
+    r.method(2, common::m::get("counted", false)).await;
+    let first = r.next_message().await;
+    r.method(2, common::m::get("counted", false)).await;
+    let second = r.next_message().await;
+    r.method(2, common::m::reject(second.delivery_tag(), true)).await;
+    r.method(2, common::m::ack(first.delivery_tag(), false)).await;
+    r.method(2, common::m::get("counted", false)).await;
+    let again = r.next_message().await;
+    assert!(again.redelivered());
+    r.method(2, common::m::ack(again.delivery_tag(), false)).await;
+    for _ in 0..3 {
+        r.method(2, common::m::get("counted", true)).await;
+        r.next_message().await;
+    }
+    r.method(2, common::m::get("counted", true)).await;
+    let empty = r.next_message().await;
+    assert!(matches!(
+        empty.method,
+        amq_protocol::protocol::AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::GetEmpty(_))
+    ));
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (publisher, getter) = loop {
+        let chans = get(&s, "/api/channels").await;
+        let (p, g) = (channel(&chans, 1), channel(&chans, 2));
+        if p["message_stats"]["publish"] == 6 && g["message_stats"]["get_empty"] == 1 {
+            break (p, g);
+        }
+        assert!(Instant::now() < deadline, "channel counters not updated: {chans}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let ps = &publisher["message_stats"];
+    assert_eq!(
+        (ps["publish"].clone(), ps["confirm"].clone(), ps["drop_unroutable"].clone()),
+        (6.into(), 6.into(), 1.into())
+    );
+    assert!(ps.get("deliver").is_none(), "a publishing channel shows publishing keys only: {ps}");
+    let gs = &getter["message_stats"];
+    let n = |k: &str| gs[k].as_u64().unwrap_or(u64::MAX);
+    assert_eq!(
+        (n("get"), n("get_no_ack"), n("ack"), n("redeliver"), n("deliver_get"), n("get_empty")),
+        (3, 3, 2, 1, 6, 1),
+        "{gs}"
+    );
+    assert!(gs.get("publish").is_none(), "{gs}");
+
+    // The queue counts the same gets, and its redelivery.
+    let q = get(&s, "/api/queues/%2F/counted").await;
+    let qs = &q["message_stats"];
+    assert_eq!(
+        (qs["get"].clone(), qs["get_no_ack"].clone(), qs["redeliver"].clone()),
+        (3.into(), 3.into(), 1.into())
+    );
+    assert_eq!(get(&s, "/api/overview").await["message_stats"]["get_empty"], 1);
+    // The vhost counts what belongs to no queue: confirms, unroutable, empty gets.
+    let v = get(&s, "/api/vhosts/%2F").await;
+    let vs = &v["message_stats"];
+    assert_eq!(
+        (vs["confirm"].clone(), vs["drop_unroutable"].clone(), vs["get_empty"].clone(), vs["get"].clone()),
+        (6.into(), 1.into(), 1.into(), 3.into()),
+        "{vs}"
+    );
+}
+
+#[tokio::test]
+async fn management_gets_of_a_requeued_message_count_a_redelivery() {
+    let s = start().await;
+    let mut r = Raw::open(s.addr()).await;
+    r.declare(1, "peeked").await;
+    r.send_to(1, "peeked", b"look").await;
+    eventually_async("message queued", || async { get(&s, "/api/queues/%2F/peeked").await["messages"] == 1 })
+        .await;
+    for _ in 0..2 {
+        let got = http(
+            mgmt(&s),
+            "POST",
+            "/api/queues/%2F/peeked/get",
+            GUEST,
+            Some(r#"{"count":1,"ackmode":"ack_requeue_true","encoding":"auto"}"#),
+        )
+        .await;
+        assert_eq!(got.status, 200);
+    }
+    let q = get(&s, "/api/queues/%2F/peeked").await;
+    assert_eq!(
+        (q["message_stats"]["get"].clone(), q["message_stats"]["redeliver"].clone()),
+        (2.into(), 1.into())
+    );
+}
