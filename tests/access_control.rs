@@ -307,3 +307,111 @@ async fn users_vhosts_and_permissions_survive_a_restart() {
     let mut r = open_as(&s, "keeper").await;
     r.declare(1, "k-q").await;
 }
+
+/// The HTTP API applies the user's AMQP permissions as RabbitMQ's
+/// management plugin does: vhosts without permissions are invisible (404),
+/// changes run as the user (401 "Access refused."), publish/get refusals
+/// carry the AMQP text, non-monitoring users see only their own connections.
+#[tokio::test]
+async fn the_http_api_applies_amqp_permissions_and_vhost_visibility() {
+    let s = start().await;
+    user_with(&s, "mgr", "management", ("^mine", "^mine", "^mine")).await;
+    assert_eq!(put(&s, "/api/vhosts/other", json!({})).await, 201);
+    assert_eq!(put(&s, "/api/queues/%2F/theirs", json!({"durable": false})).await, 201);
+    let m = mgmt(&s);
+    let who = Some(("mgr", "pw"));
+    let names = |v: Value, key: &str| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().map(|i| i[key].as_str().unwrap_or("").to_string()).collect())
+            .unwrap_or_default()
+    };
+
+    // Visibility: only "/", where mgr has permissions.
+    assert_eq!(names(http(m, "GET", "/api/vhosts", who, None).await.json(), "name"), vec!["/"]);
+    assert_eq!(http(m, "GET", "/api/vhosts/other", who, None).await.status, 404);
+    assert_eq!(http(m, "GET", "/api/queues/other", who, None).await.status, 404);
+    assert_eq!(http(m, "GET", "/api/exchanges/other/amq.direct", who, None).await.status, 404);
+    let all_vhosts: Vec<String> = names(http(m, "GET", "/api/exchanges", who, None).await.json(), "vhost");
+    assert!(!all_vhosts.is_empty() && all_vhosts.iter().all(|v| v == "/"), "{all_vhosts:?}");
+    assert_eq!(names(http(m, "GET", "/api/queues", who, None).await.json(), "name"), vec!["theirs"]);
+
+    // Changes run with mgr's AMQP permissions.
+    let refused = json!({"error": "not_authorised", "reason": "Access refused."});
+    let r = http(m, "PUT", "/api/queues/%2F/not-mine", who, Some("{}")).await;
+    assert_eq!((r.status, r.json()), (401, refused.clone()));
+    assert_eq!(http(m, "PUT", "/api/queues/%2F/mine-q", who, Some(r#"{"durable":false}"#)).await.status, 201);
+    let r = http(m, "DELETE", "/api/queues/%2F/theirs", who, None).await;
+    assert_eq!((r.status, r.json()), (401, refused.clone()));
+    assert!(s.broker().vhost("/").unwrap().queues.contains_key("theirs"));
+    let r = http(m, "DELETE", "/api/queues/%2F/theirs/contents", who, None).await;
+    assert_eq!(r.status, 401);
+    let r = http(m, "PUT", "/api/exchanges/%2F/x-not-mine", who, Some(r#"{"type":"fanout"}"#)).await;
+    assert_eq!((r.status, r.json()), (401, refused.clone()));
+    // Binding: write on the queue is fine, read on amq.direct is not.
+    let r =
+        http(m, "POST", "/api/bindings/%2F/e/amq.direct/q/mine-q", who, Some(r#"{"routing_key":"k"}"#)).await;
+    assert_eq!((r.status, r.json()), (401, refused));
+    let r = http(
+        m,
+        "POST",
+        "/api/exchanges/%2F/amq.default/publish",
+        who,
+        Some(r#"{"routing_key":"theirs","properties":{},"payload":"x","payload_encoding":"string"}"#),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            401,
+            json!({"error": "not_authorised",
+                   "reason": "ACCESS_REFUSED - write access to exchange 'amq.default' in vhost '/' refused for user 'mgr'"})
+        )
+    );
+    let r = http(
+        m,
+        "POST",
+        "/api/queues/%2F/theirs/get",
+        who,
+        Some(r#"{"count":1,"ackmode":"ack_requeue_true","encoding":"auto"}"#),
+    )
+    .await;
+    assert_eq!(
+        r.json()["reason"],
+        "ACCESS_REFUSED - read access to queue 'theirs' in vhost '/' refused for user 'mgr'"
+    );
+    // An administrator also needs permissions in a vhost to change it (the
+    // creator of a vhost is granted them, as in RabbitMQ: revoke them here).
+    assert_eq!(http(m, "DELETE", "/api/permissions/other/guest", GUEST, None).await.status, 204);
+    let r = http(m, "PUT", "/api/queues/other/q", GUEST, Some("{}")).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        put(&s, "/api/permissions/other/guest", json!({"configure": ".*", "write": ".*", "read": ".*"}))
+            .await,
+        201
+    );
+    assert_eq!(http(m, "PUT", "/api/queues/other/q", GUEST, Some("{}")).await.status, 201);
+
+    // Connections: mgr sees its own, not guest's; monitoring data is refused.
+    let _guest_conn = Raw::open(s.addr()).await;
+    let _mgr_conn = open_as(&s, "mgr").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while names(http(m, "GET", "/api/connections", GUEST, None).await.json(), "user").len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "connections not listed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(names(http(m, "GET", "/api/connections", who, None).await.json(), "user"), vec!["mgr"]);
+    let all = http(m, "GET", "/api/connections", GUEST, None).await.json();
+    let guests =
+        all.as_array().unwrap().iter().find(|c| c["user"] == "guest").expect("guest connection").clone();
+    let path = format!(
+        "/api/connections/{}",
+        guests["name"].as_str().unwrap().replace(' ', "%20").replace('>', "%3E")
+    );
+    let r = http(m, "GET", &path, who, None).await;
+    assert_eq!(
+        (r.status, r.json()),
+        (401, json!({"error": "not_authorised", "reason": "User not authorised to access object"}))
+    );
+    let r = http(m, "GET", "/api/nodes", who, None).await;
+    assert_eq!((r.status, r.json()), (401, json!({"error": "not_authorised", "reason": "Not monitor user"})));
+}

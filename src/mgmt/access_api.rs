@@ -406,12 +406,14 @@ fn policies_of(b: &Broker, only: Option<&str>, operator: bool) -> Vec<Value> {
     out.iter().map(policy_json).collect()
 }
 
-pub async fn policies(State(b): State<Arc<Broker>>, _: Authed) -> ApiResult {
-    Ok(Json(policies_of(&b, None, false)).into_response())
+pub async fn policies(State(b): State<Arc<Broker>>, a: Authed) -> ApiResult {
+    let mut all = policies_of(&b, None, false);
+    all.retain(|p| p["vhost"].as_str().is_some_and(|v| a.can_access(&b, v)));
+    Ok(Json(all).into_response())
 }
 
-pub async fn policies_in(State(b): State<Arc<Broker>>, _: Authed, Path(vh): Path<String>) -> ApiResult {
-    b.vhost(&vh).ok_or_else(ApiError::not_found)?;
+pub async fn policies_in(State(b): State<Arc<Broker>>, a: Authed, Path(vh): Path<String>) -> ApiResult {
+    a.vhost(&b, &vh)?;
     Ok(Json(policies_of(&b, Some(&vh), false)).into_response())
 }
 
@@ -504,9 +506,11 @@ async fn policy_delete_any(b: &Broker, vh: &str, name: &str, operator: bool) -> 
 
 pub async fn policy_detail(
     State(b): State<Arc<Broker>>,
-    _: Authed,
+    a: Authed,
     Path((vh, name)): Path<(String, String)>,
 ) -> ApiResult {
+    a.require_policymaker()?;
+    a.vhost(&b, &vh)?;
     policy_get(&b, &vh, &name, false).await
 }
 
@@ -517,6 +521,9 @@ pub async fn policy_put(
     body: axum::body::Bytes,
 ) -> ApiResult {
     a.require_policymaker()?;
+    if !a.can_access(&b, &vh) && b.vhost(&vh).is_some() {
+        return Err(ApiError::not_found());
+    }
     policy_put_any(&b, &vh, &name, &body, false).await
 }
 
@@ -526,6 +533,7 @@ pub async fn policy_delete(
     Path((vh, name)): Path<(String, String)>,
 ) -> ApiResult {
     a.require_policymaker()?;
+    a.vhost(&b, &vh)?;
     policy_delete_any(&b, &vh, &name, false).await
 }
 

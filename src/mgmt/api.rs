@@ -7,6 +7,7 @@
 use super::values;
 use super::{ApiError, Authed, Writes};
 use crate::broker::Broker;
+use crate::broker::access::Access;
 use crate::broker::rates::{OVERVIEW_RATES, QUEUE_RATES, VHOST_RATES, rate_of};
 use crate::broker::vhost::{QueueDeclare, VHost};
 use crate::exchange::{DELAY_QUEUE_PREFIX, Exchange};
@@ -440,14 +441,24 @@ fn vhost_json(b: &Broker, v: &VHost) -> Value {
     j
 }
 
-pub async fn vhosts(State(b): State<Arc<Broker>>, _: Authed) -> ApiResult {
-    let mut out: Vec<Value> = b.vhosts.iter().map(|v| vhost_json(&b, &v)).collect();
+/// Monitoring users learn of every vhost; others see those they may use
+/// (`list_visible_vhosts`).
+fn visible_vhost(b: &Broker, a: &Authed, name: &str) -> bool {
+    a.is_monitor() || a.can_access(b, name)
+}
+
+pub async fn vhosts(State(b): State<Arc<Broker>>, a: Authed) -> ApiResult {
+    let mut out: Vec<Value> =
+        b.vhosts.iter().filter(|v| visible_vhost(&b, &a, &v.name)).map(|v| vhost_json(&b, &v)).collect();
     out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     Ok(Json(out).into_response())
 }
 
-pub async fn vhost_detail(State(b): State<Arc<Broker>>, _: Authed, Path(name): Path<String>) -> ApiResult {
+pub async fn vhost_detail(State(b): State<Arc<Broker>>, a: Authed, Path(name): Path<String>) -> ApiResult {
     let v = vhost(&b, &name)?;
+    if !visible_vhost(&b, &a, &name) {
+        return Err(ApiError::not_found());
+    }
     Ok(Json(vhost_json(&b, &v)).into_response())
 }
 
@@ -545,10 +556,10 @@ pub(super) fn sorted(items: Vec<Value>, q: &HashMap<String, String>) -> Value {
 }
 
 /// The visible queues of one vhost or all, sorted by (vhost, name).
-fn queue_list(b: &Broker, only: Option<&str>) -> Vec<Arc<Queue>> {
+fn queue_list(b: &Broker, a: &Authed, only: Option<&str>) -> Vec<Arc<Queue>> {
     let mut out = Vec::new();
     for v in b.vhosts.iter() {
-        if only.is_some_and(|o| o != v.name) {
+        if only.is_some_and(|o| o != v.name) || !a.can_access(b, &v.name) {
             continue;
         }
         out.extend(v.queues.iter().filter(|q| visible(q)).map(|q| q.clone()));
@@ -561,8 +572,8 @@ fn queue_list(b: &Broker, only: Option<&str>) -> Vec<Arc<Queue>> {
 /// UI poll) is serialized straight from the queues, already in name order;
 /// sorting by another key, filtering, `columns` and pagination go through
 /// the generic list path.
-fn queues_response(b: &Broker, only: Option<&str>, q: &HashMap<String, String>) -> Response {
-    let queues = queue_list(b, only);
+fn queues_response(b: &Broker, a: &Authed, only: Option<&str>, q: &HashMap<String, String>) -> Response {
+    let queues = queue_list(b, a, only);
     let (node, now) = (node(b), chrono_like_now());
     let plain = q.get("sort").is_none_or(|s| s == "name")
         && !["columns", "page", "name", "sort_reverse"].iter().any(|k| q.contains_key(*k));
@@ -605,24 +616,24 @@ fn queues_response(b: &Broker, only: Option<&str>, q: &HashMap<String, String>) 
 
 pub async fn queues(
     State(b): State<Arc<Broker>>,
-    _: Authed,
+    a: Authed,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    Ok(queues_response(&b, None, &q))
+    Ok(queues_response(&b, &a, None, &q))
 }
 
 pub async fn queues_in(
     State(b): State<Arc<Broker>>,
-    _: Authed,
+    a: Authed,
     Path(vh): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    vhost(&b, &vh)?;
-    Ok(queues_response(&b, Some(&vh), &q))
+    a.vhost(&b, &vh)?;
+    Ok(queues_response(&b, &a, Some(&vh), &q))
 }
 
-fn find_queue(b: &Broker, vh: &str, name: &str) -> Result<(Arc<VHost>, Arc<Queue>), ApiError> {
-    let v = vhost(b, vh)?;
+fn find_queue(b: &Broker, a: &Authed, vh: &str, name: &str) -> Result<(Arc<VHost>, Arc<Queue>), ApiError> {
+    let v = a.vhost(b, vh)?;
     let q = v.queue(name).map_err(|_| ApiError::not_found())?;
     if !visible(&q) {
         return Err(ApiError::not_found());
@@ -632,10 +643,10 @@ fn find_queue(b: &Broker, vh: &str, name: &str) -> Result<(Arc<VHost>, Arc<Queue
 
 pub async fn queue_detail(
     State(b): State<Arc<Broker>>,
-    _: Authed,
+    a: Authed,
     Path((vh, name)): Path<(String, String)>,
 ) -> ApiResult {
-    let (_, q) = find_queue(&b, &vh, &name)?;
+    let (_, q) = find_queue(&b, &a, &vh, &name)?;
     let mut j = queue_json(&b, &q);
     j["consumer_details"] = json!(super::conn_api::consumers_of_queue(&b, &q));
     j["incoming"] = json!([]);
@@ -645,12 +656,12 @@ pub async fn queue_detail(
 
 pub async fn queue_put(
     State(b): State<Arc<Broker>>,
-    Authed(user): Authed,
+    a: Authed,
     Path((vh, name)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    user.require_write()?;
-    let v = vhost(&b, &vh)?;
+    a.0.require_write()?;
+    let v = a.vhost(&b, &vh)?;
     let spec: Value = if body.is_empty() {
         json!({})
     } else {
@@ -661,6 +672,17 @@ pub async fn queue_put(
         Some(a) => values::to_table(a).ok_or_else(|| ApiError::bad_request("arguments must be an object"))?,
     };
     let existed = v.queues.contains_key(&name);
+    a.permit(&b, &vh, Access::Configure, "queue", &name)?;
+    if !existed {
+        // A new queue's dead-letter exchange: read on the queue, write on
+        // the exchange (3.13's `check_dlx_permissions`).
+        if let Some(dlx) =
+            arguments.inner().get("x-dead-letter-exchange").and_then(crate::queue::args::as_str)
+        {
+            a.permit(&b, &vh, Access::Read, "queue", &name)?;
+            a.permit(&b, &vh, Access::Write, "exchange", &dlx)?;
+        }
+    }
     v.declare_queue(QueueDeclare {
         server_named: false,
         name: &name,
@@ -677,12 +699,13 @@ pub async fn queue_put(
 
 pub async fn queue_delete(
     State(b): State<Arc<Broker>>,
-    Authed(user): Authed,
+    a: Authed,
     Path((vh, name)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    user.require_write()?;
-    let (v, _) = find_queue(&b, &vh, &name)?;
+    a.0.require_write()?;
+    let (v, _) = find_queue(&b, &a, &vh, &name)?;
+    a.permit(&b, &vh, Access::Configure, "queue", &name)?;
     let flag = |k: &str| q.get(k).is_some_and(|v| v == "true");
     v.delete_queue(&name, flag("if-unused"), flag("if-empty"), u64::MAX).map_err(ApiError::from_amqp)?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -690,19 +713,20 @@ pub async fn queue_delete(
 
 pub async fn queue_purge(
     State(b): State<Arc<Broker>>,
-    Authed(user): Authed,
+    a: Authed,
     Path((vh, name)): Path<(String, String)>,
 ) -> ApiResult {
-    user.require_write()?;
-    let (_, q) = find_queue(&b, &vh, &name)?;
+    a.0.require_write()?;
+    let (_, q) = find_queue(&b, &a, &vh, &name)?;
+    a.permit(&b, &vh, Access::Read, "queue", &name)?;
     q.purge();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-fn exchanges_of(b: &Broker, only: Option<&str>) -> Vec<Value> {
+fn exchanges_of(b: &Broker, a: &Authed, only: Option<&str>) -> Vec<Value> {
     let mut out = Vec::new();
     for v in b.vhosts.iter() {
-        if only.is_some_and(|o| o != v.name) {
+        if only.is_some_and(|o| o != v.name) || !a.can_access(b, &v.name) {
             continue;
         }
         out.extend(v.exchanges.iter().map(|x| exchange_json(&x)));
@@ -712,20 +736,20 @@ fn exchanges_of(b: &Broker, only: Option<&str>) -> Vec<Value> {
 
 pub async fn exchanges(
     State(b): State<Arc<Broker>>,
-    _: Authed,
+    a: Authed,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    Ok(Json(sorted(exchanges_of(&b, None), &q)).into_response())
+    Ok(Json(sorted(exchanges_of(&b, &a, None), &q)).into_response())
 }
 
 pub async fn exchanges_in(
     State(b): State<Arc<Broker>>,
-    _: Authed,
+    a: Authed,
     Path(vh): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    vhost(&b, &vh)?;
-    Ok(Json(sorted(exchanges_of(&b, Some(&vh)), &q)).into_response())
+    a.vhost(&b, &vh)?;
+    Ok(Json(sorted(exchanges_of(&b, &a, Some(&vh)), &q)).into_response())
 }
 
 /// The management API names the default exchange `amq.default`.
@@ -735,10 +759,10 @@ fn exchange_name(name: &str) -> &str {
 
 pub async fn exchange_detail(
     State(b): State<Arc<Broker>>,
-    _: Authed,
+    a: Authed,
     Path((vh, name)): Path<(String, String)>,
 ) -> ApiResult {
-    let v = vhost(&b, &vh)?;
+    let v = a.vhost(&b, &vh)?;
     let x = v.exchange(exchange_name(&name)).map_err(|_| ApiError::not_found())?;
     let mut j = exchange_json(&x);
     j["incoming"] = json!([]);
@@ -748,12 +772,12 @@ pub async fn exchange_detail(
 
 pub async fn exchange_put(
     State(b): State<Arc<Broker>>,
-    Authed(user): Authed,
+    a: Authed,
     Path((vh, name)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    user.require_write()?;
-    let v = vhost(&b, &vh)?;
+    a.0.require_write()?;
+    let v = a.vhost(&b, &vh)?;
     let spec: Value = serde_json::from_slice(&body).map_err(ApiError::bad_json)?;
     let kind =
         spec.get("type").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("type is required"))?;
@@ -762,6 +786,14 @@ pub async fn exchange_put(
         Some(a) => values::to_table(a).ok_or_else(|| ApiError::bad_request("arguments must be an object"))?,
     };
     let existed = v.exchanges.contains_key(&name);
+    a.permit(&b, &vh, Access::Configure, "exchange", &name)?;
+    if !existed {
+        // A new exchange's alternate exchange: read on it, write on the AE.
+        if let Some(ae) = arguments.inner().get("alternate-exchange").and_then(crate::queue::args::as_str) {
+            a.permit(&b, &vh, Access::Read, "exchange", &name)?;
+            a.permit(&b, &vh, Access::Write, "exchange", &ae)?;
+        }
+    }
     v.declare_exchange(
         &name,
         kind,
@@ -777,13 +809,14 @@ pub async fn exchange_put(
 
 pub async fn exchange_delete(
     State(b): State<Arc<Broker>>,
-    Authed(user): Authed,
+    a: Authed,
     Path((vh, name)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    user.require_write()?;
-    let v = vhost(&b, &vh)?;
+    a.0.require_write()?;
+    let v = a.vhost(&b, &vh)?;
     v.exchange(exchange_name(&name)).map_err(|_| ApiError::not_found())?;
+    a.permit(&b, &vh, Access::Configure, "exchange", exchange_name(&name))?;
     let if_unused = q.get("if-unused").is_some_and(|v| v == "true");
     v.delete_exchange(exchange_name(&name), if_unused).map_err(ApiError::from_amqp)?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -74,34 +74,51 @@ fn connections_where(b: &Broker, keep: impl Fn(&ConnectionInfo) -> bool) -> Vec<
     b.registry.all().iter().filter(|c| keep(c)).map(|c| connection_json(b, c)).collect()
 }
 
+/// Monitoring users see every connection and channel, others their own
+/// (`filter_conn_ch_list`).
+fn sees(a: &Authed, c: &ConnectionInfo) -> bool {
+    a.is_monitor() || a.0.name == c.user
+}
+
+/// One connection's resources: its owner, or a monitoring user
+/// (`is_authorized_user`).
+fn may_see(a: &Authed, c: &ConnectionInfo) -> Result<(), ApiError> {
+    if sees(a, c) { Ok(()) } else { Err(not_authorised_object()) }
+}
+
+fn not_authorised_object() -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "not_authorised", "User not authorised to access object")
+}
+
 pub async fn connections(
     State(b): State<Arc<Broker>>,
-    _: Authed,
+    a: Authed,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    Ok(Json(sorted(connections_where(&b, |_| true), &q)).into_response())
+    Ok(Json(sorted(connections_where(&b, |c| sees(&a, c)), &q)).into_response())
 }
 
 pub async fn vhost_connections(
     State(b): State<Arc<Broker>>,
-    _: Authed,
+    a: Authed,
     Path(vh): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    b.vhost(&vh).ok_or_else(ApiError::not_found)?;
-    Ok(Json(sorted(connections_where(&b, |c| c.vhost == vh), &q)).into_response())
+    a.vhost(&b, &vh)?;
+    Ok(Json(sorted(connections_where(&b, |c| c.vhost == vh && sees(&a, c)), &q)).into_response())
 }
 
-pub async fn user_connections(State(b): State<Arc<Broker>>, _: Authed, Path(u): Path<String>) -> ApiResult {
-    Ok(Json(connections_where(&b, |c| c.user == u)).into_response())
+pub async fn user_connections(State(b): State<Arc<Broker>>, a: Authed, Path(u): Path<String>) -> ApiResult {
+    Ok(Json(connections_where(&b, |c| c.user == u && sees(&a, c))).into_response())
 }
 
 pub async fn connection_detail(
     State(b): State<Arc<Broker>>,
-    _: Authed,
+    a: Authed,
     Path(name): Path<String>,
 ) -> ApiResult {
     let c = b.registry.by_name(&name).ok_or_else(ApiError::not_found)?;
+    may_see(&a, &c)?;
     Ok(Json(connection_json(&b, &c)).into_response())
 }
 
@@ -119,7 +136,7 @@ fn may_close(a: &Authed, c: &ConnectionInfo) -> Result<(), ApiError> {
     if a.0.tags.iter().any(|t| t == "administrator") || a.0.name == c.user {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::UNAUTHORIZED, "not_authorised", "User not authorised to access object"))
+        Err(not_authorised_object())
     }
 }
 
@@ -189,11 +206,12 @@ fn consumer_json(
     })
 }
 
-/// Every consumer, optionally of one vhost, optionally on one channel.
-fn consumers_where(b: &Broker, vhost: Option<&str>, on: Option<(u64, u16)>) -> Vec<Value> {
+/// Every consumer in the vhosts `a` may use, optionally of one vhost,
+/// optionally on one channel.
+fn consumers_where(b: &Broker, a: &Authed, vhost: Option<&str>, on: Option<(u64, u16)>) -> Vec<Value> {
     let mut out = Vec::new();
     for v in b.vhosts.iter() {
-        if vhost.is_some_and(|x| x != v.name) {
+        if vhost.is_some_and(|x| x != v.name) || !a.can_access(b, &v.name) {
             continue;
         }
         for q in v.queues.iter() {
@@ -223,13 +241,13 @@ pub fn consumers_of_queue(b: &Broker, q: &Arc<crate::queue::Queue>) -> Vec<Value
         .collect()
 }
 
-pub async fn consumers(State(b): State<Arc<Broker>>, _: Authed) -> ApiResult {
-    Ok(Json(consumers_where(&b, None, None)).into_response())
+pub async fn consumers(State(b): State<Arc<Broker>>, a: Authed) -> ApiResult {
+    Ok(Json(consumers_where(&b, &a, None, None)).into_response())
 }
 
-pub async fn vhost_consumers(State(b): State<Arc<Broker>>, _: Authed, Path(vh): Path<String>) -> ApiResult {
-    b.vhost(&vh).ok_or_else(ApiError::not_found)?;
-    Ok(Json(consumers_where(&b, Some(&vh), None)).into_response())
+pub async fn vhost_consumers(State(b): State<Arc<Broker>>, a: Authed, Path(vh): Path<String>) -> ApiResult {
+    a.vhost(&b, &vh)?;
+    Ok(Json(consumers_where(&b, &a, Some(&vh), None)).into_response())
 }
 
 /// What the outbox knows of a channel: consumers, unacked, unconfirmed,
@@ -316,28 +334,29 @@ fn channels_where(b: &Broker, keep: impl Fn(&ConnectionInfo) -> bool) -> Vec<Val
 
 pub async fn channels(
     State(b): State<Arc<Broker>>,
-    _: Authed,
+    a: Authed,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    Ok(Json(sorted(channels_where(&b, |_| true), &q)).into_response())
+    Ok(Json(sorted(channels_where(&b, |c| sees(&a, c)), &q)).into_response())
 }
 
 pub async fn vhost_channels(
     State(b): State<Arc<Broker>>,
-    _: Authed,
+    a: Authed,
     Path(vh): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    b.vhost(&vh).ok_or_else(ApiError::not_found)?;
-    Ok(Json(sorted(channels_where(&b, |c| c.vhost == vh), &q)).into_response())
+    a.vhost(&b, &vh)?;
+    Ok(Json(sorted(channels_where(&b, |c| c.vhost == vh && sees(&a, c)), &q)).into_response())
 }
 
 pub async fn connection_channels(
     State(b): State<Arc<Broker>>,
-    _: Authed,
+    a: Authed,
     Path(name): Path<String>,
 ) -> ApiResult {
     let c = b.registry.by_name(&name).ok_or_else(ApiError::not_found)?;
+    may_see(&a, &c)?;
     Ok(Json(channels_of(&b, &c)).into_response())
 }
 
@@ -347,14 +366,15 @@ fn split_channel_name(name: &str) -> Option<(&str, u16)> {
     Some((conn, rest.strip_suffix(')')?.parse().ok()?))
 }
 
-pub async fn channel_detail(State(b): State<Arc<Broker>>, _: Authed, Path(name): Path<String>) -> ApiResult {
+pub async fn channel_detail(State(b): State<Arc<Broker>>, a: Authed, Path(name): Path<String>) -> ApiResult {
     let (conn, number) = split_channel_name(&name).ok_or_else(ApiError::not_found)?;
     let c = b.registry.by_name(conn).ok_or_else(ApiError::not_found)?;
+    may_see(&a, &c)?;
     let mut j = channels_of(&b, &c)
         .into_iter()
         .find(|j| j["number"] == json!(number))
         .ok_or_else(ApiError::not_found)?;
-    j["consumer_details"] = json!(consumers_where(&b, None, Some((c.id, number))));
+    j["consumer_details"] = json!(consumers_where(&b, &a, None, Some((c.id, number))));
     j["deliveries"] = json!([]);
     j["publishes"] = json!([]);
     Ok(Json(j).into_response())

@@ -6,6 +6,7 @@
 
 use super::{ApiError, Authed, Writes, values};
 use crate::broker::Broker;
+use crate::broker::access::Access;
 use crate::broker::dead_letter::dead_letter;
 use crate::broker::vhost::VHost;
 use crate::exchange::{DELAY_QUEUE_PREFIX, Destination};
@@ -25,10 +26,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 type ApiResult = Result<Response, ApiError>;
-
-fn vhost(b: &Broker, name: &str) -> Result<Arc<VHost>, ApiError> {
-    b.vhost(name).ok_or_else(ApiError::not_found)
-}
 
 /// The management API names the default exchange `amq.default`.
 fn exchange_name(name: &str) -> &str {
@@ -118,9 +115,10 @@ pub fn bindings_of(v: &VHost) -> Vec<Value> {
     out
 }
 
-pub async fn bindings(State(b): State<Arc<Broker>>, _: Authed) -> ApiResult {
+pub async fn bindings(State(b): State<Arc<Broker>>, a: Authed) -> ApiResult {
     let mut out = Vec::new();
-    let mut names: Vec<String> = b.vhosts.iter().map(|v| v.name.clone()).collect();
+    let mut names: Vec<String> =
+        b.vhosts.iter().filter(|v| a.can_access(&b, &v.name)).map(|v| v.name.clone()).collect();
     names.sort();
     for n in names {
         if let Some(v) = b.vhost(&n) {
@@ -130,8 +128,8 @@ pub async fn bindings(State(b): State<Arc<Broker>>, _: Authed) -> ApiResult {
     Ok(Json(out).into_response())
 }
 
-pub async fn bindings_in(State(b): State<Arc<Broker>>, _: Authed, Path(vh): Path<String>) -> ApiResult {
-    let v = vhost(&b, &vh)?;
+pub async fn bindings_in(State(b): State<Arc<Broker>>, a: Authed, Path(vh): Path<String>) -> ApiResult {
+    let v = a.vhost(&b, &vh)?;
     Ok(Json(bindings_of(&v)).into_response())
 }
 
@@ -141,10 +139,10 @@ fn filtered(v: &VHost, keep: impl Fn(&Value) -> bool) -> Vec<Value> {
 
 pub async fn exchange_bindings_source(
     State(b): State<Arc<Broker>>,
-    _: Authed,
+    a: Authed,
     Path((vh, x)): Path<(String, String)>,
 ) -> ApiResult {
-    let v = vhost(&b, &vh)?;
+    let v = a.vhost(&b, &vh)?;
     let name = exchange_name(&x).to_string();
     v.exchange(&name).map_err(|_| ApiError::not_found())?;
     Ok(Json(filtered(&v, |j| j["source"] == name.as_str())).into_response())
@@ -152,10 +150,10 @@ pub async fn exchange_bindings_source(
 
 pub async fn exchange_bindings_destination(
     State(b): State<Arc<Broker>>,
-    _: Authed,
+    a: Authed,
     Path((vh, x)): Path<(String, String)>,
 ) -> ApiResult {
-    let v = vhost(&b, &vh)?;
+    let v = a.vhost(&b, &vh)?;
     let name = exchange_name(&x).to_string();
     v.exchange(&name).map_err(|_| ApiError::not_found())?;
     Ok(Json(filtered(&v, |j| j["destination_type"] == "exchange" && j["destination"] == name.as_str()))
@@ -164,10 +162,10 @@ pub async fn exchange_bindings_destination(
 
 pub async fn queue_bindings(
     State(b): State<Arc<Broker>>,
-    _: Authed,
+    a: Authed,
     Path((vh, q)): Path<(String, String)>,
 ) -> ApiResult {
-    let v = vhost(&b, &vh)?;
+    let v = a.vhost(&b, &vh)?;
     v.queue(&q).map_err(|_| ApiError::not_found())?;
     Ok(Json(filtered(&v, |j| j["destination_type"] == "queue" && j["destination"] == q.as_str()))
         .into_response())
@@ -184,10 +182,10 @@ fn dest_kind(kind: &str) -> Result<&'static str, ApiError> {
 
 pub async fn binding_list(
     State(b): State<Arc<Broker>>,
-    _: Authed,
+    a: Authed,
     Path((vh, src, kind, dest)): Path<(String, String, String, String)>,
 ) -> ApiResult {
-    let v = vhost(&b, &vh)?;
+    let v = a.vhost(&b, &vh)?;
     let kind = dest_kind(&kind)?;
     let src = exchange_name(&src).to_string();
     v.exchange(&src).map_err(|_| not_found(format!("no exchange '{src}' in vhost '{vh}'")))?;
@@ -208,12 +206,12 @@ fn binding_error(e: crate::error::AmqpError) -> ApiError {
 
 pub async fn binding_create(
     State(b): State<Arc<Broker>>,
-    Authed(user): Authed,
+    a: Authed,
     Path((vh, src, kind, dest)): Path<(String, String, String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    user.require_write()?;
-    let v = vhost(&b, &vh)?;
+    a.0.require_write()?;
+    let v = a.vhost(&b, &vh)?;
     let kind = dest_kind(&kind)?;
     let spec: Value = if body.is_empty() {
         json!({})
@@ -225,6 +223,10 @@ pub async fn binding_create(
     let arguments =
         values::to_table(&args_json).ok_or_else(|| ApiError::bad_request("arguments must be an object"))?;
     let src_name = exchange_name(&src);
+    // queue.bind / exchange.bind as the user: write on the destination,
+    // read on the source.
+    a.permit(&b, &vh, Access::Write, kind, &dest)?;
+    a.permit(&b, &vh, Access::Read, "exchange", src_name)?;
     let r = if kind == "queue" {
         v.bind_queue(&dest, src_name, &key, arguments, u64::MAX)
     } else {
@@ -251,25 +253,27 @@ fn find_binding(v: &VHost, src: &str, kind: &str, dest: &str, props: &str) -> Re
 
 pub async fn binding_detail(
     State(b): State<Arc<Broker>>,
-    _: Authed,
+    a: Authed,
     Path((vh, src, kind, dest, props)): Path<(String, String, String, String, String)>,
 ) -> ApiResult {
-    let v = vhost(&b, &vh)?;
+    let v = a.vhost(&b, &vh)?;
     let kind = dest_kind(&kind)?;
     Ok(Json(find_binding(&v, exchange_name(&src), kind, &dest, &props)?).into_response())
 }
 
 pub async fn binding_delete(
     State(b): State<Arc<Broker>>,
-    Authed(user): Authed,
+    a: Authed,
     Path((vh, src, kind, dest, props)): Path<(String, String, String, String, String)>,
 ) -> ApiResult {
-    user.require_write()?;
-    let v = vhost(&b, &vh)?;
+    a.0.require_write()?;
+    let v = a.vhost(&b, &vh)?;
     let kind = dest_kind(&kind)?;
     let found = find_binding(&v, exchange_name(&src), kind, &dest, &props)?;
     let key = found["routing_key"].as_str().unwrap_or_default().to_string();
     let arguments = values::to_table(&found["arguments"]).unwrap_or_default();
+    a.permit(&b, &vh, Access::Write, kind, &dest)?;
+    a.permit(&b, &vh, Access::Read, "exchange", exchange_name(&src))?;
     let r = if kind == "queue" {
         v.unbind_queue(&dest, exchange_name(&src), &key, &arguments, u64::MAX)
     } else {
@@ -363,12 +367,12 @@ impl Durable for HttpWaiter {
 
 pub async fn exchange_publish(
     State(b): State<Arc<Broker>>,
-    Authed(user): Authed,
+    a: Authed,
     Path((vh, x)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    user.require_write()?;
-    let v = vhost(&b, &vh)?;
+    a.0.require_write()?;
+    let v = a.vhost(&b, &vh)?;
     let spec: Value = serde_json::from_slice(&body).map_err(ApiError::bad_json)?;
     let missing: Vec<String> = ["routing_key", "properties", "payload", "payload_encoding"]
         .iter()
@@ -379,6 +383,7 @@ pub async fn exchange_publish(
         return Err(ApiError::bad_request(format!("[{}]", missing.join(","))));
     }
     let x = v.exchange(exchange_name(&x)).map_err(|_| ApiError::not_found())?;
+    a.permit_channel(&b, &vh, Access::Write, "exchange", &x.name)?;
     let key = spec["routing_key"].as_str().unwrap_or_default().to_string();
     let payload = spec["payload"].as_str().unwrap_or_default();
     let body = match spec["payload_encoding"].as_str() {
@@ -483,13 +488,14 @@ fn message_json(
 
 pub async fn queue_get(
     State(b): State<Arc<Broker>>,
-    Authed(user): Authed,
+    a: Authed,
     Path((vh, q)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    user.require_write()?;
-    let v = vhost(&b, &vh)?;
+    a.0.require_write()?;
+    let v = a.vhost(&b, &vh)?;
     let q = v.queue(&q).map_err(|_| ApiError::not_found())?;
+    a.permit_channel(&b, &vh, Access::Read, "queue", &q.name)?;
     let spec: Value = serde_json::from_slice(&body).map_err(ApiError::bad_json)?;
     let missing: Vec<String> = ["count", "ackmode", "encoding"]
         .iter()

@@ -12,6 +12,7 @@ mod node_api;
 pub mod values;
 
 use crate::broker::Broker;
+use crate::broker::access::{Access, checked_exchange_name, refused};
 use crate::broker::users::User;
 use crate::error::AmqpError;
 use axum::extract::FromRequestParts;
@@ -241,6 +242,67 @@ impl Authed {
         } else {
             Err(ApiError::not_authorised("Not administrator user"))
         }
+    }
+
+    /// Monitoring tags see every vhost's existence and everyone's connections.
+    pub fn is_monitor(&self) -> bool {
+        self.has(&["administrator", "monitoring"])
+    }
+
+    /// RabbitMQ's `check_vhost_access` as management applies it:
+    /// administrators, and users with permissions in the vhost.
+    pub fn can_access(&self, b: &Broker, vhost: &str) -> bool {
+        self.has(&["administrator"]) || b.access.get(&self.0.name, vhost).is_some()
+    }
+
+    /// A vhost-scoped resource (`is_authorized_vhost`): a vhost the user
+    /// cannot use answers 404, as in RabbitMQ.
+    pub fn vhost(&self, b: &Broker, name: &str) -> Result<Arc<crate::broker::vhost::VHost>, ApiError> {
+        match b.vhost(name) {
+            Some(v) if self.can_access(b, name) => Ok(v),
+            _ => Err(ApiError::not_found()),
+        }
+    }
+
+    /// A change made over HTTP runs with the user's AMQP permissions, as
+    /// RabbitMQ's `direct_request` does: refused → 401 "Access refused.".
+    pub fn permit(
+        &self,
+        b: &Broker,
+        vhost: &str,
+        access: Access,
+        kind: &str,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        let name = if kind == "exchange" { checked_exchange_name(name) } else { name };
+        match b.access.get(&self.0.name, vhost) {
+            Some(p) if p.allows(access, name) => Ok(()),
+            _ => Err(ApiError::not_authorised("Access refused.")),
+        }
+    }
+
+    /// Publish and get over HTTP open a channel as the user
+    /// (`with_channel`): a refusal answers 401 with the AMQP text.
+    pub fn permit_channel(
+        &self,
+        b: &Broker,
+        vhost: &str,
+        access: Access,
+        kind: &str,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        let checked = if kind == "exchange" { checked_exchange_name(name) } else { name };
+        match b.access.get(&self.0.name, vhost) {
+            Some(p) if p.allows(access, checked) => Ok(()),
+            _ => Err(ApiError::not_authorised(
+                &refused(access, kind, checked, vhost, &self.0.name).reply_text(),
+            )),
+        }
+    }
+
+    /// Node details: monitoring users and administrators.
+    pub fn require_monitor(&self) -> Result<(), ApiError> {
+        if self.is_monitor() { Ok(()) } else { Err(ApiError::not_authorised("Not monitor user")) }
     }
 
     /// Policies: policymakers and administrators.

@@ -151,11 +151,13 @@ fn node_json(b: &Broker) -> Value {
     })
 }
 
-pub async fn nodes(State(b): State<Arc<Broker>>, _: Authed) -> ApiResult {
+pub async fn nodes(State(b): State<Arc<Broker>>, a: Authed) -> ApiResult {
+    a.require_monitor()?;
     Ok(Json(json!([node_json(&b)])).into_response())
 }
 
-pub async fn node_detail(State(b): State<Arc<Broker>>, _: Authed, Path(name): Path<String>) -> ApiResult {
+pub async fn node_detail(State(b): State<Arc<Broker>>, a: Authed, Path(name): Path<String>) -> ApiResult {
+    a.require_monitor()?;
     if name != node(&b) {
         return Err(ApiError::not_found());
     }
@@ -223,8 +225,8 @@ pub async fn feature_flags(_: Authed) -> ApiResult {
 
 /// `GET /api/aliveness-test/{vhost}`: declares `aliveness-test`, publishes
 /// and gets a message, as RabbitMQ does.
-pub async fn aliveness(State(b): State<Arc<Broker>>, _: Authed, Path(vh): Path<String>) -> ApiResult {
-    let v = b.vhost(&vh).ok_or_else(ApiError::not_found)?;
+pub async fn aliveness(State(b): State<Arc<Broker>>, a: Authed, Path(vh): Path<String>) -> ApiResult {
+    let v = a.vhost(&b, &vh)?;
     let (q, _) = v
         .declare_queue(crate::broker::vhost::QueueDeclare {
             name: "aliveness-test",
