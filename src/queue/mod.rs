@@ -433,23 +433,46 @@ impl Queue {
     /// Brings the head's body back from the log if it was paged out. A record
     /// that cannot be read is dropped with an error (it cannot be delivered).
     fn page_in_head(&self, st: &mut QueueState) -> bool {
+        /// Most messages and bytes of log read back in one go.
+        const RUN: usize = 128;
+        const RUN_BYTES: u32 = 256 * 1024;
         loop {
             let Some(head) = st.ready.peek_mut() else { return false };
             if head.msg.is_some() {
                 return true;
             }
-            match self.store.read(head.loc) {
-                Ok(m) => {
-                    head.msg = Some(Arc::new(m));
-                    self.store.resident_add(footprint(head.body_size));
-                    return true;
+            // The head and the paged-out messages right behind it in the
+            // same segment come back with one read.
+            let (seg, first) = crate::store::split(head.loc);
+            let mut locs = Vec::with_capacity(RUN);
+            for qm in st.ready.head_run_mut() {
+                let (s, off) = crate::store::split(qm.loc);
+                let follows = locs.last().is_none_or(|l| *l < qm.loc);
+                if qm.msg.is_some() || qm.loc == NO_LOC || s != seg || !follows || off - first > RUN_BYTES {
+                    break;
                 }
-                Err(e) => {
-                    tracing::error!(queue = %self.name, error = %e, "cannot read a paged-out message; dropped");
-                    if let Some(qm) = st.ready.pop() {
-                        self.store.settle(qm.loc);
+                locs.push(qm.loc);
+                if locs.len() == RUN {
+                    break;
+                }
+            }
+            let mut read = self.store.read_run(&locs).into_iter();
+            let mut head_failed = None;
+            for (i, qm) in st.ready.head_run_mut().take(locs.len()).enumerate() {
+                match read.next() {
+                    Some(Ok(m)) => {
+                        qm.msg = Some(Arc::new(m));
+                        self.store.resident_add(footprint(qm.body_size));
                     }
+                    // Behind the head, a failed read is retried when its turn comes.
+                    Some(Err(e)) if i == 0 => head_failed = Some(e),
+                    _ => {}
                 }
+            }
+            let Some(e) = head_failed else { return true };
+            tracing::error!(queue = %self.name, error = %e, "cannot read a paged-out message; dropped");
+            if let Some(qm) = st.ready.pop() {
+                self.store.settle(qm.loc);
             }
         }
     }

@@ -160,6 +160,13 @@ impl ReadyList {
         self.levels.iter_mut().rev().find_map(|l| l.front_mut())
     }
 
+    /// The head and the messages queued behind it at the same priority
+    /// level, in delivery order (to page a run of them back in at once).
+    pub fn head_run_mut(&mut self) -> impl Iterator<Item = &mut QueuedMessage> {
+        self.clean_fronts();
+        self.levels.iter_mut().rev().find(|l| !l.is_empty()).into_iter().flat_map(|l| l.iter_mut())
+    }
+
     pub fn pop(&mut self) -> Option<QueuedMessage> {
         self.clean_fronts();
         let (l, qm) =

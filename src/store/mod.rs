@@ -18,6 +18,7 @@
 pub mod definitions;
 mod persister;
 pub mod segment;
+mod spare;
 
 use crate::message::Message;
 use parking_lot::Mutex;
@@ -202,7 +203,14 @@ impl MessageStore {
             broken: AtomicU64::new(u64::MAX),
         });
         let inbox = Arc::new(Inbox::new());
-        let p = persister::Persister::new(shared.clone(), next_id, live);
+        let spares = match spare::Spares::start(dir, segment_size) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "message store: no spare segments (new segments are appended)");
+                None
+            }
+        };
+        let p = persister::Persister::new(shared.clone(), spares, next_id, live);
         let rx = inbox.clone();
         let thread = std::thread::Builder::new().name("warren-persister".into()).spawn(move || p.run(&rx))?;
         let resident = recovered.iter().filter(|r| r.message.is_some()).map(|r| footprint(r.body_size)).sum();
@@ -310,7 +318,54 @@ impl MessageStore {
             self.sync();
         }
         let (seg, offset) = split(l);
-        let file = {
+        let file = self.reader(seg)?;
+        segment::read_at(&file, offset as u64)
+            .and_then(|r| message_of(r).ok_or_else(|| std::io::Error::other("record with bad properties")))
+    }
+
+    /// Reads several records of one segment, ascending, with one `pread` of
+    /// the span they cover (a paged-out backlog is read back in runs, not a
+    /// message at a time). A record the span does not hold whole is read
+    /// alone.
+    pub fn read_run(&self, locs: &[Loc]) -> Vec<std::io::Result<Message>> {
+        use std::os::unix::fs::FileExt;
+        /// Read past the last record's start (most records are smaller).
+        const TAIL: u64 = 16 * 1024;
+        let (Some(first), Some(last)) = (locs.first(), locs.last()) else { return Vec::new() };
+        if self.shared.written.load(Ordering::Acquire) <= *last {
+            self.sync();
+        }
+        let (seg, start) = split(*first);
+        let span = (split(*last).1 - start) as u64 + TAIL;
+        let buf = self.reader(seg).and_then(|f| {
+            let mut buf = vec![0u8; span as usize];
+            let mut got = 0usize;
+            // Short reads only at the end of the file.
+            while got < buf.len() {
+                match f.read_at(&mut buf[got..], start as u64 + got as u64)? {
+                    0 => break,
+                    n => got += n,
+                }
+            }
+            buf.truncate(got);
+            Ok(bytes::Bytes::from(buf))
+        });
+        locs.iter()
+            .map(|l| {
+                let (_, offset) = split(*l);
+                let in_buf = buf.as_ref().ok().and_then(|b| segment::record_in(b, (offset - start) as usize));
+                match in_buf {
+                    Some(r) => r.and_then(|r| {
+                        message_of(r).ok_or_else(|| std::io::Error::other("record with bad properties"))
+                    }),
+                    None => self.read(*l),
+                }
+            })
+            .collect()
+    }
+
+    fn reader(&self, seg: u64) -> std::io::Result<Arc<File>> {
+        Ok({
             let mut readers = self.shared.readers.lock();
             match readers.get(&seg) {
                 Some(f) => f.clone(),
@@ -320,9 +375,7 @@ impl MessageStore {
                     f
                 }
             }
-        };
-        segment::read_at(&file, offset as u64)
-            .and_then(|r| message_of(r).ok_or_else(|| std::io::Error::other("record with bad properties")))
+        })
     }
 
     /// Blocks until everything sent so far is written and synced.

@@ -21,12 +21,14 @@ const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 struct Current {
     id: u64,
     file: File,
-    /// Bytes already written to the file.
+    /// Bytes of records already written to the file (a zero-filled spare
+    /// is longer: records overwrite its zeros).
     len: u64,
 }
 
 pub(super) struct Persister {
     shared: Arc<Shared>,
+    spares: Option<Arc<super::spare::Spares>>,
     current: Option<Current>,
     next_id: u64,
     /// Encoded records not yet written to `current`.
@@ -44,9 +46,15 @@ pub(super) struct Persister {
 }
 
 impl Persister {
-    pub(super) fn new(shared: Arc<Shared>, next_id: u64, live: HashMap<u64, u64>) -> Self {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        spares: Option<Arc<super::spare::Spares>>,
+        next_id: u64,
+        live: HashMap<u64, u64>,
+    ) -> Self {
         Persister {
             shared,
+            spares,
             current: None,
             next_id,
             buf: BytesMut::with_capacity(256 * 1024),
@@ -85,6 +93,9 @@ impl Persister {
                 let _ = s.send(());
             }
             if stop {
+                if let Some(s) = &self.spares {
+                    s.stop();
+                }
                 inbox.close();
                 return;
             }
@@ -146,9 +157,15 @@ impl Persister {
         // and answer the publishes it covers.
         self.write_and_sync_current();
         self.release_waiters();
-        let file =
-            OpenOptions::new().create(true).append(true).open(segment::seg_path(&self.shared.dir, seg))?;
-        let len = file.metadata()?.len();
+        let path = segment::seg_path(&self.shared.dir, seg);
+        let (file, len) = match self.spares.as_ref().and_then(|s| s.take(&path)) {
+            Some(f) => (f, 0),
+            None => {
+                let f = OpenOptions::new().create(true).write(true).truncate(false).open(&path)?;
+                let len = f.metadata()?.len();
+                (f, len)
+            }
+        };
         self.current = Some(Current { id: seg, file, len });
         self.live.entry(seg).or_insert(0);
         self.next_id = self.next_id.max(seg + 1);
@@ -163,7 +180,8 @@ impl Persister {
         if self.buf.is_empty() {
             return;
         }
-        match cur.file.write_all(&self.buf).and_then(|_| cur.file.sync_data()) {
+        use std::os::unix::fs::FileExt;
+        match cur.file.write_all_at(&self.buf, cur.len).and_then(|_| cur.file.sync_data()) {
             Ok(()) => {
                 cur.len += self.buf.len() as u64;
                 self.shared

@@ -143,6 +143,11 @@ pub fn scan(data: &Bytes) -> (Vec<(u32, Record)>, Option<Damage>) {
         }
         let len = u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
         let crc = u32::from_be_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]);
+        if len == 0 && crc == 0 {
+            // The zero-filled rest of a preallocated segment: no record is
+            // empty, so this is where the log ends.
+            return (out, None);
+        }
         let start = at + RECORD_HEADER;
         let Some(end) = start.checked_add(len).filter(|e| *e <= data.len()) else {
             return (out, Some(Damage::Torn { offset: at }));
@@ -174,6 +179,24 @@ pub fn parse_acks(data: &[u8]) -> (std::collections::HashSet<u32>, std::collecti
         }
     }
     (settled, delivered)
+}
+
+/// The record at `at` of `buf` (checksum verified); `None` if it does not
+/// lie wholly inside `buf`.
+pub fn record_in(buf: &Bytes, at: usize) -> Option<std::io::Result<Record>> {
+    let head = buf.get(at..at.checked_add(RECORD_HEADER)?)?;
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    let start = at + RECORD_HEADER;
+    let end = start.checked_add(len).filter(|e| *e <= buf.len())?;
+    let payload = buf.slice(start..end);
+    if crc32fast::hash(&payload) != crc {
+        return Some(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "record checksum mismatch")));
+    }
+    Some(
+        decode_payload(&payload)
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "undecodable record")),
+    )
 }
 
 /// Reads one record at `offset` of an open segment (checksum verified).
@@ -211,6 +234,12 @@ mod tests {
         assert_eq!(&recs[0].1.body[..], b"body-1");
         assert_eq!((recs[1].1.queue_id, recs[1].1.deadline), (8, 99));
         assert_eq!(encoded_len(b"x", b"rk", b"\x00\x00", b"body-1"), second);
+
+        // A zero-filled (preallocated) tail is the clean end of the log.
+        let mut padded = b.clone();
+        padded.extend_from_slice(&[0u8; 4096]);
+        let (recs, damage) = scan(&padded.freeze());
+        assert_eq!((recs.len(), damage), (2, None));
 
         // A torn tail keeps the good prefix.
         let torn = data.slice(..data.len() - 3);
