@@ -18,6 +18,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod exchange;
+pub mod healthcheck;
 pub mod message;
 pub mod mgmt;
 pub mod protocol;

@@ -2,6 +2,7 @@
 //! run until SIGINT/SIGTERM, shut down gracefully.
 
 use clap::Parser;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use warren::Config;
@@ -40,6 +41,20 @@ struct Cli {
     /// Print the effective configuration and exit.
     #[arg(long)]
     print_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Exit 0 if the broker configured like this one (same --config,
+    /// environment and flags) answers its management health check with no
+    /// resource alarm; exit 1 otherwise. For container HEALTHCHECKs.
+    Healthcheck {
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
 }
 
 fn load(cli: &Cli) -> Result<Config, warren::config::ConfigError> {
@@ -135,6 +150,20 @@ fn main() -> ExitCode {
     if cli.print_config {
         print!("{}", cfg.to_toml());
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Healthcheck { timeout }) = &cli.command {
+        // The one-line verdict is the command's output (docker shows it).
+        let mut out = std::io::stdout();
+        return match warren::healthcheck::check(&cfg, std::time::Duration::from_secs(*timeout)) {
+            Ok(body) => {
+                let _ = writeln!(out, "healthy: {body}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                let _ = writeln!(out, "unhealthy: {why}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if let Err(e) = init_logging(&cfg) {
         fatal(&format!("warren: {e}"));

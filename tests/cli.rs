@@ -76,3 +76,27 @@ fn binary_serves_and_exits_zero_on_sigterm() {
     let status = child.terminate();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn healthcheck_subcommand_reports_the_broker_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = common::Child::spawn(&dir.path().join("data"));
+    let port = child.mgmt.port().to_string();
+    let out = warren().args(["--mgmt-port", &port, "healthcheck"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    assert!(text.starts_with("healthy: {\"status\":\"ok\"}"), "{text}");
+    // Wrong credentials: the broker answers 401, which is not healthy.
+    let out = warren()
+        .env("WARREN_AUTH_DEFAULT_PASS", "wrong")
+        .args(["--mgmt-port", &port, "healthcheck"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("answered 401"));
+    assert!(child.terminate().success());
+    let out = warren().args(["--mgmt-port", &port, "healthcheck", "--timeout", "2"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.starts_with("unhealthy: cannot connect to 127.0.0.1:"), "{text}");
+}

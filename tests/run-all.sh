@@ -10,6 +10,8 @@
 #      installs the pinned CLI into tests/tools once)
 #   6. the web UI in headless Chromium (tests/run-ui.sh installs Debian's
 #      chromium if missing and playwright-core into tests/ui/node_modules)
+#   7. packaging (tests/run-packaging.sh): static musl build, hadolint on the
+#      Dockerfile, `docker stack config` on docker-compose.yml
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -33,3 +35,6 @@ WARREN_BIN="$PWD/target/debug/warren" tests/run-rabbitmqadmin.sh
 
 echo "==> web UI (headless Chromium)"
 WARREN_BIN="$PWD/target/debug/warren" tests/run-ui.sh
+
+echo "==> packaging"
+tests/run-packaging.sh

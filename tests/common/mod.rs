@@ -700,6 +700,7 @@ pub fn encode_publish(out: &mut BytesMut, ch: u16, exchange: &str, key: &str, pr
 pub struct Child {
     pub process: std::process::Child,
     pub amqp: std::net::SocketAddr,
+    pub mgmt: std::net::SocketAddr,
 }
 
 impl Child {
@@ -733,13 +734,18 @@ impl Child {
             assert!(std::time::Instant::now() < deadline, "warren did not write its ports file");
             std::thread::sleep(Duration::from_millis(20)); // poll until the deadline
         };
-        let port: u16 = text
-            .split("\"amqp\":")
-            .nth(1)
-            .and_then(|r| r.split(',').next())
-            .and_then(|p| p.trim().parse().ok())
-            .expect("amqp port in ports file");
-        Child { process, amqp: ([127, 0, 0, 1], port).into() }
+        let port_of = |key: &str| -> u16 {
+            text.split(&format!("\"{key}\":"))
+                .nth(1)
+                .and_then(|r| r.split([',', '}']).next())
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{key} port in ports file: {text}"))
+        };
+        Child {
+            process,
+            amqp: ([127, 0, 0, 1], port_of("amqp")).into(),
+            mgmt: ([127, 0, 0, 1], port_of("mgmt")).into(),
+        }
     }
 
     /// SIGKILL, then reap.

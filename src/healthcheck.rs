@@ -1,0 +1,41 @@
+//! `warren healthcheck`: the container's HEALTHCHECK. Asks the local
+//! management listener's `/api/health/checks/local-alarms` (as the default
+//! user of the same configuration) and succeeds only on `200 {"status":"ok"}`,
+//! so an unreachable broker and a broker in a resource alarm both fail.
+//! A blocking request over a plain socket: no HTTP client crate is needed
+//! for one GET on loopback.
+
+use crate::config::Config;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// Runs the check; `Ok` carries the body, `Err` says why it failed.
+pub fn check(cfg: &Config, timeout: Duration) -> Result<String, String> {
+    use base64::Engine;
+    let ip: IpAddr = match cfg.management.bind.parse::<IpAddr>() {
+        Ok(ip) if !ip.is_unspecified() => ip,
+        _ => IpAddr::from([127, 0, 0, 1]),
+    };
+    let addr = SocketAddr::new(ip, cfg.management.port);
+    let mut s =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let creds = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", cfg.auth.default_user, cfg.auth.default_pass));
+    let req = format!(
+        "GET /api/health/checks/local-alarms HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {creds}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).map_err(|e| format!("cannot send to {addr}: {e}"))?;
+    let mut raw = Vec::new();
+    s.take(1 << 20).read_to_end(&mut raw).map_err(|e| format!("no answer from {addr}: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if status == "200" && body.contains("\"ok\"") {
+        Ok(body.trim().to_string())
+    } else {
+        Err(format!("{addr} answered {status}: {}", body.trim()))
+    }
+}
