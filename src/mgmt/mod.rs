@@ -274,11 +274,7 @@ impl Authed {
         kind: &str,
         name: &str,
     ) -> Result<(), ApiError> {
-        let name = if kind == "exchange" { checked_exchange_name(name) } else { name };
-        match b.access.get(&self.0.name, vhost) {
-            Some(p) if p.allows(access, name) => Ok(()),
-            _ => Err(ApiError::not_authorised("Access refused.")),
-        }
+        self.check(b, vhost, access, kind, name).map_err(|_| ApiError::not_authorised("Access refused."))
     }
 
     /// Publish and get over HTTP open a channel as the user
@@ -291,12 +287,22 @@ impl Authed {
         kind: &str,
         name: &str,
     ) -> Result<(), ApiError> {
-        let checked = if kind == "exchange" { checked_exchange_name(name) } else { name };
+        self.check(b, vhost, access, kind, name).map_err(|e| ApiError::not_authorised(&e.reply_text()))
+    }
+
+    /// The AMQP check itself (the default exchange is checked as `amq.default`).
+    fn check(
+        &self,
+        b: &Broker,
+        vhost: &str,
+        access: Access,
+        kind: &str,
+        name: &str,
+    ) -> Result<(), AmqpError> {
+        let name = if kind == "exchange" { checked_exchange_name(name) } else { name };
         match b.access.get(&self.0.name, vhost) {
-            Some(p) if p.allows(access, checked) => Ok(()),
-            _ => Err(ApiError::not_authorised(
-                &refused(access, kind, checked, vhost, &self.0.name).reply_text(),
-            )),
+            Some(p) if p.allows(access, name) => Ok(()),
+            _ => Err(refused(access, kind, name, vhost, &self.0.name)),
         }
     }
 
