@@ -1,6 +1,7 @@
 //! Configuration: the embedded default (`config/warren.toml`), overridden by a
-//! file, then by `WARREN_<SECTION>_<KEY>` environment variables, then by flags.
-//! Every limit the broker enforces is a value here. Validation names the key.
+//! file, then by `WARREN_<SECTION>_<KEY>` environment variables, then by flags
+//! (`--set section.key=value` for any key). Every limit the broker enforces is
+//! a value here. Validation names the key.
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -14,11 +15,14 @@ pub struct Config {
     pub amqp: AmqpConfig,
     pub management: ManagementConfig,
     pub prometheus: ListenerConfig,
+    pub tls: TlsConfig,
     pub storage: StorageConfig,
     pub memory: MemoryConfig,
+    pub alarms: AlarmsConfig,
     pub auth: AuthConfig,
     pub identity: IdentityConfig,
     pub consumers: ConsumersConfig,
+    pub lifecycle: LifecycleConfig,
     pub log: LogConfig,
 }
 
@@ -34,6 +38,10 @@ pub struct AmqpConfig {
     pub handshake_timeout_ms: u64,
     pub max_connections: usize,
     pub write_buffer_high_water: usize,
+    /// The plain listener on `port`; false leaves only AMQPS.
+    pub listen_plain: bool,
+    /// AMQPS port, listened on when `[tls]` has a certificate and key.
+    pub tls_port: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,6 +52,8 @@ pub struct ManagementConfig {
     /// How often message rates are sampled (RabbitMQ's
     /// `collect_statistics_interval`).
     pub sample_interval_ms: u64,
+    /// HTTPS instead of HTTP on `port`.
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,6 +61,44 @@ pub struct ManagementConfig {
 pub struct ListenerConfig {
     pub bind: String,
     pub port: u16,
+    /// HTTPS instead of HTTP on `port`.
+    pub tls: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: String,
+    pub key_file: String,
+    pub ca_file: String,
+    pub verify_peer: bool,
+    pub fail_if_no_peer_cert: bool,
+}
+
+impl TlsConfig {
+    /// A certificate and key are configured: AMQPS listens, HTTPS may.
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.is_empty() && !self.key_file.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmsConfig {
+    /// Fraction of the memory limit (cgroup limit or physical RAM).
+    pub memory_high_watermark: f64,
+    /// Absolute watermark; replaces the fraction when > 0.
+    pub memory_high_watermark_bytes: u64,
+    /// Free bytes on the data directory's file system.
+    pub disk_free_limit: u64,
+    pub check_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// How long a graceful shutdown waits for connections to close.
+    pub shutdown_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,6 +145,8 @@ pub struct ConsumersConfig {
 pub struct LogConfig {
     pub level: String,
     pub format: String,
+    /// "stdout" or "stderr".
+    pub output: String,
 }
 
 /// A configuration problem, always naming the offending key or file.
@@ -125,6 +175,17 @@ impl Config {
         file: Option<&std::path::Path>,
         env: impl Iterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
+        Self::load_with(file, env, &[])
+    }
+
+    /// Default, then `file`, then `WARREN_*` variables, then `sets`
+    /// (`section.key=value`, from `--set`), each as a string parsed with
+    /// the type of the key's default.
+    pub fn load_with(
+        file: Option<&std::path::Path>,
+        env: impl Iterator<Item = (String, String)>,
+        sets: &[String],
+    ) -> Result<Config, ConfigError> {
         let mut merged: toml::Value =
             toml::from_str(DEFAULT_TOML).map_err(|e| ConfigError(format!("embedded default config: {e}")))?;
         if let Some(path) = file {
@@ -142,17 +203,22 @@ impl Config {
                 continue;
             };
             let section = section.to_ascii_lowercase();
-            let field = field.to_ascii_lowercase();
-            let Some(table) = merged.get_mut(&section).and_then(|t| t.as_table_mut()) else {
+            if merged.get(&section).and_then(|t| t.as_table()).is_none() {
                 continue; // WARREN_* variables that are not settings (e.g. WARREN_BIN) are ignored
+            }
+            set_value(&mut merged, &section, &field.to_ascii_lowercase(), &value, &key)?;
+        }
+        for item in sets {
+            let Some((path, value)) = item.split_once('=') else {
+                return Err(ConfigError(format!("--set {item}: expected section.key=value")));
             };
-            let Some(current) = table.get(&field) else {
-                return Err(ConfigError(format!("{key}: unknown setting '{section}.{field}'")));
+            let Some((section, field)) = path.trim().split_once('.') else {
+                return Err(ConfigError(format!("--set {item}: expected section.key=value")));
             };
-            let parsed = parse_env_value(current, &value).ok_or_else(|| {
-                ConfigError(format!("{key}: invalid value '{value}' for '{section}.{field}'"))
-            })?;
-            table.insert(field, parsed);
+            if merged.get(section).and_then(|t| t.as_table()).is_none() {
+                return Err(ConfigError(format!("--set {item}: unknown section '{section}'")));
+            }
+            set_value(&mut merged, section, field, value, &format!("--set {path}"))?;
         }
         let cfg: Config = merged
             .try_into()
@@ -182,6 +248,39 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format", "must be \"text\" or \"json\"");
         }
+        if !matches!(self.log.output.as_str(), "stdout" | "stderr") {
+            return bad("log.output", "must be \"stdout\" or \"stderr\"");
+        }
+        let w = self.alarms.memory_high_watermark;
+        if !(0.0..=1.0).contains(&w) {
+            return bad("alarms.memory_high_watermark", "must be a fraction between 0 and 1");
+        }
+        if !(10..=3_600_000).contains(&self.alarms.check_interval_ms) {
+            return bad("alarms.check_interval_ms", "must be between 10 and 3600000");
+        }
+        if self.tls.cert_file.is_empty() != self.tls.key_file.is_empty() {
+            let key = if self.tls.cert_file.is_empty() { "tls.cert_file" } else { "tls.key_file" };
+            return bad(key, "tls.cert_file and tls.key_file are set together");
+        }
+        let tls = self.tls.enabled();
+        if self.management.tls && !tls {
+            return bad("management.tls", "needs tls.cert_file and tls.key_file");
+        }
+        if self.prometheus.tls && !tls {
+            return bad("prometheus.tls", "needs tls.cert_file and tls.key_file");
+        }
+        if !self.amqp.listen_plain && !tls {
+            return bad(
+                "amqp.listen_plain",
+                "false leaves no AMQP listener without tls.cert_file and tls.key_file",
+            );
+        }
+        if self.tls.verify_peer && self.tls.ca_file.is_empty() {
+            return bad("tls.ca_file", "needed by tls.verify_peer");
+        }
+        if self.tls.fail_if_no_peer_cert && !self.tls.verify_peer {
+            return bad("tls.fail_if_no_peer_cert", "needs tls.verify_peer");
+        }
         Ok(())
     }
 
@@ -190,8 +289,31 @@ impl Config {
     }
 }
 
+/// Sets `section.field` from a string, typed like the key's default;
+/// `origin` names where the value came from in errors.
+fn set_value(
+    merged: &mut toml::Value,
+    section: &str,
+    field: &str,
+    raw: &str,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    let Some(table) = merged.get_mut(section).and_then(|t| t.as_table_mut()) else {
+        return Err(ConfigError(format!("{origin}: unknown section '{section}'")));
+    };
+    let Some(current) = table.get(field) else {
+        return Err(ConfigError(format!("{origin}: unknown setting '{section}.{field}'")));
+    };
+    let parsed = parse_env_value(current, raw)
+        .ok_or_else(|| ConfigError(format!("{origin}: invalid value '{raw}' for '{section}.{field}'")))?;
+    table.insert(field.to_string(), parsed);
+    Ok(())
+}
+
 fn merge(base: &mut toml::Value, over: toml::Value) {
     match (base, over) {
+        // `memory_high_watermark = 1` in a file means 1.0.
+        (toml::Value::Float(b), toml::Value::Integer(i)) => *b = i as f64,
         (toml::Value::Table(b), toml::Value::Table(o)) => {
             for (k, v) in o {
                 match b.get_mut(&k) {
@@ -246,5 +368,76 @@ mod tests {
         let env = vec![("WARREN_AMQP_FRAME_MAX".to_string(), "100".to_string())];
         let e = Config::load(None, env.into_iter()).unwrap_err();
         assert!(e.0.contains("amqp.frame_max"), "{e}");
+    }
+
+    /// Every key of the embedded default can be set from the environment
+    /// and from `--set`, and a value of the wrong type names the key.
+    #[test]
+    fn every_key_is_reachable_from_env_and_set() {
+        let default: toml::Value = toml::from_str(DEFAULT_TOML).unwrap();
+        let mut keys = 0;
+        for (section, table) in default.as_table().unwrap() {
+            for (key, value) in table.as_table().unwrap() {
+                keys += 1;
+                // A different valid value where the type allows it.
+                let (raw, want) = match value {
+                    toml::Value::Integer(i) => ((i + 1).to_string(), toml::Value::Integer(i + 1)),
+                    toml::Value::Float(_) => ("0.5".to_string(), toml::Value::Float(0.5)),
+                    toml::Value::String(s) => (s.clone(), value.clone()),
+                    toml::Value::Boolean(b) => (b.to_string(), value.clone()),
+                    toml::Value::Array(_) => {
+                        ("a,b".to_string(), toml::Value::Array(vec!["a".into(), "b".into()]))
+                    }
+                    other => panic!("{section}.{key}: unexpected type {other:?}"),
+                };
+                let var = format!("WARREN_{}_{}", section.to_uppercase(), key.to_uppercase());
+                let from_env = Config::load(None, vec![(var.clone(), raw.clone())].into_iter())
+                    .unwrap_or_else(|e| panic!("{var}={raw}: {e}"));
+                let from_set =
+                    Config::load_with(None, std::iter::empty(), &[format!("{section}.{key}={raw}")])
+                        .unwrap_or_else(|e| panic!("--set {section}.{key}={raw}: {e}"));
+                for cfg in [from_env, from_set] {
+                    let got = toml::Value::try_from(&cfg).unwrap();
+                    assert_eq!(got[section.as_str()][key.as_str()], want, "{section}.{key}");
+                }
+                if matches!(value, toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_))
+                {
+                    let e =
+                        Config::load(None, vec![(var.clone(), "zz".to_string())].into_iter()).unwrap_err();
+                    assert!(e.0.contains(&format!("'{section}.{key}'")), "{e}");
+                    let e = Config::load_with(None, std::iter::empty(), &[format!("{section}.{key}=zz")])
+                        .unwrap_err();
+                    assert!(e.0.contains(&format!("'{section}.{key}'")), "{e}");
+                }
+            }
+        }
+        assert!(keys > 40, "{keys} keys");
+        let e = Config::load_with(None, std::iter::empty(), &["amqp.nope=1".into()]).unwrap_err();
+        assert!(e.0.contains("amqp.nope"), "{e}");
+    }
+
+    #[test]
+    fn tls_and_alarm_settings_are_checked_together() {
+        let load = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Config::load_with(None, std::iter::empty(), &sets)
+        };
+        let e = load(&["management.tls=true"]).unwrap_err();
+        assert!(e.0.contains("management.tls"), "{e}");
+        let e = load(&["amqp.listen_plain=false"]).unwrap_err();
+        assert!(e.0.contains("amqp.listen_plain"), "{e}");
+        let e = load(&["tls.cert_file=/c.pem"]).unwrap_err();
+        assert!(e.0.contains("tls.key_file"), "{e}");
+        let e = load(&["tls.cert_file=/c.pem", "tls.key_file=/k.pem", "tls.verify_peer=true"]).unwrap_err();
+        assert!(e.0.contains("tls.ca_file"), "{e}");
+        let e = load(&["alarms.memory_high_watermark=1.5"]).unwrap_err();
+        assert!(e.0.contains("alarms.memory_high_watermark"), "{e}");
+        let ok = load(&[
+            "tls.cert_file=/c.pem",
+            "tls.key_file=/k.pem",
+            "amqp.listen_plain=false",
+            "management.tls=true",
+        ]);
+        assert!(ok.is_ok(), "{ok:?}");
     }
 }

@@ -3,7 +3,8 @@
 //! user of the same configuration) and succeeds only on `200 {"status":"ok"}`,
 //! so an unreachable broker and a broker in a resource alarm both fail.
 //! A blocking request over a plain socket: no HTTP client crate is needed
-//! for one GET on loopback.
+//! for one GET on loopback. With `management.tls` the request goes over
+//! TLS, trusting exactly the configured certificate.
 
 use crate::config::Config;
 use std::io::{Read, Write};
@@ -27,9 +28,16 @@ pub fn check(cfg: &Config, timeout: Duration) -> Result<String, String> {
     let req = format!(
         "GET /api/health/checks/local-alarms HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {creds}\r\nConnection: close\r\n\r\n"
     );
-    s.write_all(req.as_bytes()).map_err(|e| format!("cannot send to {addr}: {e}"))?;
     let mut raw = Vec::new();
-    s.take(1 << 20).read_to_end(&mut raw).map_err(|e| format!("no answer from {addr}: {e}"))?;
+    if cfg.management.tls {
+        let client = crate::tls::pinned_client(&cfg.tls.cert_file)?;
+        let name = rustls::pki_types::ServerName::IpAddress(ip.into());
+        let conn = rustls::ClientConnection::new(client, name).map_err(|e| format!("TLS: {e}"))?;
+        let mut tls = rustls::StreamOwned::new(conn, s);
+        exchange(&mut tls, &req, &mut raw).map_err(|e| format!("{addr}: {e}"))?;
+    } else {
+        exchange(&mut s, &req, &mut raw).map_err(|e| format!("{addr}: {e}"))?;
+    }
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).unwrap_or("");
@@ -37,5 +45,17 @@ pub fn check(cfg: &Config, timeout: Duration) -> Result<String, String> {
         Ok(body.trim().to_string())
     } else {
         Err(format!("{addr} answered {status}: {}", body.trim()))
+    }
+}
+
+/// Sends the request and reads the answer (at most 1 MiB) until the peer
+/// closes. A TLS peer that closes without close_notify still gave us
+/// everything we asked for.
+fn exchange<S: Read + Write>(s: &mut S, req: &str, out: &mut Vec<u8>) -> std::io::Result<()> {
+    s.write_all(req.as_bytes())?;
+    s.flush()?;
+    match s.take(1 << 20).read_to_end(out) {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => Ok(()),
+        r => r.map(|_| ()),
     }
 }

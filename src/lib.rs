@@ -25,6 +25,7 @@ pub mod protocol;
 pub mod queue;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{ServerHandle, start};

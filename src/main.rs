@@ -10,7 +10,8 @@ use warren::Config;
 /// Warren: an AMQP 0-9-1 message broker compatible with RabbitMQ's clients.
 ///
 /// Settings come from the embedded default, then --config, then WARREN_<SECTION>_<KEY>
-/// environment variables (e.g. WARREN_AMQP_PORT), then these flags.
+/// environment variables (e.g. WARREN_AMQP_PORT), then --set, then the other flags.
+/// SIGHUP re-reads the TLS certificate and key, the alarm limits and the log level.
 #[derive(Parser, Debug)]
 #[command(name = "warren", version)]
 struct Cli {
@@ -35,9 +36,14 @@ struct Cli {
     /// Address to bind both listeners to (e.g. 127.0.0.1).
     #[arg(long)]
     bind: Option<String>,
-    /// After binding, write {"amqp":PORT,"mgmt":PORT,"metrics":PORT} to this file (for tests and scripts).
+    /// After binding, write {"amqp":PORT,"amqps":PORT,"mgmt":PORT,"metrics":PORT} to this file
+    /// (0 for a listener that is off; for tests and scripts).
     #[arg(long)]
     ports_file: Option<PathBuf>,
+    /// Set any key, as in the config file: --set section.key=value
+    /// (e.g. --set alarms.disk_free_limit=1000000000); repeatable.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    set: Vec<String>,
     /// Print the effective configuration and exit.
     #[arg(long)]
     print_config: bool,
@@ -58,7 +64,7 @@ enum Command {
 }
 
 fn load(cli: &Cli) -> Result<Config, warren::config::ConfigError> {
-    let mut cfg = Config::load(cli.config.as_deref(), std::env::vars())?;
+    let mut cfg = Config::load_with(cli.config.as_deref(), std::env::vars(), &cli.set)?;
     if let Some(p) = cli.amqp_port {
         cfg.amqp.port = p;
     }
@@ -83,46 +89,112 @@ fn load(cli: &Cli) -> Result<Config, warren::config::ConfigError> {
     Ok(cfg)
 }
 
-fn init_logging(cfg: &Config) -> Result<(), String> {
+/// Changes the log filter of the running subscriber (SIGHUP).
+type LogLevelHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+fn init_logging(cfg: &Config) -> Result<LogLevelHandle, String> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
         .map_err(|e| format!("invalid value for 'log.level': {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if cfg.log.format == "json" {
-        builder.json().init();
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let (writer, ansi) = if cfg.log.output == "stderr" {
+        (BoxMakeWriter::new(std::io::stderr), std::io::IsTerminal::is_terminal(&std::io::stderr()))
     } else {
-        builder.init();
+        (BoxMakeWriter::new(std::io::stdout), std::io::IsTerminal::is_terminal(&std::io::stdout()))
+    };
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(ansi);
+    let registry = tracing_subscriber::registry().with(filter);
+    if cfg.log.format == "json" {
+        registry.with(layer.json()).init();
+    } else {
+        registry.with(layer).init();
     }
-    Ok(())
+    Ok(handle)
 }
 
-fn write_ports_file(path: &PathBuf, amqp: u16, mgmt: u16, metrics: u16) -> std::io::Result<()> {
+fn write_ports_file(path: &PathBuf, h: &warren::server::ServerHandle) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{{\"amqp\":{amqp},\"mgmt\":{mgmt},\"metrics\":{metrics}}}\n"))?;
+    let (amqp, mgmt, metrics) = (h.amqp_addr.port(), h.mgmt_addr.port(), h.metrics_addr.port());
+    let amqps = h.amqps_addr.map(|a| a.port()).unwrap_or(0);
+    std::fs::write(
+        &tmp,
+        format!("{{\"amqp\":{amqp},\"amqps\":{amqps},\"mgmt\":{mgmt},\"metrics\":{metrics}}}\n"),
+    )?;
     std::fs::rename(tmp, path)
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
+enum Signal {
+    /// SIGTERM or SIGINT: shut down gracefully.
+    Stop,
+    /// SIGHUP: re-read the configuration's reloadable parts.
+    Reload,
+}
+
+#[cfg(unix)]
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
         }
     }
-    #[cfg(not(unix))]
-    {
+}
+
+#[cfg(not(unix))]
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals)
+    }
+
+    async fn next(&mut self) -> Signal {
         let _ = tokio::signal::ctrl_c().await;
+        Signal::Stop
+    }
+}
+
+/// SIGHUP: the configuration is loaded again from the same file,
+/// environment and flags; what can change while running is applied.
+fn reload(cli: &Cli, handle: &warren::server::ServerHandle, log: &LogLevelHandle) {
+    let cfg = match load(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload refused, configuration unchanged: {e}");
+            return;
+        }
+    };
+    match tracing_subscriber::EnvFilter::try_new(&cfg.log.level) {
+        Ok(f) => {
+            if let Err(e) = log.reload(f) {
+                tracing::error!("cannot change the log level: {e}");
+            }
+        }
+        Err(e) => tracing::error!("reload: invalid value for 'log.level': {e}"),
+    }
+    match handle.reload(&cfg) {
+        Ok(()) => tracing::info!("configuration reloaded (TLS material, alarm limits, log level)"),
+        Err(e) => tracing::error!("reload failed, the previous TLS configuration stays: {e}"),
     }
 }
 
@@ -165,10 +237,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Err(e) = init_logging(&cfg) {
-        fatal(&format!("warren: {e}"));
-        return ExitCode::from(2);
-    }
+    let log = match init_logging(&cfg) {
+        Ok(h) => h,
+        Err(e) => {
+            fatal(&format!("warren: {e}"));
+            return ExitCode::from(2);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -177,6 +252,15 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // Installed before the listeners open: a signal sent as soon as the
+        // ports file exists is never missed.
+        let mut signals = match Signals::new() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let handle = match warren::start(cfg).await {
             Ok(h) => h,
             Err(e) => {
@@ -185,17 +269,14 @@ fn main() -> ExitCode {
             }
         };
         if let Some(path) = &cli.ports_file
-            && let Err(e) = write_ports_file(
-                path,
-                handle.amqp_addr.port(),
-                handle.mgmt_addr.port(),
-                handle.metrics_addr.port(),
-            )
+            && let Err(e) = write_ports_file(path, &handle)
         {
             tracing::error!(error = %e, path = %path.display(), "cannot write ports file");
             return ExitCode::FAILURE;
         }
-        wait_for_signal().await;
+        while let Signal::Reload = signals.next().await {
+            reload(&cli, &handle, &log);
+        }
         tracing::info!("signal received; shutting down");
         handle.shutdown().await;
         ExitCode::SUCCESS

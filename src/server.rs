@@ -4,6 +4,7 @@
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::connection;
+use crate::tls::Tls;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,12 +15,23 @@ use tokio::task::JoinHandle;
 
 /// A running broker.
 pub struct ServerHandle {
+    /// The plain AMQP listener (port 0 when `amqp.listen_plain` is off).
     pub amqp_addr: SocketAddr,
+    /// The AMQPS listener, when `[tls]` is configured.
+    pub amqps_addr: Option<SocketAddr>,
     pub mgmt_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub broker: Arc<Broker>,
+    /// The TLS configuration AMQPS and HTTPS take, reloadable.
+    tls: Option<Arc<Tls>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+async fn bind(what: &str, host: &str, port: u16) -> std::io::Result<TcpListener> {
+    TcpListener::bind((host, port))
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {what} {host}:{port}: {e}")))
 }
 
 /// Starts a broker with `config`; returns once the listeners are bound.
@@ -42,27 +54,32 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
             format!("cannot create data dir {}: {e}", config.storage.data_dir.display()),
         )
     })?;
-    let amqp = TcpListener::bind((config.amqp.bind.as_str(), config.amqp.port)).await.map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot bind AMQP {}:{}: {e}", config.amqp.bind, config.amqp.port),
-        )
-    })?;
-    let mgmt =
-        TcpListener::bind((config.management.bind.as_str(), config.management.port)).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot bind management {}:{}: {e}", config.management.bind, config.management.port),
-            )
-        })?;
-    let prom =
-        TcpListener::bind((config.prometheus.bind.as_str(), config.prometheus.port)).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot bind prometheus {}:{}: {e}", config.prometheus.bind, config.prometheus.port),
-            )
-        })?;
-    let amqp_addr = amqp.local_addr()?;
+    // TLS material is read before anything binds: a bad file stops startup.
+    let tls = if config.tls.enabled() {
+        Some(Arc::new(Tls::load(&config.tls).map_err(std::io::Error::other)?))
+    } else {
+        None
+    };
+    let amqp = if config.amqp.listen_plain {
+        Some(bind("AMQP", &config.amqp.bind, config.amqp.port).await?)
+    } else {
+        None
+    };
+    let amqps = match tls {
+        Some(_) => Some(bind("AMQPS", &config.amqp.bind, config.amqp.tls_port).await?),
+        None => None,
+    };
+    let mgmt = bind("management", &config.management.bind, config.management.port).await?;
+    let prom = bind("prometheus", &config.prometheus.bind, config.prometheus.port).await?;
+    let unbound = SocketAddr::from(([0, 0, 0, 0], 0));
+    let amqp_addr = match &amqp {
+        Some(l) => l.local_addr()?,
+        None => unbound,
+    };
+    let amqps_addr = match &amqps {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     let mgmt_addr = mgmt.local_addr()?;
     let metrics_addr = prom.local_addr()?;
     // Recovery happens before anything is accepted on the listeners.
@@ -79,24 +96,43 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
             .map_err(std::io::Error::other)?;
     }
     let _ = broker.ports.set((amqp_addr.port(), mgmt_addr.port(), metrics_addr.port()));
+    let _ = broker.amqps_port.set(amqps_addr.map(|a| a.port()));
     let (tx, rx) = watch::channel(false);
-    let accept = tokio::spawn(accept_loop(broker.clone(), amqp, rx.clone()));
-    let http = tokio::spawn(crate::mgmt::serve(broker.clone(), mgmt, rx.clone()));
-    let metrics = tokio::spawn(crate::mgmt::metrics::serve(broker.clone(), prom, rx));
+    let mut tasks = Vec::new();
+    if let Some(l) = amqp {
+        tasks.push(tokio::spawn(accept_loop(broker.clone(), l, None, rx.clone())));
+    }
+    if let (Some(l), Some(t)) = (amqps, &tls) {
+        tasks.push(tokio::spawn(accept_loop(broker.clone(), l, Some(t.clone()), rx.clone())));
+    }
+    let https = |on: bool| if on { tls.clone() } else { None };
+    let handshake = Duration::from_millis(broker.config.amqp.handshake_timeout_ms);
+    tasks.push(tokio::spawn(crate::mgmt::serve(
+        broker.clone(),
+        mgmt,
+        https(broker.config.management.tls),
+        handshake,
+        rx.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::mgmt::metrics::serve(
+        broker.clone(),
+        prom,
+        https(broker.config.prometheus.tls),
+        handshake,
+        rx,
+    )));
     let every = Duration::from_millis(broker.config.management.sample_interval_ms);
     tokio::spawn(crate::broker::rates::sampler(Arc::downgrade(&broker), every));
-    tracing::info!(%amqp_addr, %mgmt_addr, %metrics_addr, "Warren started");
-    Ok(ServerHandle {
-        amqp_addr,
-        mgmt_addr,
-        metrics_addr,
-        broker,
-        shutdown: tx,
-        tasks: vec![accept, http, metrics],
-    })
+    tracing::info!(%amqp_addr, ?amqps_addr, %mgmt_addr, %metrics_addr, "Warren started");
+    Ok(ServerHandle { amqp_addr, amqps_addr, mgmt_addr, metrics_addr, broker, tls, shutdown: tx, tasks })
 }
 
-async fn accept_loop(broker: Arc<Broker>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    tls: Option<Arc<Tls>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             r = listener.accept() => match r {
@@ -107,7 +143,16 @@ async fn accept_loop(broker: Arc<Broker>, listener: TcpListener, mut shutdown: w
                         drop(sock);
                         continue;
                     }
-                    tokio::spawn(connection::serve(broker.clone(), sock, peer, shutdown.clone()));
+                    match &tls {
+                        None => tokio::spawn(connection::serve(broker.clone(), sock, peer, shutdown.clone())),
+                        Some(t) => tokio::spawn(connection::serve_tls(
+                            broker.clone(),
+                            sock,
+                            peer,
+                            t.acceptor(),
+                            shutdown.clone(),
+                        )),
+                    };
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -128,14 +173,35 @@ impl ServerHandle {
         for t in self.tasks {
             let _ = t.await;
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let grace = Duration::from_millis(self.broker.config.lifecycle.shutdown_timeout_ms);
+        let deadline = tokio::time::Instant::now() + grace;
         while self.broker.counters.connections.load(Ordering::Relaxed) > 0
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let left = self.broker.counters.connections.load(Ordering::Relaxed);
+        if left > 0 {
+            tracing::warn!(connections = left, "shutdown timeout reached; dropping the connections left");
+        }
         let broker = self.broker.clone();
         let _ = tokio::task::spawn_blocking(move || broker.sync_store()).await;
         tracing::info!("Warren stopped");
+    }
+
+    /// Applies what can change while running (SIGHUP): the TLS
+    /// certificate, key and CA (new handshakes take them; open connections
+    /// keep theirs) and the alarm limits. Settings that need a restart
+    /// (ports, data directory, ...) are left as they are, with a warning.
+    pub fn reload(&self, new: &Config) -> Result<(), String> {
+        if let Some(t) = &self.tls {
+            t.reload(&new.tls)?;
+            tracing::info!(cert = %new.tls.cert_file, "TLS certificate and key reloaded");
+        } else if new.tls.enabled() {
+            tracing::warn!("TLS was not configured at start; enabling it needs a restart");
+        }
+        self.broker.alarms.set_limits(&new.alarms);
+        self.broker.alarms.check(&self.broker.config.storage.data_dir);
+        Ok(())
     }
 }

@@ -46,6 +46,30 @@ fn print_config_shows_embedded_defaults_and_overrides() {
 }
 
 #[test]
+fn set_reaches_any_key_between_env_and_the_named_flags() {
+    let out = warren()
+        .args(["--print-config", "--set", "alarms.disk_free_limit=123456789", "--set", "amqp.heartbeat=7"])
+        .env("WARREN_AMQP_HEARTBEAT", "9")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("disk_free_limit = 123456789"), "{text}");
+    assert!(text.contains("heartbeat = 7"), "--set beats the environment: {text}");
+    // A named flag beats --set.
+    let out =
+        warren().args(["--print-config", "--set", "amqp.port=6100", "--amqp-port", "6200"]).output().unwrap();
+    assert!(String::from_utf8(out.stdout).unwrap().contains("port = 6200"));
+    // Unknown keys and bad values are named.
+    for (arg, key) in [("amqp.nope=1", "amqp.nope"), ("amqp.heartbeat=x", "amqp.heartbeat"), ("nope", "nope")]
+    {
+        let out = warren().args(["--print-config", "--set", arg]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{arg}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(key), "{arg}");
+    }
+}
+
+#[test]
 fn invalid_configuration_names_the_key_and_exits_non_zero() {
     let out = warren().arg("--print-config").env("WARREN_AMQP_FRAME_MAX", "12").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -60,6 +84,17 @@ fn invalid_configuration_names_the_key_and_exits_non_zero() {
     let out = warren().args(["--print-config", "--config"]).arg(&f).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8(out.stderr).unwrap().contains("no_such_key"));
+    // Settings that only make sense together name the one that is missing.
+    for (set, key) in [
+        ("management.tls=true", "management.tls"),
+        ("amqp.listen_plain=false", "amqp.listen_plain"),
+        ("alarms.memory_high_watermark=2", "alarms.memory_high_watermark"),
+        ("log.output=syslog", "log.output"),
+    ] {
+        let out = warren().args(["--print-config", "--set", set]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{set}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(key), "{set}");
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! written rarely.
 
 pub mod access;
+pub mod alarms;
 pub mod dead_letter;
 pub mod policy;
 pub mod rates;
@@ -72,6 +73,10 @@ pub struct Broker {
     /// The ports actually bound (AMQP, management, Prometheus); a configured
     /// port 0 becomes the one the OS chose.
     pub ports: std::sync::OnceLock<(u16, u16, u16)>,
+    /// The AMQPS port as bound, when TLS is on.
+    pub amqps_port: std::sync::OnceLock<Option<u16>>,
+    /// Memory and disk alarms (publishers are blocked while one is on).
+    pub alarms: Arc<alarms::Alarms>,
 }
 
 impl Broker {
@@ -153,6 +158,11 @@ impl Broker {
         .map_err(|e| format!("cannot open message store {}: {e}", dir.join("messages").display()))?;
         let store = Arc::new(Stores { defs, messages });
         let timers = Timers::start().map_err(|e| format!("cannot start the timer thread: {e}"))?;
+        let alarms = Arc::new(alarms::Alarms::new(&config.alarms, &config.identity.cluster_name));
+        // Measured once before the listeners open: a broker that starts
+        // below a limit blocks publishers from the first publish.
+        alarms.check(&dir);
+        alarms::spawn_monitor(Arc::downgrade(&alarms), dir.clone());
         let b = Broker {
             vhosts: DashMap::new(),
             users: DashMap::new(),
@@ -166,6 +176,8 @@ impl Broker {
             timers: timers.clone(),
             started: std::time::Instant::now(),
             ports: std::sync::OnceLock::new(),
+            amqps_port: std::sync::OnceLock::new(),
+            alarms,
         };
 
         // Vhosts, users and permissions: the defaults are created (and

@@ -48,6 +48,10 @@ pub struct ConnectionInfo {
     /// Why management (or vhost deletion) asked the connection to close.
     close_reason: Mutex<Option<String>>,
     close: Notify,
+    /// Held by a resource alarm (management shows state "blocked").
+    pub blocked: std::sync::atomic::AtomicBool,
+    /// Set for AMQPS connections: (protocol version, cipher suite).
+    pub tls: std::sync::OnceLock<(String, String)>,
 }
 
 impl ConnectionInfo {
@@ -84,6 +88,8 @@ impl ConnectionInfo {
             rates: Default::default(),
             close_reason: Mutex::new(None),
             close: Notify::new(),
+            blocked: Default::default(),
+            tls: Default::default(),
         }
     }
 

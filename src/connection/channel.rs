@@ -233,6 +233,7 @@ impl Conn {
                     return Err(AmqpError::not_implemented("immediate=true").on(60, 40));
                 }
                 self.chan(ch).content = Content::Header(p);
+                self.published = true;
                 return Ok(());
             }
             if id == 10 && payload.len() >= 8 {

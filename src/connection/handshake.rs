@@ -11,8 +11,7 @@ use crate::protocol::{AMQPClass, AMQPValue, FieldTable, LongString, parse_class,
 use amq_protocol::protocol::connection;
 use bytes::BytesMut;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// What the handshake settled.
 pub struct Negotiated {
@@ -23,6 +22,8 @@ pub struct Negotiated {
     pub heartbeat: u16,
     pub client_properties: FieldTable,
     pub cancel_notify: bool,
+    /// The client takes `connection.blocked` / `unblocked`.
+    pub blocked_notify: bool,
     pub mechanism: String,
 }
 
@@ -75,14 +76,19 @@ fn capability(props: &FieldTable, name: &str) -> bool {
     }
 }
 
-async fn write_method(sock: &mut TcpStream, m: &AMQPClass) -> std::io::Result<()> {
+async fn write_method<S: AsyncWrite + Unpin>(sock: &mut S, m: &AMQPClass) -> std::io::Result<()> {
     let mut out = BytesMut::new();
     frame::encode_method(&mut out, 0, m);
-    sock.write_all(&out).await
+    sock.write_all(&out).await?;
+    sock.flush().await
 }
 
 /// Reads the next method frame on channel 0, skipping heartbeats.
-async fn read_method(sock: &mut TcpStream, buf: &mut BytesMut, frame_max: u32) -> Result<AMQPClass, Failed> {
+async fn read_method<S: AsyncRead + Unpin>(
+    sock: &mut S,
+    buf: &mut BytesMut,
+    frame_max: u32,
+) -> Result<AMQPClass, Failed> {
     loop {
         match frame::decode(buf, frame_max) {
             Err(e) => return Err(Failed::Close(e)),
@@ -104,9 +110,9 @@ async fn read_method(sock: &mut TcpStream, buf: &mut BytesMut, frame_max: u32) -
 }
 
 /// Runs the handshake. `buf` keeps any bytes read past `connection.open`.
-pub async fn run(
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     broker: &Broker,
-    sock: &mut TcpStream,
+    sock: &mut S,
     loopback: bool,
     buf: &mut BytesMut,
 ) -> Result<Negotiated, Failed> {
@@ -119,6 +125,7 @@ pub async fn run(
     }
     if &buf[..8] != PROTOCOL_HEADER {
         let _ = sock.write_all(PROTOCOL_HEADER).await;
+        let _ = sock.flush().await;
         return Err(Failed::Silent);
     }
     let _ = buf.split_to(8);
@@ -232,6 +239,7 @@ pub async fn run(
         frame_max,
         heartbeat: tok.heartbeat,
         cancel_notify: capability(&start_ok.client_properties, "consumer_cancel_notify"),
+        blocked_notify: capability(&start_ok.client_properties, "connection.blocked"),
         mechanism: start_ok.mechanism.to_string(),
         client_properties: start_ok.client_properties,
     })
@@ -258,7 +266,7 @@ fn negotiate(field: &str, min: u32, server: u32, client: u32) -> Result<(), Fail
 }
 
 /// Writes `connection.close` for a failed handshake (best effort).
-pub async fn refuse(sock: &mut TcpStream, e: &AmqpError) {
+pub async fn refuse<S: AsyncWrite + Unpin>(sock: &mut S, e: &AmqpError) {
     let m = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
         reply_code: e.code,
         reply_text: short(&e.reply_text()),

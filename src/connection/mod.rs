@@ -23,9 +23,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::watch;
 
 /// Read buffer size: how much one read can bring in (many frames at once).
@@ -54,6 +53,11 @@ pub struct Conn {
     pub info: Arc<ConnectionInfo>,
     /// A channel setting changed: refresh `info.channels` after the batch.
     info_dirty: bool,
+    /// A basic.publish arrived in this read batch (resource alarms block
+    /// a connection when it publishes, as RabbitMQ's reader does).
+    published: bool,
+    /// The client takes connection.blocked / unblocked.
+    blocked_notify: bool,
 }
 
 /// A connection's copy of its permissions, refreshed when any permission
@@ -67,14 +71,74 @@ struct AccessCache {
     publish_ok: Option<bytes::Bytes>,
 }
 
-/// Serves one accepted socket until it closes.
-pub async fn serve(
+/// A byte stream a connection runs on, split into a read half for the
+/// reader and a write half for the writer task.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    fn split(self) -> (Self::Read, Self::Write);
+}
+
+impl Transport for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+/// TLS needs one session for both directions: tokio's split shares it
+/// behind a lock.
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    type Read = tokio::io::ReadHalf<Self>;
+    type Write = tokio::io::WriteHalf<Self>;
+    fn split(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
+
+/// Serves one accepted plain socket until it closes.
+pub async fn serve(broker: Arc<Broker>, sock: TcpStream, peer: SocketAddr, shutdown: watch::Receiver<bool>) {
+    let _ = sock.set_nodelay(true);
+    let local = sock.local_addr().unwrap_or(peer);
+    run(broker, sock, peer, local, None, shutdown).await
+}
+
+/// Serves one accepted AMQPS socket: the TLS handshake (within the AMQP
+/// handshake timeout), then the connection.
+pub async fn serve_tls(
     broker: Arc<Broker>,
-    mut sock: TcpStream,
+    sock: TcpStream,
     peer: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shutdown: watch::Receiver<bool>,
 ) {
     let _ = sock.set_nodelay(true);
+    let local = sock.local_addr().unwrap_or(peer);
+    let timeout = Duration::from_millis(broker.config.amqp.handshake_timeout_ms);
+    let stream = match tokio::time::timeout(timeout, acceptor.accept(sock)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let session = crate::tls::describe(&stream);
+    run(broker, stream, peer, local, Some(session), shutdown).await
+}
+
+async fn run<S: Transport>(
+    broker: Arc<Broker>,
+    mut sock: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: Option<(String, String)>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let timeout = Duration::from_millis(broker.config.amqp.handshake_timeout_ms);
     let loopback = peer.ip().is_loopback();
@@ -84,6 +148,7 @@ pub async fn serve(
             Ok(Err(handshake::Failed::Close(e))) => {
                 tracing::info!(%peer, error = %e, "handshake refused");
                 handshake::refuse(&mut sock, &e).await;
+                let _ = sock.flush().await;
                 return;
             }
             Ok(Err(handshake::Failed::Silent)) => {
@@ -109,7 +174,6 @@ pub async fn serve(
         st.frame_max = neg.frame_max;
         st.cancel_notify = neg.cancel_notify;
     });
-    let local = sock.local_addr().unwrap_or(peer);
     let info = Arc::new(ConnectionInfo::new(
         id,
         peer,
@@ -123,8 +187,11 @@ pub async fn serve(
         neg.mechanism.clone(),
         outbox.clone(),
     ));
+    if let Some(session) = tls {
+        let _ = info.tls.set(session);
+    }
     broker.registry.add(info.clone());
-    let (rd, wr) = sock.into_split();
+    let (rd, wr) = sock.split();
     let writer = tokio::spawn(writer::run(outbox.clone(), wr, neg.heartbeat));
     let mut conn = Conn {
         broker: broker.clone(),
@@ -141,6 +208,8 @@ pub async fn serve(
         access: AccessCache { generation: u64::MAX, ..Default::default() },
         info,
         info_dirty: false,
+        published: false,
+        blocked_notify: neg.blocked_notify,
     };
     let reason = conn.read_loop(rd, buf, neg.heartbeat, &mut shutdown).await;
     tracing::info!(%peer, conn = id, reason, "connection closed");
@@ -156,9 +225,9 @@ pub async fn serve(
 }
 
 impl Conn {
-    async fn read_loop(
+    async fn read_loop<R: AsyncRead + Unpin>(
         &mut self,
-        mut rd: OwnedReadHalf,
+        mut rd: R,
         mut buf: BytesMut,
         heartbeat: u16,
         shutdown: &mut watch::Receiver<bool>,
@@ -182,6 +251,9 @@ impl Conn {
                 }
             }
             self.end_of_batch();
+            if std::mem::take(&mut self.published) && !self.closing && self.broker.alarms.active() != 0 {
+                self.stay_blocked(shutdown).await;
+            }
             if self.closing && close_deadline.is_none() {
                 close_deadline = Some(tokio::time::Instant::now() + CLOSE_OK_TIMEOUT);
             }
@@ -490,6 +562,58 @@ impl Conn {
                     "delivery acknowledgement on channel {ch} timed out. Timeout value used: {t} ms. This timeout value can be configured, see consumers doc guide to learn more"
                 )),
             );
+        }
+    }
+
+    /// A resource alarm is on and this connection publishes: tell the
+    /// client (`connection.blocked` with RabbitMQ's reason, when it takes
+    /// it) and stop reading its socket until every alarm clears. Its
+    /// deliveries keep flowing (the writer and the queues are not held), and
+    /// heartbeats from the client are not expected meanwhile, as in
+    /// RabbitMQ, which pauses its heartbeat monitor.
+    async fn stay_blocked(&mut self, shutdown: &mut watch::Receiver<bool>) {
+        let mut alarms = self.broker.alarms.subscribe();
+        let active = *alarms.borrow_and_update();
+        if active == 0 {
+            return;
+        }
+        let reason = crate::broker::alarms::blocked_reason(active);
+        tracing::info!(conn = self.id, reason, "connection blocked");
+        if self.blocked_notify {
+            self.send_method(
+                0,
+                &AMQPClass::Connection(conm::AMQPMethod::Blocked(conm::Blocked { reason: reason.into() })),
+            );
+        }
+        self.info.blocked.store(true, Ordering::Relaxed);
+        let info = self.info.clone();
+        loop {
+            let ack_deadline = self.consumer_deadline();
+            tokio::select! {
+                changed = alarms.changed() => {
+                    if changed.is_err() || *alarms.borrow_and_update() == 0 {
+                        break;
+                    }
+                }
+                _ = sleep_until_ms(ack_deadline.unwrap_or(0)), if ack_deadline.is_some() => {
+                    self.check_consumer_timeouts();
+                }
+                reason = info.closed_by_broker() => {
+                    self.close_connection(AmqpError::new(code::CONNECTION_FORCED, reason));
+                    break;
+                }
+                _ = shutdown.changed() => {
+                    self.close_connection(AmqpError::new(code::CONNECTION_FORCED, "broker forced connection closure with reason 'shutdown'"));
+                    break;
+                }
+            }
+        }
+        self.info.blocked.store(false, Ordering::Relaxed);
+        if !self.closing {
+            tracing::info!(conn = self.id, "connection unblocked");
+            if self.blocked_notify {
+                self.send_method(0, &AMQPClass::Connection(conm::AMQPMethod::Unblocked(conm::Unblocked {})));
+            }
         }
     }
 

@@ -28,7 +28,8 @@ pub async fn run<W: AsyncWrite + Unpin>(outbox: Arc<Outbox>, mut wr: W, heartbea
         }
         let (starved, shutdown) = outbox.take(&mut spare);
         if !spare.is_empty() {
-            if wr.write_all(&spare).await.is_err() {
+            // flush: a TLS stream may hold records back; a TCP one never does.
+            if wr.write_all(&spare).await.is_err() || wr.flush().await.is_err() {
                 outbox.with(|st| {
                     st.closed = true;
                     st.shutdown = true;

@@ -830,6 +830,30 @@ pub async fn health_ok(_: Authed) -> ApiResult {
     ok()
 }
 
+/// `/api/health/checks/alarms` and `local-alarms` (one node: the same
+/// alarms): 503 listing them while any is on, as RabbitMQ.
+async fn health_alarms(b: &Broker, reason: &str) -> ApiResult {
+    let on = b.alarms.resources();
+    if on.is_empty() {
+        return ok();
+    }
+    let node = node(b);
+    let alarms: Vec<Value> = on.iter().map(|r| json!({"node": node, "resource": r})).collect();
+    Ok((
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "failed", "reason": reason, "alarms": alarms})),
+    )
+        .into_response())
+}
+
+pub async fn health_cluster_alarms(State(b): State<Arc<Broker>>, _: Authed) -> ApiResult {
+    health_alarms(&b, "There are alarms in effect in the cluster").await
+}
+
+pub async fn health_local_alarms(State(b): State<Arc<Broker>>, _: Authed) -> ApiResult {
+    health_alarms(&b, "There are alarms in effect on the node").await
+}
+
 /// Quorum-critical checks on a single node pass, saying why (as RabbitMQ).
 pub async fn health_single_node(_: Authed) -> ApiResult {
     Ok(Json(json!({"status": "ok", "reason": "single node cluster"})).into_response())

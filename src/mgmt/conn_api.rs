@@ -56,13 +56,18 @@ fn connection_json(b: &Broker, c: &ConnectionInfo) -> Value {
         "ssl_hash": Value::Null,
         "ssl_key_exchange": Value::Null,
         "ssl_protocol": Value::Null,
-        "state": "running",
+        "state": if c.blocked.load(Ordering::Relaxed) { "blocked" } else { "running" },
         "timeout": c.heartbeat,
         "type": "network",
         "user": c.user,
         "user_who_performed_action": c.user,
         "vhost": c.vhost,
     });
+    if let Some((protocol, cipher)) = c.tls.get() {
+        j["ssl"] = json!(true);
+        j["ssl_protocol"] = json!(protocol);
+        j["ssl_cipher"] = json!(cipher);
+    }
     // A client-chosen name shows as `user_provided_name`, as in RabbitMQ.
     if let Some(n) = c.client_properties.inner().get("connection_name").and_then(crate::queue::args::as_str) {
         j["user_provided_name"] = json!(n);

@@ -21,13 +21,15 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .with_state(broker)
 }
 
-pub async fn serve(broker: Arc<Broker>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-    let stop = async move {
-        let _ = shutdown.changed().await;
-    };
-    if let Err(e) = axum::serve(listener, router(broker)).with_graceful_shutdown(stop).await {
-        tracing::error!(error = %e, "metrics server failed");
-    }
+/// Serves the metrics until shutdown (HTTPS when `tls` is given).
+pub async fn serve(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    tls: Option<Arc<crate::tls::Tls>>,
+    handshake_timeout: std::time::Duration,
+    shutdown: watch::Receiver<bool>,
+) {
+    super::serve_http("metrics", router(broker), listener, tls, handshake_timeout, shutdown).await
 }
 
 /// One metric family: HELP, TYPE, then samples.
@@ -58,18 +60,6 @@ impl Family<'_> {
 /// Label values escaped as the exposition format requires.
 fn esc(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-fn rss_bytes() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kb| kb * 1024.0)
-        .unwrap_or(0.0)
 }
 
 fn render(b: &Broker, per_object: bool) -> String {
@@ -136,7 +126,41 @@ fn render(b: &Broker, per_object: bool) -> String {
         c.unroutable_dropped.load(Ordering::Relaxed) as f64,
     );
     f.one("global_messages_unroutable_returned_total", t, "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable", proto, c.unroutable_returned.load(Ordering::Relaxed) as f64);
-    f.one("process_resident_memory_bytes", g, "Memory used in bytes", "", rss_bytes());
+    let al = &b.alarms;
+    let active = al.active();
+    let rss = crate::broker::alarms::rss_bytes() as f64;
+    f.one("process_resident_memory_bytes", g, "Memory used in bytes", "", rss);
+    f.one(
+        "resident_memory_limit_bytes",
+        g,
+        "Memory high watermark in bytes",
+        "",
+        al.mem_limit.load(Ordering::Relaxed) as f64,
+    );
+    let free = crate::broker::alarms::disk_free(&b.config.storage.data_dir).unwrap_or(0);
+    f.one("disk_space_available_bytes", g, "Disk space available in bytes", "", free as f64);
+    f.one(
+        "disk_space_available_limit_bytes",
+        g,
+        "Free disk space low watermark in bytes",
+        "",
+        al.disk_free_limit.load(Ordering::Relaxed) as f64,
+    );
+    let on = |bit: u8| if active & bit != 0 { 1.0 } else { 0.0 };
+    f.one(
+        "alarms_memory_used_watermark",
+        g,
+        "is set when a node has reached its memory high watermark",
+        "",
+        on(crate::broker::alarms::MEMORY),
+    );
+    f.one(
+        "alarms_free_disk_space_watermark",
+        g,
+        "is set when a node has reached its free disk space low watermark",
+        "",
+        on(crate::broker::alarms::DISK),
+    );
     f.one(
         "queue_messages_bytes_in_memory_budget",
         g,

@@ -140,8 +140,8 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/api/queues/{vhost}/{name}/get", post(messages_api::queue_get))
         .route("/api/definitions", get(definitions::export_all).post(definitions::import_all))
         .route("/api/definitions/{vhost}", get(definitions::export_vhost).post(definitions::import_vhost))
-        .route("/api/health/checks/alarms", get(api::health_ok))
-        .route("/api/health/checks/local-alarms", get(api::health_ok))
+        .route("/api/health/checks/alarms", get(api::health_cluster_alarms))
+        .route("/api/health/checks/local-alarms", get(api::health_local_alarms))
         .route("/api/health/checks/virtual-hosts", get(api::health_ok))
         .route("/api/health/checks/node-is-quorum-critical", get(api::health_single_node))
         .route("/api/health/checks/port-listener/{port}", get(api::health_port))
@@ -150,12 +150,38 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .with_state(broker)
 }
 
-pub async fn serve(broker: Arc<Broker>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+/// Serves the management API until shutdown (HTTPS when `tls` is given).
+pub async fn serve(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    tls: Option<Arc<crate::tls::Tls>>,
+    handshake_timeout: std::time::Duration,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_http("management", router(broker), listener, tls, handshake_timeout, shutdown).await
+}
+
+/// Serves `app` over HTTP, or HTTPS when `tls` is given, until shutdown.
+pub(crate) async fn serve_http(
+    what: &'static str,
+    app: Router,
+    listener: TcpListener,
+    tls: Option<Arc<crate::tls::Tls>>,
+    handshake_timeout: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let stop = async move {
         let _ = shutdown.changed().await;
     };
-    if let Err(e) = axum::serve(listener, router(broker)).with_graceful_shutdown(stop).await {
-        tracing::error!(error = %e, "management server failed");
+    let served = match tls {
+        None => axum::serve(listener, app).with_graceful_shutdown(stop).await,
+        Some(tls) => match crate::tls::HttpsListener::new(listener, tls, handshake_timeout) {
+            Ok(l) => axum::serve(l, app).with_graceful_shutdown(stop).await,
+            Err(e) => Err(e),
+        },
+    };
+    if let Err(e) = served {
+        tracing::error!(error = %e, "{what} server failed");
     }
 }
 

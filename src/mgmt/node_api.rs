@@ -4,7 +4,7 @@
 
 use super::api::{node, rate};
 use super::{ApiError, Authed};
-use crate::broker::Broker;
+use crate::broker::{Broker, alarms};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -36,20 +36,6 @@ pub async fn app_css() -> Response {
         .into_response()
 }
 
-/// Resident memory in bytes (VmRSS), 0 where /proc is not available.
-pub fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
-
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
 }
@@ -66,55 +52,28 @@ fn fd_limit() -> u64 {
         .unwrap_or(1024)
 }
 
-/// Free bytes on the filesystem holding `dir` (statvfs), 0 if unknown.
-fn disk_free(dir: &std::path::Path) -> u64 {
-    fs_free(dir).unwrap_or(0)
-}
-
-#[cfg(unix)]
-fn fs_free(dir: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `c` is a valid NUL-terminated path and `st` points to writable
-    // memory of the right size; statvfs only writes into it and we read it
-    // only after it reported success.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: statvfs returned 0, so it initialised the whole struct.
-    let st = unsafe { st.assume_init() };
-    // The field types differ between platforms (u32 on some 32-bit ones).
-    #[allow(clippy::unnecessary_cast)]
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
-}
-
-#[cfg(not(unix))]
-fn fs_free(_: &std::path::Path) -> Option<u64> {
-    None
-}
-
 fn node_json(b: &Broker) -> Value {
     let types: Vec<Value> = ["direct", "fanout", "headers", "topic", "x-delayed-message"]
         .iter()
         .map(|t| json!({"name": t, "description": format!("AMQP {t} exchange"), "enabled": true}))
         .collect();
     let c = &b.counters;
+    let al = &b.alarms;
+    let active = al.active();
     json!({
         "name": node(b),
         "type": "disc",
         "running": true,
         "being_drained": false,
-        "mem_used": rss_bytes(),
+        "mem_used": crate::broker::alarms::rss_bytes(),
         "mem_used_details": rate(),
-        "mem_limit": 0,
-        "mem_alarm": false,
+        "mem_limit": al.mem_limit.load(Ordering::Relaxed),
+        "mem_alarm": active & alarms::MEMORY != 0,
         "mem_calculation_strategy": "rss",
-        "disk_free": disk_free(&b.config.storage.data_dir),
+        "disk_free": alarms::disk_free(&b.config.storage.data_dir).unwrap_or(0),
         "disk_free_details": rate(),
-        "disk_free_limit": 50_000_000,
-        "disk_free_alarm": false,
+        "disk_free_limit": al.disk_free_limit.load(Ordering::Relaxed),
+        "disk_free_alarm": active & alarms::DISK != 0,
         "fd_used": open_fds(),
         "fd_used_details": rate(),
         "fd_total": fd_limit(),

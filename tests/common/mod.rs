@@ -125,13 +125,36 @@ impl Raw {
     /// Handshake up to and including `connection.open` of `vhost` as `user`;
     /// the caller reads the answer (open-ok or close).
     pub async fn open_as(addr: std::net::SocketAddr, user: &str, pass: &str, vhost: &str) -> Raw {
-        let mut r = Raw::login(
+        Raw::open_with(
             addr,
             user,
             pass,
+            vhost,
             &["consumer_cancel_notify", "authentication_failure_close", "publisher_confirms"],
         )
-        .await;
+        .await
+    }
+
+    /// Full handshake as guest on "/" announcing `caps`, then channel 1 open.
+    pub async fn open_caps(addr: std::net::SocketAddr, caps: &[&str]) -> Raw {
+        let mut r = Raw::open_with(addr, "guest", "guest", "/", caps).await;
+        assert!(matches!(
+            r.recv().await,
+            In::Method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)))
+        ));
+        r.open_channel(1).await;
+        r
+    }
+
+    /// `open_as` with the client capabilities to announce.
+    pub async fn open_with(
+        addr: std::net::SocketAddr,
+        user: &str,
+        pass: &str,
+        vhost: &str,
+        caps: &[&str],
+    ) -> Raw {
+        let mut r = Raw::login(addr, user, pass, caps).await;
         match r.recv().await {
             In::Method(0, AMQPClass::Connection(connection::AMQPMethod::Tune(_))) => {}
             other => panic!("expected connection.tune, got {other:?}"),
@@ -700,11 +723,20 @@ pub fn encode_publish(out: &mut BytesMut, ch: u16, exchange: &str, key: &str, pr
 pub struct Child {
     pub process: std::process::Child,
     pub amqp: std::net::SocketAddr,
+    /// The AMQPS listener (port 0 when TLS is not configured).
+    pub amqps: std::net::SocketAddr,
     pub mgmt: std::net::SocketAddr,
+    pub metrics: std::net::SocketAddr,
 }
 
 impl Child {
     pub fn spawn(data_dir: &std::path::Path) -> Child {
+        Child::spawn_with(data_dir, &[])
+    }
+
+    /// With extra arguments (e.g. `--set` or `--config`), after the
+    /// test ones.
+    pub fn spawn_with(data_dir: &std::path::Path, extra: &[&str]) -> Child {
         let ports = data_dir.with_extension(format!("ports-{}", std::process::id()));
         let _ = std::fs::remove_file(&ports);
         let process = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
@@ -724,6 +756,8 @@ impl Child {
             .arg(data_dir)
             .arg("--ports-file")
             .arg(&ports)
+            .args(["--set", "amqp.tls_port=0"])
+            .args(extra)
             .spawn()
             .expect("spawn warren");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -744,8 +778,30 @@ impl Child {
         Child {
             process,
             amqp: ([127, 0, 0, 1], port_of("amqp")).into(),
+            amqps: ([127, 0, 0, 1], port_of("amqps")).into(),
             mgmt: ([127, 0, 0, 1], port_of("mgmt")).into(),
+            metrics: ([127, 0, 0, 1], port_of("metrics")).into(),
         }
+    }
+
+    /// Sends `sig` (e.g. "HUP") to the process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.process.id().to_string();
+        let ok = std::process::Command::new("kill").args([&format!("-{sig}"), &pid]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill -{sig} {pid}");
+    }
+
+    /// Resident memory of the process (VmRSS), from /proc.
+    pub fn rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process.id())).expect("proc status");
+        let kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS");
+        kb * 1024
     }
 
     /// SIGKILL, then reap.

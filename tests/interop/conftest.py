@@ -86,6 +86,7 @@ class Broker:
     process: Optional[subprocess.Popen] = None
     log_path: Optional[Path] = None
     data_dir: Optional[Path] = None
+    amqps_port: Optional[int] = None
 
     @property
     def managed(self) -> bool:
@@ -130,7 +131,7 @@ def _external_broker(url: str) -> Broker:
     return Broker(host=host, port=port, url=url)
 
 
-def _start_warren(work_dir: Path) -> Broker:
+def _start_warren(work_dir: Path, extra_args: tuple[str, ...] = ()) -> Broker:
     binary = Path(os.environ.get("WARREN_BIN", REPO_ROOT / "target" / "debug" / "warren"))
     if not binary.is_file() or not os.access(binary, os.X_OK):
         pytest.exit(
@@ -151,6 +152,8 @@ def _start_warren(work_dir: Path) -> Broker:
         "--data-dir", str(data_dir),
         "--ports-file", str(ports_file),
         "--log-level", os.environ.get("WARREN_LOG_LEVEL", "info"),
+        "--set", "amqp.tls_port=0",
+        *extra_args,
     ]
     process = subprocess.Popen(
         cmd,
@@ -197,6 +200,7 @@ def _start_warren(work_dir: Path) -> Broker:
         process=process,
         log_path=log_path,
         data_dir=data_dir,
+        amqps_port=ports.get("amqps") or None,
     )
 
 
@@ -237,6 +241,41 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         failure = _stop_warren(b)
         if failure and not _BROKER_FAILURE:
             _BROKER_FAILURE.append(failure)
+            pytest.fail(failure, pytrace=False)
+
+
+@dataclass
+class TlsBroker:
+    broker: Broker
+    ca: Any  # trustme.CA
+    ca_file: Path
+
+
+@pytest.fixture(scope="module")
+def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
+    """A second Warren with AMQPS and HTTPS management, its certificate from a
+    throwaway CA (trustme); client certificates are verified when offered."""
+    if os.environ.get("WARREN_URL_OVERRIDE"):
+        pytest.skip("TLS tests start their own Warren (WARREN_URL_OVERRIDE is set)")
+    import trustme
+
+    work_dir = tmp_path_factory.mktemp("warren-tls")
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost", "127.0.0.1")
+    cert, key, ca_file = work_dir / "cert.pem", work_dir / "key.pem", work_dir / "ca.pem"
+    server.private_key_pem.write_to_path(str(key))
+    server.cert_chain_pems[0].write_to_path(str(cert))
+    ca.cert_pem.write_to_path(str(ca_file))
+    b = _start_warren(work_dir, (
+        "--set", f"tls.cert_file={cert}", "--set", f"tls.key_file={key}",
+        "--set", f"tls.ca_file={ca_file}", "--set", "tls.verify_peer=true",
+        "--set", "management.tls=true",
+    ))
+    try:
+        yield TlsBroker(broker=b, ca=ca, ca_file=ca_file)
+    finally:
+        failure = _stop_warren(b)
+        if failure:
             pytest.fail(failure, pytrace=False)
 
 
