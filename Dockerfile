@@ -41,7 +41,8 @@ USER 10001:10001
 ENV WARREN_STORAGE_DATA_DIR=/data
 VOLUME ["/data"]
 # AMQP, management (HTTP API and web UI), Prometheus.
-EXPOSE 5672 15672 15692
+# AMQP, AMQPS (when [tls] is configured), management (HTTP or HTTPS), metrics.
+EXPOSE 5672 5671 15672 15692
 HEALTHCHECK --interval=10s --timeout=6s --start-period=20s --retries=3 \
     CMD ["/usr/local/bin/warren", "healthcheck"]
 # Warren is PID 1: it handles SIGTERM itself (close clients with 320,

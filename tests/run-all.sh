@@ -12,6 +12,9 @@
 #      chromium if missing and playwright-core into tests/ui/node_modules)
 #   7. packaging (tests/run-packaging.sh): static musl build, hadolint on the
 #      Dockerfile, `docker stack config` on docker-compose.yml
+#   8. Swarm deployment (tests/run-swarm.sh): image from that binary, stack
+#      deploy, confirmed publishes, AMQPS, rolling update, consume; one
+#      "skipped" line where no Docker engine can be started as root
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -38,3 +41,6 @@ WARREN_BIN="$PWD/target/debug/warren" tests/run-ui.sh
 
 echo "==> packaging"
 tests/run-packaging.sh
+
+echo "==> Swarm deployment"
+tests/run-swarm.sh
