@@ -1,7 +1,10 @@
 //! `warren healthcheck`: the container's HEALTHCHECK. Asks the local
-//! management listener's `/api/health/checks/local-alarms` (as the default
-//! user of the same configuration) and succeeds only on `200 {"status":"ok"}`,
-//! so an unreachable broker and a broker in a resource alarm both fail.
+//! management listener's `/api/health/checks/virtual-hosts` (as the default
+//! user of the same configuration) and succeeds only on `200 {"status":"ok"}`:
+//! a broker that does not answer fails. With `--fail-on-alarms` it asks
+//! `local-alarms` instead, so a resource alarm fails too; that is not the
+//! default because an orchestrator replaces unhealthy containers, and a
+//! restart does not free memory held by a backlog or disk space.
 //! A blocking request over a plain socket: no HTTP client crate is needed
 //! for one GET on loopback. With `management.tls` the request goes over
 //! TLS, trusting exactly the configured certificate.
@@ -12,7 +15,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// Runs the check; `Ok` carries the body, `Err` says why it failed.
-pub fn check(cfg: &Config, timeout: Duration) -> Result<String, String> {
+pub fn check(cfg: &Config, timeout: Duration, fail_on_alarms: bool) -> Result<String, String> {
     use base64::Engine;
     let ip: IpAddr = match cfg.management.bind.parse::<IpAddr>() {
         Ok(ip) if !ip.is_unspecified() => ip,
@@ -25,8 +28,9 @@ pub fn check(cfg: &Config, timeout: Duration) -> Result<String, String> {
     s.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     let creds = base64::engine::general_purpose::STANDARD
         .encode(format!("{}:{}", cfg.auth.default_user, cfg.auth.default_pass));
+    let check = if fail_on_alarms { "local-alarms" } else { "virtual-hosts" };
     let req = format!(
-        "GET /api/health/checks/local-alarms HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {creds}\r\nConnection: close\r\n\r\n"
+        "GET /api/health/checks/{check} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {creds}\r\nConnection: close\r\n\r\n"
     );
     let mut raw = Vec::new();
     if cfg.management.tls {

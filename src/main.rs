@@ -54,12 +54,17 @@ struct Cli {
 #[derive(clap::Subcommand, Debug)]
 enum Command {
     /// Exit 0 if the broker configured like this one (same --config,
-    /// environment and flags) answers its management health check with no
-    /// resource alarm; exit 1 otherwise. For container HEALTHCHECKs.
+    /// environment and flags) answers its management health check; exit 1
+    /// otherwise. For container HEALTHCHECKs: a liveness check, so that a
+    /// resource alarm (which a restart would not cure) does not get the
+    /// container replaced; --fail-on-alarms makes alarms count.
     Healthcheck {
         /// Seconds to wait for the answer.
         #[arg(long, default_value_t = 5)]
         timeout: u64,
+        /// Also fail while a memory or disk alarm is on.
+        #[arg(long)]
+        fail_on_alarms: bool,
     },
 }
 
@@ -223,10 +228,14 @@ fn main() -> ExitCode {
         print!("{}", cfg.to_toml());
         return ExitCode::SUCCESS;
     }
-    if let Some(Command::Healthcheck { timeout }) = &cli.command {
+    if let Some(Command::Healthcheck { timeout, fail_on_alarms }) = &cli.command {
         // The one-line verdict is the command's output (docker shows it).
         let mut out = std::io::stdout();
-        return match warren::healthcheck::check(&cfg, std::time::Duration::from_secs(*timeout)) {
+        return match warren::healthcheck::check(
+            &cfg,
+            std::time::Duration::from_secs(*timeout),
+            *fail_on_alarms,
+        ) {
             Ok(body) => {
                 let _ = writeln!(out, "healthy: {body}");
                 ExitCode::SUCCESS

@@ -135,3 +135,21 @@ fn healthcheck_subcommand_reports_the_broker_state() {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(text.starts_with("unhealthy: cannot connect to 127.0.0.1:"), "{text}");
 }
+
+#[test]
+fn healthcheck_counts_alarms_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    // A disk free limit no disk meets: the disk alarm is on from the start.
+    let child = common::Child::spawn_with(
+        &dir.path().join("data"),
+        &["--set", "alarms.disk_free_limit=9000000000000000000"],
+    );
+    let port = child.mgmt.port().to_string();
+    let out = warren().args(["--mgmt-port", &port, "healthcheck"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = warren().args(["--mgmt-port", &port, "healthcheck", "--fail-on-alarms"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("answered 503") && text.contains("disk space"), "{text}");
+    assert!(child.terminate().success());
+}
