@@ -21,6 +21,7 @@ pub mod exchange;
 pub mod healthcheck;
 pub mod message;
 pub mod mgmt;
+pub mod perf;
 pub mod protocol;
 pub mod queue;
 pub mod server;

@@ -66,6 +66,10 @@ enum Command {
         #[arg(long)]
         fail_on_alarms: bool,
     },
+    /// Load-test an AMQP 0-9-1 broker (Warren or RabbitMQ): progress on
+    /// stderr, one JSON line of results on stdout. Loopback brokers only
+    /// unless --allow-remote.
+    Perf(warren::perf::PerfArgs),
 }
 
 fn load(cli: &Cli) -> Result<Config, warren::config::ConfigError> {
@@ -203,6 +207,27 @@ fn reload(cli: &Cli, handle: &warren::server::ServerHandle, log: &LogLevelHandle
     }
 }
 
+/// `warren perf`: a client, not the daemon; its output is the terminal's.
+fn perf(args: warren::perf::PerfArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            fatal(&format!("warren perf: cannot start the runtime: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(warren::perf::run(args)) {
+        Ok(result) => {
+            let _ = writeln!(std::io::stdout(), "{result}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            fatal(&format!("warren perf: {e}"));
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// Reports an error that happens before logging is configured (bad
 /// configuration): through a plain stderr subscriber, still via tracing.
 fn fatal(msg: &str) {
@@ -217,6 +242,9 @@ fn fatal(msg: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Perf(args)) = &cli.command {
+        return perf(args.clone());
+    }
     let cfg = match load(&cli) {
         Ok(c) => c,
         Err(e) => {
