@@ -4,7 +4,7 @@
 //! still present that should have expired) and the delivery latency of live
 //! messages during expiry. Run: `cargo bench --bench ttl_expiry`.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/integration/common/mod.rs"]
 mod common;
 
 use amq_protocol::protocol::basic::AMQPProperties;

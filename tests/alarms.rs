@@ -6,6 +6,10 @@
 //! queue, and the publisher gets `connection.unblocked` and is read again
 //! (every message it wrote arrives).
 
+// The alarm tests read machine-wide quantities (free space on the data
+// disk, resident memory), so they run in their own test binary: cargo runs
+// test binaries one after another, so no other test writes beside them.
+#[path = "integration/common/mod.rs"]
 mod common;
 
 use amq_protocol::protocol::{AMQPClass, connection};

@@ -18,6 +18,13 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# Disk is the scarce resource on CI machines: no incremental state (a clean
+# build gains nothing from it), and the free space is printed at the start and
+# the end so a run that runs out says how much it had.
+export CARGO_INCREMENTAL=0
+echo "==> disk free: $(df -h --output=avail . | tail -1 | tr -d ' ') on $(df --output=target . | tail -1)"
+trap 'echo "==> disk free at exit: $(df -h --output=avail . | tail -1 | tr -d " ")"' EXIT
+
 echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 

@@ -1,7 +1,7 @@
 //! Exchanges: predeclared set, declare/delete rules and texts, routing by type,
 //! exchange-to-exchange bindings with cycles, alternate exchanges.
 
-mod common;
+use crate::common;
 
 use amq_protocol::protocol::{AMQPClass, exchange};
 use amq_protocol::types::{AMQPValue, FieldTable};

@@ -2,7 +2,7 @@
 //! and remaining error rows: delivery_mode, shutdown 320, cancel capability,
 //! the consumer's negotiated frame_max.
 
-mod common;
+use crate::common;
 
 use amq_protocol::protocol::basic::{AMQPProperties, parse_properties};
 use amq_protocol::protocol::{AMQPClass, basic, connection, queue};

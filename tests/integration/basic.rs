@@ -2,7 +2,7 @@
 //! exclusive, priorities), cancel (client and server), get, ack/nack/reject,
 //! recover, qos, publisher confirms, transactions, and their error rows.
 
-mod common;
+use crate::common;
 
 use amq_protocol::protocol::{AMQPClass, basic, confirm, tx};
 use amq_protocol::types::{AMQPValue, FieldTable};

@@ -1,7 +1,7 @@
 //! Connection-level behaviour over raw sockets: protocol header, start/tune/open,
 //! authentication, heartbeats, close handshakes, frame errors, limits.
 
-mod common;
+use crate::common;
 
 use amq_protocol::protocol::{AMQPClass, basic, channel, connection};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};

@@ -2,7 +2,7 @@
 //! sampled rates (`*_details.rate`) on the overview, queues, exchanges,
 //! connections, channels and vhosts, and per-channel message counters.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::Value;

@@ -4,7 +4,7 @@
 //! consumer, delivery limits. Time-based behaviour is awaited by polling with
 //! a deadline, never by a fixed sleep.
 
-mod common;
+use crate::common;
 
 use amq_protocol::protocol::basic::{AMQPProperties, parse_properties};
 use amq_protocol::protocol::{AMQPClass, basic};

@@ -3,7 +3,7 @@
 //! connection stays open, a bad reload that keeps the old certificate,
 //! client-certificate verification, and named errors for bad TLS files.
 
-mod common;
+use crate::common;
 
 use common::Child;
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};

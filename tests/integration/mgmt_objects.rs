@@ -3,7 +3,7 @@
 //! RabbitMQ export loads, its password hashes log in), list pagination and
 //! columns, nodes and the aliveness test — compared with RabbitMQ's samples.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{Value, json};

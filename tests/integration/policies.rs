@@ -4,7 +4,7 @@
 //! overflow: the argument wins; operator overflow beats the user policy),
 //! highest priority wins, RabbitMQ's validation texts, kept across restarts.
 
-mod common;
+use crate::common;
 
 use amq_protocol::types::AMQPValue;
 use common::*;

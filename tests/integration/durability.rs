@@ -2,7 +2,7 @@
 //! directory: definitions, persistent messages (order, properties,
 //! redelivered flag), what must not survive, and a damaged log tail.
 
-mod common;
+use crate::common;
 
 use amq_protocol::protocol::basic::{AMQPProperties, parse_properties};
 use amq_protocol::protocol::{AMQPClass, basic, queue};

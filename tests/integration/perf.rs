@@ -2,7 +2,7 @@
 //! manual acks, latency at a fixed rate, the broker's CPU per message, and
 //! the refusal of a non-loopback broker.
 
-mod common;
+use crate::common;
 
 use common::Child;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! environment and flags, named configuration errors with a non-zero exit,
 //! the ports file, and SIGTERM → graceful exit 0.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

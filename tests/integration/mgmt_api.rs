@@ -3,7 +3,7 @@
 //! CRUD of queues and exchanges, errors (401, 404, 400), read-only monitoring
 //! users, health checks.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::Value;

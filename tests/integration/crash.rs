@@ -5,7 +5,7 @@
 //! configured time and loses no confirmed message; a drained
 //! million-message backlog leaves at most two segments.
 
-mod common;
+use crate::common;
 
 use amq_protocol::protocol::basic::AMQPProperties;
 use amq_protocol::protocol::{AMQPClass, basic};

@@ -1,7 +1,7 @@
 //! Queues: declare variants, equivalence texts, exclusivity, reserved names,
 //! server-named queues, the channel's last declared queue, purge, delete.
 
-mod common;
+use crate::common;
 
 use amq_protocol::protocol::{AMQPClass, queue};
 use amq_protocol::types::{AMQPValue, FieldTable};

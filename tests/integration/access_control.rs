@@ -3,7 +3,7 @@
 //! and texts, checked by a user's existing connections as soon as they
 //! change, and persisted across a restart.
 
-mod common;
+use crate::common;
 
 use amq_protocol::protocol::{AMQPClass, channel, connection};
 use common::*;

@@ -2,7 +2,7 @@
 //! (every sample line parses and belongs to a family with HELP and TYPE),
 //! per-object labels.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::collections::HashSet;
