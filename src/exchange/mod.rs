@@ -60,6 +60,22 @@ impl Destination {
             _ => false,
         }
     }
+
+    /// A hashable identity: the queue's address (the binding holds an
+    /// `Arc`, so the address is not reused while it is bound) or the
+    /// exchange's name.
+    fn key(&self) -> DestinationKey {
+        match self {
+            Destination::Queue(q) => DestinationKey::Queue(Arc::as_ptr(q) as usize),
+            Destination::Exchange(x) => DestinationKey::Exchange(x.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum DestinationKey {
+    Queue(usize),
+    Exchange(String),
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +84,8 @@ pub struct Binding {
     pub routing_key: String,
     pub arguments: FieldTable,
     matcher: Matcher,
+    /// Creation order: listings show bindings in the order they were made.
+    seq: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -78,19 +96,36 @@ enum Matcher {
     Headers(headers::XMatch),
 }
 
+/// An exchange's bindings, indexed so that binding, unbinding and deleting
+/// a queue cost the few bindings involved, not all of them (100,000 queues
+/// bound to one exchange must not make each declaration scan the rest).
 #[derive(Debug, Default)]
 struct Bindings {
-    list: Vec<Binding>,
-    /// Direct exchanges: routing key → indexes into `list`.
-    by_key: HashMap<String, Vec<usize>>,
+    /// By routing key: a direct exchange routes with one lookup; a key's
+    /// bindings differ only in destination or arguments.
+    by_key: HashMap<String, Vec<Binding>>,
+    /// The routing keys each destination is bound with (once per binding).
+    by_destination: HashMap<DestinationKey, Vec<String>>,
+    len: usize,
+    next_seq: u64,
 }
 
 impl Bindings {
-    fn reindex(&mut self) {
-        self.by_key.clear();
-        for (i, b) in self.list.iter().enumerate() {
-            self.by_key.entry(b.routing_key.clone()).or_default().push(i);
+    fn all(&self) -> impl Iterator<Item = &Binding> {
+        self.by_key.values().flatten()
+    }
+
+    /// Removes the bindings under `key` that `remove` selects; returns how many.
+    fn remove_where(&mut self, key: &str, remove: impl Fn(&Binding) -> bool) -> usize {
+        let Some(list) = self.by_key.get_mut(key) else { return 0 };
+        let before = list.len();
+        list.retain(|b| !remove(b));
+        let n = before - list.len();
+        if list.is_empty() {
+            self.by_key.remove(key);
         }
+        self.len -= n;
+        n
     }
 }
 
@@ -174,26 +209,34 @@ impl Exchange {
             Kind::Headers => Matcher::Headers(headers::x_match(&arguments)?),
         };
         let mut b = self.bindings.write();
-        if b.list.iter().any(|x| {
-            x.destination.same(&destination) && x.routing_key == routing_key && x.arguments == arguments
-        }) {
+        let b = &mut *b;
+        let list = b.by_key.entry(routing_key.to_string()).or_default();
+        if list.iter().any(|x| x.destination.same(&destination) && x.arguments == arguments) {
             return Ok(());
         }
-        b.list.push(Binding { destination, routing_key: routing_key.to_string(), arguments, matcher });
-        b.reindex();
+        b.by_destination.entry(destination.key()).or_default().push(routing_key.to_string());
+        let seq = b.next_seq;
+        b.next_seq += 1;
+        b.len += 1;
+        list.push(Binding { destination, routing_key: routing_key.to_string(), arguments, matcher, seq });
         Ok(())
     }
 
     /// Removes a binding; missing is a no-op. Returns true if it existed.
     pub fn unbind(&self, destination: &Destination, routing_key: &str, arguments: &FieldTable) -> bool {
         let mut b = self.bindings.write();
-        let before = b.list.len();
-        b.list.retain(|x| {
-            !(x.destination.same(destination) && x.routing_key == routing_key && &x.arguments == arguments)
-        });
-        let removed = b.list.len() != before;
+        let removed =
+            b.remove_where(routing_key, |x| x.destination.same(destination) && &x.arguments == arguments) > 0;
         if removed {
-            b.reindex();
+            let key = destination.key();
+            if let Some(keys) = b.by_destination.get_mut(&key) {
+                if let Some(i) = keys.iter().position(|k| k == routing_key) {
+                    keys.swap_remove(i);
+                }
+                if keys.is_empty() {
+                    b.by_destination.remove(&key);
+                }
+            }
         }
         removed
     }
@@ -201,25 +244,27 @@ impl Exchange {
     /// Removes every binding to `destination`. Returns how many went.
     pub fn unbind_all(&self, destination: &Destination) -> usize {
         let mut b = self.bindings.write();
-        let before = b.list.len();
-        b.list.retain(|x| !x.destination.same(destination));
-        let n = before - b.list.len();
-        if n > 0 {
-            b.reindex();
-        }
-        n
+        let Some(mut keys) = b.by_destination.remove(&destination.key()) else {
+            return 0;
+        };
+        keys.sort_unstable();
+        keys.dedup();
+        keys.iter().map(|k| b.remove_where(k, |x| x.destination.same(destination))).sum()
     }
 
     pub fn binding_count(&self) -> usize {
-        self.bindings.read().list.len()
+        self.bindings.read().len
     }
 
+    /// Every binding, in the order they were made.
     pub fn bindings(&self) -> Vec<Binding> {
-        self.bindings.read().list.clone()
+        let mut all: Vec<Binding> = self.bindings.read().all().cloned().collect();
+        all.sort_unstable_by_key(|b| b.seq);
+        all
     }
 
     pub fn has_binding_to(&self, destination: &Destination) -> bool {
-        self.bindings.read().list.iter().any(|b| b.destination.same(destination))
+        self.bindings.read().by_destination.contains_key(&destination.key())
     }
 
     /// Appends the destinations matching a message to `out`.
@@ -230,13 +275,13 @@ impl Exchange {
                 let Ok(key) = std::str::from_utf8(routing_key) else {
                     return;
                 };
-                if let Some(ix) = b.by_key.get(key) {
-                    out.extend(ix.iter().map(|i| b.list[*i].destination.clone()));
+                if let Some(list) = b.by_key.get(key) {
+                    out.extend(list.iter().map(|x| x.destination.clone()));
                 }
             }
-            Kind::Fanout => out.extend(b.list.iter().map(|x| x.destination.clone())),
+            Kind::Fanout => out.extend(b.all().map(|x| x.destination.clone())),
             Kind::Topic | Kind::Headers => {
-                for x in &b.list {
+                for x in b.all() {
                     let hit = match &x.matcher {
                         Matcher::Topic(p) => p.matches(routing_key),
                         Matcher::Headers(mode) => headers::matches(*mode, &x.arguments, headers),
@@ -249,5 +294,96 @@ impl Exchange {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn x(kind: Kind) -> Exchange {
+        Exchange::new("x".into(), "/".into(), kind, false, false, false, FieldTable::default())
+    }
+
+    fn to(name: &str) -> Destination {
+        Destination::Exchange(name.into())
+    }
+
+    fn routed(x: &Exchange, key: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        x.route(key.as_bytes(), None, &mut out);
+        let mut names: Vec<String> = out
+            .into_iter()
+            .map(|d| match d {
+                Destination::Exchange(n) => n,
+                Destination::Queue(q) => q.name.clone(),
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn args(k: &str) -> FieldTable {
+        let mut t = FieldTable::default();
+        t.insert(k.into(), crate::protocol::AMQPValue::Boolean(true));
+        t
+    }
+
+    #[test]
+    fn the_binding_index_follows_bind_unbind_and_unbind_all() {
+        let x = x(Kind::Direct);
+        x.bind(to("a"), "k1", FieldTable::default()).unwrap();
+        x.bind(to("a"), "k1", FieldTable::default()).unwrap(); // duplicate: no-op
+        x.bind(to("a"), "k1", args("other")).unwrap(); // other arguments: a second binding
+        x.bind(to("a"), "k2", FieldTable::default()).unwrap();
+        x.bind(to("b"), "k1", FieldTable::default()).unwrap();
+        assert_eq!(x.binding_count(), 4);
+        assert_eq!(routed(&x, "k1"), ["a", "a", "b"]);
+        assert_eq!(routed(&x, "k2"), ["a"]);
+        assert!(routed(&x, "k3").is_empty());
+        let order: Vec<_> =
+            x.bindings().iter().map(|b| (b.routing_key.clone(), b.arguments.clone())).collect();
+        assert_eq!(
+            order,
+            [
+                ("k1".to_string(), FieldTable::default()),
+                ("k1".to_string(), args("other")),
+                ("k2".to_string(), FieldTable::default()),
+                ("k1".to_string(), FieldTable::default()),
+            ],
+            "listed in the order they were made"
+        );
+
+        assert!(!x.unbind(&to("a"), "k1", &args("missing")));
+        assert!(x.unbind(&to("a"), "k1", &args("other")));
+        assert!(!x.unbind(&to("a"), "k1", &args("other")));
+        assert_eq!(x.binding_count(), 3);
+        assert_eq!(routed(&x, "k1"), ["a", "b"]);
+
+        assert_eq!(x.unbind_all(&to("a")), 2);
+        assert_eq!(x.unbind_all(&to("a")), 0);
+        assert!(!x.has_binding_to(&to("a")) && x.has_binding_to(&to("b")));
+        assert_eq!(x.binding_count(), 1);
+        assert_eq!(routed(&x, "k1"), ["b"]);
+        assert!(routed(&x, "k2").is_empty());
+        assert!(x.unbind(&to("b"), "k1", &FieldTable::default()));
+        assert!(!x.has_binding_to(&to("b")));
+        assert_eq!(x.binding_count(), 0);
+    }
+
+    #[test]
+    fn fanout_and_topic_route_over_every_key() {
+        let f = x(Kind::Fanout);
+        f.bind(to("a"), "one", FieldTable::default()).unwrap();
+        f.bind(to("b"), "two", FieldTable::default()).unwrap();
+        assert_eq!(routed(&f, "anything"), ["a", "b"]);
+        let t = x(Kind::Topic);
+        t.bind(to("a"), "logs.*", FieldTable::default()).unwrap();
+        t.bind(to("b"), "#", FieldTable::default()).unwrap();
+        t.bind(to("c"), "other", FieldTable::default()).unwrap();
+        assert_eq!(routed(&t, "logs.error"), ["a", "b"]);
+        assert_eq!(routed(&t, "other"), ["b", "c"]);
+        assert_eq!(t.unbind_all(&to("b")), 1);
+        assert_eq!(routed(&t, "logs.error"), ["a"]);
     }
 }
