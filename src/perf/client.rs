@@ -1,11 +1,12 @@
 //! The load generator's AMQP client: just what the scenarios need (PLAIN
-//! login, one channel, declare, qos, consume, confirm.select, publish, ack),
+//! login, one channel, exchange and queue declare/bind/delete, qos, consume,
+//! confirm.select, publish, ack, pipelined calls),
 //! on Warren's own frame codec so that the client costs little next to the
 //! broker it measures. Not used by the broker.
 
 use crate::protocol::frame::{self, FRAME_METHOD, Frame};
 use crate::protocol::{AMQPClass, FieldTable, LongString};
-use amq_protocol::protocol::{basic, channel, confirm, connection, queue};
+use amq_protocol::protocol::{basic, channel, confirm, connection, exchange, queue};
 use bytes::BytesMut;
 use std::io::{Error, ErrorKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -82,8 +83,11 @@ impl Reader {
                 Ok(None) => {}
                 Err(e) => return Err(protocol_error(e.to_string())),
             }
-            if self.buf.capacity() - self.buf.len() < 16 * 1024 {
-                self.buf.reserve(64 * 1024);
+            // Small for an idle connection (the mass-connection scenario
+            // holds thousands), growing to 64 KiB reads under load.
+            let want = self.buf.capacity().clamp(4096, 64 * 1024);
+            if self.buf.capacity() - self.buf.len() < want / 4 {
+                self.buf.reserve(want);
             }
             if self.rd.read_buf(&mut self.buf).await? == 0 {
                 return Err(Error::new(ErrorKind::UnexpectedEof, "the broker closed the connection"));
@@ -128,8 +132,7 @@ impl Conn {
         let sock = TcpStream::connect((uri.host.as_str(), uri.port)).await?;
         sock.set_nodelay(true)?;
         let (rd, wr) = sock.into_split();
-        let mut c =
-            Conn { reader: Reader { rd, buf: BytesMut::with_capacity(64 * 1024) }, wr, frame_max: 131072 };
+        let mut c = Conn { reader: Reader { rd, buf: BytesMut::with_capacity(4096) }, wr, frame_max: 131072 };
         c.wr.write_all(frame::PROTOCOL_HEADER).await?;
         match c.reader.method().await? {
             AMQPClass::Connection(connection::AMQPMethod::Start(_)) => {}
@@ -193,12 +196,38 @@ impl Conn {
     }
 
     pub async fn declare(&mut self, name: &str, durable: bool) -> std::io::Result<()> {
-        self.call(AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+        self.call(declare_queue(name, durable)).await.map(|_| ())
+    }
+
+    pub async fn delete(&mut self, name: &str) -> std::io::Result<()> {
+        self.call(delete_queue(name)).await.map(|_| ())
+    }
+
+    /// The number of ready messages in a queue (a passive declare).
+    pub async fn message_count(&mut self, name: &str) -> std::io::Result<u32> {
+        let m = AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
             queue: name.into(),
-            passive: false,
-            durable,
+            passive: true,
+            durable: false,
             exclusive: false,
             auto_delete: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        }));
+        match self.call(m).await? {
+            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)) => Ok(ok.message_count),
+            other => Err(protocol_error(format!("expected queue.declare-ok, got {other:?}"))),
+        }
+    }
+
+    pub async fn declare_exchange(&mut self, name: &str, kind: &str) -> std::io::Result<()> {
+        self.call(AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
+            exchange: name.into(),
+            kind: kind.into(),
+            passive: false,
+            durable: false,
+            auto_delete: false,
+            internal: false,
             nowait: false,
             arguments: FieldTable::default(),
         })))
@@ -206,15 +235,32 @@ impl Conn {
         .map(|_| ())
     }
 
-    pub async fn delete(&mut self, name: &str) -> std::io::Result<()> {
-        self.call(AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
-            queue: name.into(),
+    pub async fn delete_exchange(&mut self, name: &str) -> std::io::Result<()> {
+        self.call(AMQPClass::Exchange(exchange::AMQPMethod::Delete(exchange::Delete {
+            exchange: name.into(),
             if_unused: false,
-            if_empty: false,
             nowait: false,
         })))
         .await
         .map(|_| ())
+    }
+
+    pub async fn bind(&mut self, queue: &str, exchange: &str, key: &str) -> std::io::Result<()> {
+        self.call(bind_queue(queue, exchange, key)).await.map(|_| ())
+    }
+
+    /// Sends every method on channel 1 in one write, then reads as many
+    /// replies (each synchronous method has exactly one, in order).
+    pub async fn pipeline(&mut self, methods: &[AMQPClass]) -> std::io::Result<()> {
+        let mut out = BytesMut::new();
+        for m in methods {
+            frame::encode_method(&mut out, 1, m);
+        }
+        self.wr.write_all(&out).await?;
+        for _ in methods {
+            self.reader.method().await?;
+        }
+        Ok(())
     }
 
     pub async fn confirm_select(&mut self) -> std::io::Result<()> {
@@ -261,14 +307,55 @@ impl Conn {
     }
 }
 
+/// `queue.declare` (not passive, not exclusive, not auto-delete).
+pub fn declare_queue(name: &str, durable: bool) -> AMQPClass {
+    AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+        queue: name.into(),
+        passive: false,
+        durable,
+        exclusive: false,
+        auto_delete: false,
+        nowait: false,
+        arguments: FieldTable::default(),
+    }))
+}
+
+/// `queue.delete`, unconditional.
+pub fn delete_queue(name: &str) -> AMQPClass {
+    AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
+        queue: name.into(),
+        if_unused: false,
+        if_empty: false,
+        nowait: false,
+    }))
+}
+
+/// `queue.bind` with no arguments.
+pub fn bind_queue(queue: &str, exchange: &str, key: &str) -> AMQPClass {
+    AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
+        queue: queue.into(),
+        exchange: exchange.into(),
+        routing_key: key.into(),
+        nowait: false,
+        arguments: FieldTable::default(),
+    }))
+}
+
 /// Appends one publish (method, header, body frames) to `out`.
-pub fn encode_publish(out: &mut BytesMut, queue: &str, persistent: bool, body: &[u8], frame_max: u32) {
+pub fn encode_publish(
+    out: &mut BytesMut,
+    exchange: &str,
+    routing_key: &str,
+    persistent: bool,
+    body: &[u8],
+    frame_max: u32,
+) {
     frame::encode_method(
         out,
         1,
         &AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-            exchange: "".into(),
-            routing_key: queue.into(),
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
             mandatory: false,
             immediate: false,
         })),

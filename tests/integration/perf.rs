@@ -1,6 +1,7 @@
 //! `warren perf` against the real binary: throughput with confirms and
-//! manual acks, latency at a fixed rate, the broker's CPU per message, and
-//! the refusal of a non-loopback broker.
+//! manual acks, latency at a fixed rate, fanout, backlog fill and drain,
+//! mass connections, connection churn, many queues, the broker's CPU and
+//! memory figures, and the refusal of a non-loopback broker.
 
 use crate::common;
 
@@ -56,6 +57,86 @@ fn throughput_and_latency_against_warren() {
     let (p50, p99, max) =
         (l["p50"].as_f64().unwrap(), l["p99"].as_f64().unwrap(), l["max"].as_f64().unwrap());
     assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{r}");
+    assert!(child.terminate().success());
+}
+
+/// Names of the broker's queues and exchanges that a perf run made.
+fn leftovers(child: &Child) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut names = Vec::new();
+    for path in ["/api/queues", "/api/exchanges"] {
+        let r = rt.block_on(common::http(child.mgmt, "GET", path, Some(("guest", "guest")), None));
+        for o in r.json().as_array().unwrap() {
+            let name = o["name"].as_str().unwrap_or("");
+            if name.starts_with("warren-perf-") {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn fanout_backlog_connections_churn_and_queues_against_warren() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Child::spawn(&dir.path().join("data"));
+    let uri = format!("amqp://guest:guest@127.0.0.1:{}/%2f", child.amqp.port());
+    let pid = child.process.id().to_string();
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--uri", &uri, "--broker-pid", &pid, "--quiet"]);
+        let (code, r, err) = perf(&all);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert_eq!(r["scenario"], args[0], "{r}");
+        r
+    };
+    let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} in {r}"));
+
+    // Fanout: every consumed message is one delivery from one of 4 queues.
+    let r = run(&["fanout", "--queues", "4", "--seconds", "2"]);
+    assert_eq!(r["queues"], 4);
+    assert_eq!(r["consumers"], 4);
+    let (published, consumed) = (f(&r, "published"), f(&r, "consumed"));
+    assert!(consumed > 0.0 && consumed <= 4.0 * published, "{r}");
+    assert_eq!(f(&r, "routed_per_s"), f(&r, "consumed_per_s"));
+    assert!(f(&r, "broker_cpu_us_per_delivery") > 0.0, "{r}");
+
+    // Backlog: the broker holds all of them, then they all drain.
+    let r = run(&["backlog", "--messages", "20000", "--size", "200"]);
+    assert_eq!((r["messages"].as_u64(), r["size"].as_u64()), (Some(20000), Some(200)));
+    assert!(f(&r, "publish_per_s") > 0.0 && f(&r, "drain_per_s") > 0.0, "{r}");
+    assert!(f(&r, "rss_peak_kib") >= f(&r, "rss_before_kib"), "{r}");
+    assert!(r["rss_bytes_per_msg"].is_number(), "{r}");
+
+    // Connections: all open at once, then closed.
+    let r = run(&["connections", "--connections", "300", "--parallel", "8", "--hold", "0"]);
+    assert_eq!(r["connections"], 300);
+    assert!(f(&r, "open_per_s") > 0.0 && f(&r, "open_p50_ms") <= f(&r, "open_p99_ms"), "{r}");
+    assert!(f(&r, "rss_held_kib") > 0.0 && r["rss_kib_per_conn"].is_number(), "{r}");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r =
+            rt.block_on(common::http(child.mgmt, "GET", "/api/connections", Some(("guest", "guest")), None));
+        if r.json().as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "connections left open: {}", r.json());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    // Churn: connections opened and closed for a second.
+    let r = run(&["churn", "--seconds", "1", "--parallel", "4"]);
+    assert!(f(&r, "connections") > 0.0 && f(&r, "connections_per_s") > 0.0, "{r}");
+    assert!(f(&r, "broker_cpu_us_per_conn") > 0.0, "{r}");
+
+    // Queues: declared, bound and deleted.
+    let r = run(&["queues", "--queues", "3000", "--parallel", "3", "--pipeline", "50"]);
+    assert_eq!(r["queues"], 3000);
+    assert!(f(&r, "declared_per_s") > 0.0 && f(&r, "deleted_per_s") > 0.0, "{r}");
+    assert!(f(&r, "rss_full_kib") > 0.0 && r["rss_bytes_per_queue"].is_number(), "{r}");
+
+    assert_eq!(leftovers(&child), Vec::<String>::new(), "every run removes what it declared");
     assert!(child.terminate().success());
 }
 
