@@ -1,13 +1,15 @@
 //! Exchanges and their bindings: routing only, no I/O. The vhost walks
 //! exchange-to-exchange bindings and alternate exchanges (it owns the names).
 
+mod bindings;
 pub mod headers;
 pub mod topic;
+
+use bindings::Bindings;
 
 use crate::protocol::FieldTable;
 use crate::queue::Queue;
 use parking_lot::RwLock;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The delayed-message exchange type (LavinMQ built in; RabbitMQ by plugin).
@@ -96,39 +98,6 @@ enum Matcher {
     Headers(headers::XMatch),
 }
 
-/// An exchange's bindings, indexed so that binding, unbinding and deleting
-/// a queue cost the few bindings involved, not all of them (100,000 queues
-/// bound to one exchange must not make each declaration scan the rest).
-#[derive(Debug, Default)]
-struct Bindings {
-    /// By routing key: a direct exchange routes with one lookup; a key's
-    /// bindings differ only in destination or arguments.
-    by_key: HashMap<String, Vec<Binding>>,
-    /// The routing keys each destination is bound with (once per binding).
-    by_destination: HashMap<DestinationKey, Vec<String>>,
-    len: usize,
-    next_seq: u64,
-}
-
-impl Bindings {
-    fn all(&self) -> impl Iterator<Item = &Binding> {
-        self.by_key.values().flatten()
-    }
-
-    /// Removes the bindings under `key` that `remove` selects; returns how many.
-    fn remove_where(&mut self, key: &str, remove: impl Fn(&Binding) -> bool) -> usize {
-        let Some(list) = self.by_key.get_mut(key) else { return 0 };
-        let before = list.len();
-        list.retain(|b| !remove(b));
-        let n = before - list.len();
-        if list.is_empty() {
-            self.by_key.remove(key);
-        }
-        self.len -= n;
-        n
-    }
-}
-
 #[derive(Debug)]
 pub struct Exchange {
     pub name: String,
@@ -208,48 +177,20 @@ impl Exchange {
             Kind::Topic => Matcher::Topic(topic::Pattern::new(routing_key)),
             Kind::Headers => Matcher::Headers(headers::x_match(&arguments)?),
         };
-        let mut b = self.bindings.write();
-        let b = &mut *b;
-        let list = b.by_key.entry(routing_key.to_string()).or_default();
-        if list.iter().any(|x| x.destination.same(&destination) && x.arguments == arguments) {
-            return Ok(());
-        }
-        b.by_destination.entry(destination.key()).or_default().push(routing_key.to_string());
-        let seq = b.next_seq;
-        b.next_seq += 1;
-        b.len += 1;
-        list.push(Binding { destination, routing_key: routing_key.to_string(), arguments, matcher, seq });
+        let binding =
+            Binding { destination, routing_key: routing_key.to_string(), arguments, matcher, seq: 0 };
+        self.bindings.write().add(binding);
         Ok(())
     }
 
     /// Removes a binding; missing is a no-op. Returns true if it existed.
     pub fn unbind(&self, destination: &Destination, routing_key: &str, arguments: &FieldTable) -> bool {
-        let mut b = self.bindings.write();
-        let removed =
-            b.remove_where(routing_key, |x| x.destination.same(destination) && &x.arguments == arguments) > 0;
-        if removed {
-            let key = destination.key();
-            if let Some(keys) = b.by_destination.get_mut(&key) {
-                if let Some(i) = keys.iter().position(|k| k == routing_key) {
-                    keys.swap_remove(i);
-                }
-                if keys.is_empty() {
-                    b.by_destination.remove(&key);
-                }
-            }
-        }
-        removed
+        self.bindings.write().remove(destination, routing_key, arguments)
     }
 
     /// Removes every binding to `destination`. Returns how many went.
     pub fn unbind_all(&self, destination: &Destination) -> usize {
-        let mut b = self.bindings.write();
-        let Some(mut keys) = b.by_destination.remove(&destination.key()) else {
-            return 0;
-        };
-        keys.sort_unstable();
-        keys.dedup();
-        keys.iter().map(|k| b.remove_where(k, |x| x.destination.same(destination))).sum()
+        self.bindings.write().remove_destination(destination)
     }
 
     pub fn binding_count(&self) -> usize {
@@ -275,8 +216,8 @@ impl Exchange {
                 let Ok(key) = std::str::from_utf8(routing_key) else {
                     return;
                 };
-                if let Some(list) = b.by_key.get(key) {
-                    out.extend(list.iter().map(|x| x.destination.clone()));
+                if let Some(k) = b.by_key.get(key) {
+                    out.extend(k.list.iter().map(|x| x.destination.clone()));
                 }
             }
             Kind::Fanout => out.extend(b.all().map(|x| x.destination.clone())),
@@ -369,6 +310,39 @@ mod tests {
         assert!(x.unbind(&to("b"), "k1", &FieldTable::default()));
         assert!(!x.has_binding_to(&to("b")));
         assert_eq!(x.binding_count(), 0);
+    }
+
+    #[test]
+    fn many_bindings_under_one_key_stay_indexed_through_removals() {
+        // Past the scan limit the key's bindings are found through a
+        // position index that removals (which swap the last one in) must
+        // keep true.
+        let f = x(Kind::Fanout);
+        let names: Vec<String> = (0..60).map(|i| format!("d{i:02}")).collect();
+        for n in &names {
+            f.bind(to(n), "", FieldTable::default()).unwrap();
+        }
+        f.bind(to("d07"), "", args("second")).unwrap();
+        f.bind(to("d07"), "", FieldTable::default()).unwrap(); // duplicate: no-op
+        assert_eq!(f.binding_count(), 61);
+        let mut expected = names.clone();
+        expected.push("d07".into());
+        expected.sort();
+        assert_eq!(routed(&f, ""), expected);
+        for gone in ["d00", "d59", "d30", "d31"] {
+            assert!(f.unbind(&to(gone), "", &FieldTable::default()));
+            assert!(!f.unbind(&to(gone), "", &FieldTable::default()));
+            expected.retain(|n| n != gone);
+        }
+        assert_eq!(f.unbind_all(&to("d07")), 2);
+        expected.retain(|n| n != "d07");
+        assert_eq!(routed(&f, ""), expected);
+        for n in &expected {
+            assert!(f.has_binding_to(&to(n)), "{n}");
+            assert!(f.unbind(&to(n), "", &FieldTable::default()), "{n}");
+        }
+        assert_eq!(f.binding_count(), 0);
+        assert!(routed(&f, "").is_empty());
     }
 
     #[test]
