@@ -29,6 +29,9 @@ use tokio::sync::watch;
 
 /// Read buffer size: how much one read can bring in (many frames at once).
 const READ_CHUNK: usize = 64 * 1024;
+/// A new connection's read buffer; it grows toward `READ_CHUNK` only while
+/// reads fill it, so 10,000 idle connections do not hold 64 KiB each.
+const FIRST_READ: usize = 4096;
 /// How long to wait for `connection.close-ok` after sending `connection.close`.
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -139,7 +142,7 @@ async fn run<S: Transport>(
     tls: Option<(String, String)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = BytesMut::with_capacity(FIRST_READ);
     let timeout = Duration::from_millis(broker.config.amqp.handshake_timeout_ms);
     let loopback = peer.ip().is_loopback();
     let neg =
@@ -235,6 +238,7 @@ impl Conn {
         // RabbitMQ gives up after two missed heartbeat intervals.
         let idle_limit = (heartbeat > 0).then(|| Duration::from_secs(heartbeat as u64 * 2));
         let mut close_deadline: Option<tokio::time::Instant> = None;
+        let mut chunk = FIRST_READ;
         loop {
             // Handle every complete frame already buffered.
             loop {
@@ -260,9 +264,10 @@ impl Conn {
             // Replies we produced are not being read by the peer: stop
             // reading its socket until they drain.
             self.outbox.wait_for_room().await;
-            if buf.capacity() - buf.len() < 4096 {
-                buf.reserve(READ_CHUNK);
+            if buf.capacity() - buf.len() < chunk / 4 {
+                buf.reserve(chunk);
             }
+            let room = buf.capacity() - buf.len();
             let before = buf.len();
             let info = self.info.clone();
             let read = rd.read_buf(&mut buf);
@@ -290,6 +295,9 @@ impl Conn {
             };
             let got = buf.len().saturating_sub(before) as u64;
             self.info.recv_oct.fetch_add(got, Ordering::Relaxed);
+            if got as usize == room && chunk < READ_CHUNK {
+                chunk *= 2; // the peer sends more than one read takes
+            }
             match outcome {
                 Ok(Ok(0)) => return "client closed the socket",
                 Ok(Ok(_)) => {}

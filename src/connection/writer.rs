@@ -12,7 +12,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 pub async fn run<W: AsyncWrite + Unpin>(outbox: Arc<Outbox>, mut wr: W, heartbeat: u16) {
-    let mut spare = BytesMut::with_capacity(64 * 1024);
+    // Empty until the first swap with the outbox's buffer: both grow only as
+    // far as the traffic needs (an idle connection keeps them small).
+    let mut spare = BytesMut::new();
     let half = Duration::from_millis(heartbeat as u64 * 500);
     let mut last_write = Instant::now();
     loop {
@@ -43,7 +45,7 @@ pub async fn run<W: AsyncWrite + Unpin>(outbox: Arc<Outbox>, mut wr: W, heartbea
             outbox.signal_drained();
             // Keep a big buffer from pinning memory after a burst.
             if spare.capacity() > 4 * 1024 * 1024 {
-                spare = BytesMut::with_capacity(64 * 1024);
+                spare = BytesMut::new();
             }
         }
         if starved {

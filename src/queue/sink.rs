@@ -210,7 +210,7 @@ impl Outbox {
             conn_id,
             confirmed_total,
             state: Mutex::new(OutState {
-                buf: BytesMut::with_capacity(16 * 1024),
+                buf: BytesMut::with_capacity(4096),
                 closed: false,
                 shutdown: false,
                 frame_max: frame::FRAME_MIN_SIZE,
