@@ -128,7 +128,14 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Connects, logs in and opens channel 1, within 30 s.
     pub async fn open(uri: &Uri) -> std::io::Result<Conn> {
+        tokio::time::timeout(std::time::Duration::from_secs(30), Conn::handshake(uri))
+            .await
+            .map_err(|_| Error::new(ErrorKind::TimedOut, "no connection and channel within 30 s"))?
+    }
+
+    async fn handshake(uri: &Uri) -> std::io::Result<Conn> {
         let sock = TcpStream::connect((uri.host.as_str(), uri.port)).await?;
         sock.set_nodelay(true)?;
         let (rd, wr) = sock.into_split();

@@ -41,7 +41,7 @@ pub async fn hold(args: &PerfArgs, uri: &Uri) -> Result<serde_json::Value, Strin
                 let _ = latency.lock().record(t.elapsed().as_micros().max(1) as u64);
                 open.lock().push(c);
             }
-            Ok::<(), std::io::Error>(())
+            Ok::<Instant, std::io::Error>(Instant::now())
         }));
     }
     let deadline = args.phase_deadline();
@@ -56,14 +56,15 @@ pub async fn hold(args: &PerfArgs, uri: &Uri) -> Result<serde_json::Value, Strin
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
         }
     }
+    let mut last = started;
     for l in lanes {
         match l.await {
-            Ok(Ok(())) => {}
+            Ok(Ok(finished)) => last = last.max(finished),
             Ok(Err(e)) => return Err(format!("after {} connections: {}", open.lock().len(), io(e))),
             Err(e) => return Err(format!("connection task: {e}")),
         }
     }
-    let open_s = started.elapsed().as_secs_f64();
+    let open_s = last.duration_since(started).as_secs_f64();
     let open_cpu = procfs::cpu_between(cpu_before, args.broker_pid);
     // Idle: what an open connection costs at rest.
     tokio::time::sleep(Duration::from_secs(args.hold)).await;

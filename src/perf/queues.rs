@@ -30,10 +30,14 @@ async fn phase(
     let batch = args.pipeline.max(1);
     let done = Arc::new(AtomicUsize::new(0));
     let next = Arc::new(AtomicUsize::new(0));
+    // Connections first: the clock times the calls only.
+    let mut conns = Vec::new();
+    for _ in 0..lanes {
+        conns.push(Conn::open(uri).await.map_err(&io)?);
+    }
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..lanes {
-        let mut c = Conn::open(uri).await.map_err(&io)?;
+    for mut c in conns {
         let (done, next, prefix, exchange) =
             (done.clone(), next.clone(), args.prefix(), exchange.to_string());
         let durable = args.persistent;
@@ -49,8 +53,9 @@ async fn phase(
                 c.pipeline(&methods).await?;
                 done.fetch_add((from + batch).min(total) - from, Ordering::Relaxed);
             }
+            let finished = Instant::now();
             c.close().await;
-            Ok::<(), std::io::Error>(())
+            Ok::<Instant, std::io::Error>(finished)
         }));
     }
     let deadline = args.phase_deadline();
@@ -65,14 +70,15 @@ async fn phase(
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
         }
     }
+    let mut last = started;
     for t in tasks {
         match t.await {
-            Ok(Ok(())) => {}
+            Ok(Ok(finished)) => last = last.max(finished),
             Ok(Err(e)) => return Err(format!("{what}: after {}: {}", done.load(Ordering::Relaxed), io(e))),
             Err(e) => return Err(format!("{what} task: {e}")),
         }
     }
-    Ok(started.elapsed().as_secs_f64())
+    Ok(last.duration_since(started).as_secs_f64())
 }
 
 fn declare_and_bind(

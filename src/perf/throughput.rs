@@ -50,7 +50,8 @@ async fn set_up(args: &PerfArgs, setup: &mut Conn) -> std::io::Result<Topology> 
 }
 
 async fn tear_down(args: &PerfArgs, setup: &mut Conn, t: &Topology) {
-    if args.queue.is_some() {
+    // A queue named with --queue is the user's (fanout always makes its own).
+    if args.queue.is_some() && args.scenario != Scenario::Fanout {
         return;
     }
     for q in &t.queues {
@@ -62,6 +63,12 @@ async fn tear_down(args: &PerfArgs, setup: &mut Conn, t: &Topology) {
 }
 
 pub async fn run(args: &PerfArgs, uri: &Uri) -> Result<serde_json::Value, String> {
+    if !autoack(args) && args.prefetch > 0 && args.ack_every > u64::from(args.prefetch) {
+        return Err(format!(
+            "--ack-every {} is above --prefetch {}: the consumer would stop at the prefetch limit, waiting to ack",
+            args.ack_every, args.prefetch
+        ));
+    }
     let io = io_error(uri);
     let mut setup = Conn::open(uri).await.map_err(&io)?;
     let topology = set_up(args, &mut setup).await.map_err(&io)?;
@@ -137,15 +144,32 @@ pub async fn run(args: &PerfArgs, uri: &Uri) -> Result<serde_json::Value, String
     let consumed = stats.consumed.load(Ordering::Relaxed);
     let cpu = procfs::cpu_between(cpu_before, args.broker_pid);
     stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        match t.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(format!("publisher: {e}")),
-            Err(e) => return Err(format!("publisher task: {e}")),
+    // A publisher stuck in a write (a broker that stopped reading it, as a
+    // resource alarm does) is given up after --phase-timeout.
+    let deadline = tokio::time::Instant::from_std(args.phase_deadline());
+    for mut t in tasks {
+        match tokio::time::timeout_at(deadline, &mut t).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(format!("publisher: {e}")),
+            Ok(Err(e)) => return Err(format!("publisher task: {e}")),
+            Err(_) => {
+                t.abort();
+                return Err(
+                    "a publisher was still writing after --phase-timeout (is the broker reading?)".into()
+                );
+            }
         }
     }
-    for c in &consumers {
-        c.abort();
+    // Consumers run until aborted: one that ended on its own lost its
+    // connection or channel.
+    for c in consumers {
+        if c.is_finished() {
+            if let Ok(Err(e)) = c.await {
+                return Err(format!("consumer: {e}"));
+            }
+        } else {
+            c.abort();
+        }
     }
     tear_down(args, &mut setup, &topology).await;
     setup.close().await;
@@ -156,7 +180,7 @@ pub async fn run(args: &PerfArgs, uri: &Uri) -> Result<serde_json::Value, String
         "seconds": round(elapsed, 3),
         "publishers": publishers,
         "consumers": consumer_queues.len(),
-        "size": args.size(),
+        "size": args.size().max(8),
         "confirm": args.confirm,
         "prefetch": args.prefetch,
         "autoack": autoack(args),
@@ -220,7 +244,11 @@ async fn publisher(
     }
     let Conn { reader, mut wr, frame_max } = conn;
     let permits = Arc::new(Semaphore::new(window));
-    let confirms = (window > 0).then(|| tokio::spawn(confirm_reader(reader, permits.clone(), stats.clone())));
+    // The highest delivery tag written so far (set before the write, so a
+    // confirm can never be ahead of it).
+    let tags = Arc::new(AtomicU64::new(0));
+    let confirms = (window > 0)
+        .then(|| tokio::spawn(confirm_reader(reader, permits.clone(), tags.clone(), stats.clone())));
     let size = args.size().max(8);
     let mut body = vec![0u8; size];
     let mut out = bytes::BytesMut::with_capacity(256 * 1024);
@@ -243,8 +271,15 @@ async fn publisher(
             let want = batch.min(window) as u32;
             match tokio::time::timeout(Duration::from_millis(100), permits.acquire_many(want)).await {
                 Ok(Ok(p)) => p.forget(),
-                Ok(Err(_)) => break, // the confirm reader ended: the connection is gone
-                Err(_) => continue,  // window full: look at `stop` again
+                Ok(Err(_)) if stop.load(Ordering::Relaxed) => break,
+                Ok(Err(_)) => {
+                    // The confirm reader ended: the connection is gone.
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "the broker closed the connection (no more confirms)",
+                    ));
+                }
+                Err(_) => continue, // window full: look at `stop` again
             }
             want as usize
         } else {
@@ -256,6 +291,7 @@ async fn publisher(
             body[..8].copy_from_slice(&stamp.to_be_bytes());
             client::encode_publish(&mut out, &exchange, &routing_key, args.persistent, &body, frame_max);
         }
+        tags.store(sent + batch as u64, Ordering::Release);
         wr.write_all(&out).await?;
         sent += batch as u64;
         stats.published.fetch_add(batch as u64, Ordering::Relaxed);
@@ -267,8 +303,15 @@ async fn publisher(
 }
 
 /// Counts publisher confirms (single and multiple acks/nacks) and returns
-/// their window permits.
-async fn confirm_reader(mut reader: client::Reader, permits: Arc<Semaphore>, stats: Arc<Stats>) {
+/// their window permits; closes the window when the connection ends. A tag
+/// above any sent is taken as the highest sent (a broker's bug must not
+/// inflate the count or overflow the window).
+async fn confirm_reader(
+    mut reader: client::Reader,
+    permits: Arc<Semaphore>,
+    tags: Arc<AtomicU64>,
+    stats: Arc<Stats>,
+) {
     // Everything up to `upto` is settled; `beyond` holds single settles above it.
     let mut upto = 0u64;
     let mut beyond: BTreeSet<u64> = BTreeSet::new();
@@ -277,17 +320,18 @@ async fn confirm_reader(mut reader: client::Reader, permits: Arc<Semaphore>, sta
             continue;
         };
         let Some(a) = crate::protocol::fast::parse_ack(&f.payload) else { continue };
+        let tag = a.delivery_tag.min(tags.load(Ordering::Acquire));
         let n = if a.multiple {
-            if a.delivery_tag <= upto {
+            if tag <= upto {
                 0
             } else {
-                let already = beyond.range(..=a.delivery_tag).count() as u64;
-                beyond = beyond.split_off(&(a.delivery_tag + 1));
-                let n = a.delivery_tag - upto - already;
-                upto = a.delivery_tag;
+                let already = beyond.range(..=tag).count() as u64;
+                beyond = beyond.split_off(&(tag + 1));
+                let n = tag - upto - already;
+                upto = tag;
                 n
             }
-        } else if a.delivery_tag > upto && beyond.insert(a.delivery_tag) {
+        } else if tag > upto && beyond.insert(tag) {
             while beyond.first() == Some(&(upto + 1)) {
                 beyond.pop_first();
                 upto += 1;
@@ -303,6 +347,7 @@ async fn confirm_reader(mut reader: client::Reader, permits: Arc<Semaphore>, sta
         }
         permits.add_permits(n as usize);
     }
+    permits.close();
 }
 
 /// Consumes until aborted, acking every `--ack-every` deliveries (multiple)

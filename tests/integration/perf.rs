@@ -93,26 +93,25 @@ fn fanout_backlog_connections_churn_and_queues_against_warren() {
     let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} in {r}"));
 
     // Fanout: every consumed message is one delivery from one of 4 queues.
-    let r = run(&["fanout", "--queues", "4", "--seconds", "2"]);
+    let r = run(&["fanout", "--queues", "4", "--seconds", "2", "--queue", "ignored-by-fanout"]);
     assert_eq!(r["queues"], 4);
     assert_eq!(r["consumers"], 4);
     let (published, consumed) = (f(&r, "published"), f(&r, "consumed"));
-    assert!(consumed > 0.0 && consumed <= 4.0 * published, "{r}");
-    assert_eq!(f(&r, "routed_per_s"), f(&r, "consumed_per_s"));
-    assert!(f(&r, "broker_cpu_us_per_delivery") > 0.0, "{r}");
+    assert!(consumed > published && consumed <= 4.0 * published, "each message reaches several queues: {r}");
+    assert!(f(&r, "routed_per_s") > 0.0 && f(&r, "broker_cpu_us_per_delivery") > 0.0, "{r}");
 
     // Backlog: the broker holds all of them, then they all drain.
     let r = run(&["backlog", "--messages", "20000", "--size", "200"]);
     assert_eq!((r["messages"].as_u64(), r["size"].as_u64()), (Some(20000), Some(200)));
     assert!(f(&r, "publish_per_s") > 0.0 && f(&r, "drain_per_s") > 0.0, "{r}");
-    assert!(f(&r, "rss_peak_kib") >= f(&r, "rss_before_kib"), "{r}");
-    assert!(r["rss_bytes_per_msg"].is_number(), "{r}");
+    // 20,000 bodies of 200 B held in memory show in the resident set.
+    assert!(f(&r, "rss_bytes_per_msg") > 0.0 && f(&r, "rss_full_kib") > f(&r, "rss_before_kib"), "{r}");
 
     // Connections: all open at once, then closed.
     let r = run(&["connections", "--connections", "300", "--parallel", "8", "--hold", "0"]);
     assert_eq!(r["connections"], 300);
-    assert!(f(&r, "open_per_s") > 0.0 && f(&r, "open_p50_ms") <= f(&r, "open_p99_ms"), "{r}");
-    assert!(f(&r, "rss_held_kib") > 0.0 && r["rss_kib_per_conn"].is_number(), "{r}");
+    assert!(f(&r, "open_per_s") > 0.0 && f(&r, "open_p50_ms") > 0.0, "{r}");
+    assert!(f(&r, "rss_kib_per_conn") > 0.0, "300 connections show in the resident set: {r}");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -134,7 +133,7 @@ fn fanout_backlog_connections_churn_and_queues_against_warren() {
     let r = run(&["queues", "--queues", "3000", "--parallel", "3", "--pipeline", "50"]);
     assert_eq!(r["queues"], 3000);
     assert!(f(&r, "declared_per_s") > 0.0 && f(&r, "deleted_per_s") > 0.0, "{r}");
-    assert!(f(&r, "rss_full_kib") > 0.0 && r["rss_bytes_per_queue"].is_number(), "{r}");
+    assert!(f(&r, "rss_bytes_per_queue") > 0.0, "3,000 queues show in the resident set: {r}");
 
     assert_eq!(leftovers(&child), Vec::<String>::new(), "every run removes what it declared");
     assert!(child.terminate().success());
@@ -146,4 +145,11 @@ fn a_broker_off_loopback_needs_allow_remote() {
         perf(&["throughput", "--uri", "amqp://guest:guest@192.0.2.1:5672/%2f", "--seconds", "1"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("not a loopback address") && err.contains("--allow-remote"), "{err}");
+}
+
+#[test]
+fn an_ack_interval_above_the_prefetch_is_refused() {
+    let (code, _, err) = perf(&["throughput", "--ack-every", "200", "--prefetch", "100", "--seconds", "1"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--ack-every 200 is above --prefetch 100"), "{err}");
 }
