@@ -107,21 +107,24 @@ impl Persister {
             Op::Append { loc: l, queue_id, deadline, msg, waiter } => {
                 let (seg, offset) = split(l);
                 *self.live.entry(seg).or_insert(0) += 1;
-                if let Some(w) = waiter.clone() {
-                    self.waiters.push(w);
-                }
                 if self.shared.broken.load(Ordering::Acquire) == seg {
                     // Allocated before the failure was seen: its place in the
                     // file is unreliable, so it is not written and is nacked.
                     self.failed = true;
+                    self.waiters.extend(waiter);
                     return;
                 }
+                // Moving to a new segment syncs the old one and releases the
+                // waiters it covers: this record's waiter joins only after,
+                // so it is never released before its own record is synced.
                 if let Err(e) = self.position(seg, offset as u64) {
                     tracing::error!(error = %e, segment = seg, "message store: cannot open a segment");
                     self.shared.broken.store(seg, Ordering::Release);
                     self.failed = true;
+                    self.waiters.extend(waiter);
                     return;
                 }
+                self.waiters.extend(waiter);
                 segment::encode(
                     &mut self.buf,
                     queue_id,
