@@ -82,12 +82,24 @@ fn fanout_backlog_connections_churn_and_queues_against_warren() {
     let child = Child::spawn(&dir.path().join("data"));
     let uri = format!("amqp://guest:guest@127.0.0.1:{}/%2f", child.amqp.port());
     let pid = child.process.id().to_string();
-    let run = |args: &[&str]| {
+    let run_on = |uri: &str, pid: &str, args: &[&str]| {
         let mut all = args.to_vec();
-        all.extend(["--uri", &uri, "--broker-pid", &pid, "--quiet"]);
+        all.extend(["--uri", uri, "--broker-pid", pid, "--quiet"]);
         let (code, r, err) = perf(&all);
         assert_eq!(code, Some(0), "{args:?}: {err}");
         assert_eq!(r["scenario"], args[0], "{r}");
+        r
+    };
+    let run = |args: &[&str]| run_on(&uri, &pid, args);
+    // The resident-set figures need a broker that is not still giving back
+    // memory from an earlier scenario: each of those runs on a fresh one.
+    let run_fresh = |args: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Child::spawn(&dir.path().join("data"));
+        let uri = format!("amqp://guest:guest@127.0.0.1:{}/%2f", child.amqp.port());
+        let r = run_on(&uri, &child.process.id().to_string(), args);
+        assert_eq!(leftovers(&child), Vec::<String>::new(), "{args:?} removes what it declared");
+        assert!(child.terminate().success());
         r
     };
     let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} in {r}"));
@@ -101,7 +113,7 @@ fn fanout_backlog_connections_churn_and_queues_against_warren() {
     assert!(f(&r, "routed_per_s") > 0.0 && f(&r, "broker_cpu_us_per_delivery") > 0.0, "{r}");
 
     // Backlog: the broker holds all of them, then they all drain.
-    let r = run(&["backlog", "--messages", "20000", "--size", "200"]);
+    let r = run_fresh(&["backlog", "--messages", "20000", "--size", "200"]);
     assert_eq!((r["messages"].as_u64(), r["size"].as_u64()), (Some(20000), Some(200)));
     assert!(f(&r, "publish_per_s") > 0.0 && f(&r, "drain_per_s") > 0.0, "{r}");
     // 20,000 bodies of 200 B held in memory show in the resident set.
@@ -109,6 +121,8 @@ fn fanout_backlog_connections_churn_and_queues_against_warren() {
 
     // Connections: all open at once, then closed.
     let r = run(&["connections", "--connections", "300", "--parallel", "8", "--hold", "0"]);
+    assert_eq!(r["connections"], 300);
+    let r = run_fresh(&["connections", "--connections", "300", "--parallel", "8", "--hold", "0"]);
     assert_eq!(r["connections"], 300);
     assert!(f(&r, "open_per_s") > 0.0 && f(&r, "open_p50_ms") > 0.0, "{r}");
     assert!(f(&r, "rss_kib_per_conn") > 0.0, "300 connections show in the resident set: {r}");
@@ -130,7 +144,7 @@ fn fanout_backlog_connections_churn_and_queues_against_warren() {
     assert!(f(&r, "broker_cpu_us_per_conn") > 0.0, "{r}");
 
     // Queues: declared, bound and deleted.
-    let r = run(&["queues", "--queues", "3000", "--parallel", "3", "--pipeline", "50"]);
+    let r = run_fresh(&["queues", "--queues", "3000", "--parallel", "3", "--pipeline", "50"]);
     assert_eq!(r["queues"], 3000);
     assert!(f(&r, "declared_per_s") > 0.0 && f(&r, "deleted_per_s") > 0.0, "{r}");
     assert!(f(&r, "rss_bytes_per_queue") > 0.0, "3,000 queues show in the resident set: {r}");
