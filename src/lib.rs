@@ -3,7 +3,7 @@
 //!
 //! Layering (imports run one way): `server` → `mgmt` → `connection` →
 //! `broker` → `exchange` / `queue` → `message`, `protocol`, `config`, `error`.
-//! - `protocol`: the wire codec (pure).
+//! - `protocol`: the wire codec (pure); `channel_map`: per-channel state by id.
 //! - `message`: an immutable published message.
 //! - `queue`: ready list, consumers, and the sink deliveries are encoded into.
 //! - `exchange`: bindings and routing.
@@ -14,6 +14,7 @@
 //! - `server`: listeners and lifecycle.
 
 pub mod broker;
+pub mod channel_map;
 pub mod config;
 pub mod connection;
 pub mod error;

@@ -395,6 +395,7 @@ impl VHost {
             return Err(AmqpError::precondition(format!("{} in use", rs("exchange", name, &self.name))));
         }
         self.exchanges.remove(name);
+        x.mark_deleted();
         self.drop_bindings_to(&Destination::Exchange(name.to_string()));
         if x.delayed
             && let Some(q) = self.queues.get(&x.delay_queue_name()).map(|q| q.clone())
@@ -751,16 +752,19 @@ impl VHost {
         headers: Option<&FieldTable>,
         out: &mut Vec<Arc<Queue>>,
     ) {
-        let mut seen: Vec<String> = Vec::new();
+        // Exchanges visited so far (bindings between exchanges may form
+        // cycles). Nothing is allocated unless exchanges are bound to
+        // exchanges or an alternate exchange is tried.
+        let mut seen: Vec<Arc<Exchange>> = Vec::new();
         let mut start = Some(x.clone());
         while let Some(x) = start.take() {
-            self.route_graph(&x, keys, headers, &mut seen, out);
+            self.route_graph(x.clone(), keys, headers, &mut seen, out);
             if !out.is_empty() {
                 return;
             }
             let ae = x.alternate.read().clone();
             if let Some(ae) = ae
-                && !seen.contains(&ae)
+                && !seen.iter().any(|s| s.name == ae)
                 && let Some(next) = self.exchanges.get(ae.as_str()).map(|e| e.clone())
             {
                 start = Some(next);
@@ -768,50 +772,61 @@ impl VHost {
         }
     }
 
+    /// Routes through `x` and every exchange bound below it.
     fn route_graph(
         &self,
-        x: &Arc<Exchange>,
+        x: Arc<Exchange>,
         keys: &[&[u8]],
         headers: Option<&FieldTable>,
-        seen: &mut Vec<String>,
+        seen: &mut Vec<Arc<Exchange>>,
         out: &mut Vec<Arc<Queue>>,
     ) {
-        let mut work = vec![x.clone()];
-        seen.push(x.name.clone());
-        let mut dests = Vec::new();
-        while let Some(x) = work.pop() {
-            dests.clear();
-            if x.name.is_empty() {
+        let root = x.clone();
+        let mut work: Vec<Arc<Exchange>> = Vec::new();
+        let mut bound: Vec<String> = Vec::new();
+        let mut current = x;
+        loop {
+            if current.name.is_empty() {
                 for k in keys {
                     if let Some(q) = std::str::from_utf8(k).ok().and_then(|k| self.queues.get(k)) {
                         push_unique(out, q.clone());
                     }
                 }
-                continue;
-            }
-            for k in keys {
-                x.route(k, headers, &mut dests);
-            }
-            for d in dests.drain(..) {
-                match d {
-                    Destination::Queue(q) => push_unique(out, q),
-                    Destination::Exchange(name) => {
-                        if !seen.contains(&name)
-                            && let Some(next) = self.exchanges.get(&name).map(|e| e.clone())
-                        {
-                            seen.push(name);
-                            work.push(next);
-                        }
-                    }
+            } else {
+                for k in keys {
+                    current.route(k, headers, |d| match d {
+                        Destination::Queue(q) => push_unique_ref(out, q),
+                        Destination::Exchange(name) => bound.push(name.clone()),
+                    });
                 }
             }
+            for name in bound.drain(..) {
+                if name != root.name
+                    && !seen.iter().any(|s| s.name == name)
+                    && let Some(next) = self.exchanges.get(&name).map(|e| e.clone())
+                {
+                    seen.push(next.clone());
+                    work.push(next);
+                }
+            }
+            match work.pop() {
+                Some(next) => current = next,
+                None => break,
+            }
         }
+        seen.push(root);
     }
 }
 
 fn push_unique(out: &mut Vec<Arc<Queue>>, q: Arc<Queue>) {
     if !out.iter().any(|x| Arc::ptr_eq(x, &q)) {
         out.push(q);
+    }
+}
+
+fn push_unique_ref(out: &mut Vec<Arc<Queue>>, q: &Arc<Queue>) {
+    if !out.iter().any(|x| Arc::ptr_eq(x, q)) {
+        out.push(q.clone());
     }
 }
 
@@ -839,7 +854,7 @@ fn cancel_in_outbox(outbox: &Outbox, channel: u16, tag: &bytes::Bytes) {
     use crate::protocol::{AMQPClass, short};
     use amq_protocol::protocol::basic;
     outbox.with(|st| {
-        let Some(ch) = st.channels.get_mut(&channel) else {
+        let Some(ch) = st.channels.get_mut(channel) else {
             return;
         };
         if ch.consumers.remove(tag).is_none() || !st.cancel_notify || st.shutdown {

@@ -128,7 +128,7 @@ impl Channel {
         let seq = self.publish_seq;
         outbox.with(|st| {
             let crate::queue::sink::OutState { buf, channels, .. } = st;
-            match channels.get_mut(&ch) {
+            match channels.get_mut(ch) {
                 Some(d) => {
                     d.counters.publish += published;
                     d.counters.return_unroutable += returned;
@@ -155,7 +155,7 @@ impl Conn {
     fn chan(&mut self, ch: u16) -> &mut Channel {
         // The caller checked the channel is open; a missing entry would be a
         // broker bug, so fall back to a fresh one rather than panic.
-        self.channels.entry(ch).or_insert_with(Channel::new)
+        self.channels.get_or_insert_with(ch, Channel::new)
     }
 
     /// Re-reads this connection's permissions if any changed in the broker.
@@ -302,7 +302,7 @@ impl Conn {
             chm::AMQPMethod::Open(_) => Err(AmqpError::channel_error("second 'channel.open' seen")),
             chm::AMQPMethod::Close(_) => {
                 self.release_channel(ch);
-                self.channels.remove(&ch);
+                self.channels.remove(ch);
                 Ok(Some(AMQPClass::Channel(chm::AMQPMethod::CloseOk(chm::CloseOk {}))))
             }
             chm::AMQPMethod::CloseOk(_) => Ok(None),
@@ -501,7 +501,7 @@ impl Conn {
                 if q.global {
                     let limit = q.prefetch_count as u32;
                     self.outbox.with(|st| {
-                        if let Some(d) = st.channels.get_mut(&ch) {
+                        if let Some(d) = st.channels.get_mut(ch) {
                             d.global_limit = limit;
                         }
                     });
@@ -520,7 +520,7 @@ impl Conn {
                     self.drop_reply_consumer(ch);
                 }
                 let entry =
-                    self.outbox.with(|st| st.channels.get_mut(&ch).and_then(|d| d.consumers.remove(&tag)));
+                    self.outbox.with(|st| st.channels.get_mut(ch).and_then(|d| d.consumers.remove(&tag)));
                 if let Some(e) = entry
                     && e.queue.remove_consumer(self.id, ch, &tag)
                 {
@@ -543,7 +543,7 @@ impl Conn {
                     self.broker.counters.get_empty.fetch_add(1, Ordering::Relaxed);
                     self.vhost.msg.get_empty.fetch_add(1, Ordering::Relaxed);
                     self.outbox.with(|st| {
-                        if let Some(d) = st.channels.get_mut(&ch) {
+                        if let Some(d) = st.channels.get_mut(ch) {
                             d.counters.get_empty += 1;
                         }
                     });
@@ -582,7 +582,7 @@ impl Conn {
     }
 
     fn recover(&mut self, ch: u16) {
-        let all = self.outbox.with(|st| st.channels.get_mut(&ch).map(|d| d.take_all()).unwrap_or_default());
+        let all = self.outbox.with(|st| st.channels.get_mut(ch).map(|d| d.take_all()).unwrap_or_default());
         requeue_all(all);
     }
 
@@ -618,7 +618,7 @@ impl Conn {
             .store(if c.no_ack { 0 } else { self.chan(ch).consumer_prefetch as u32 }, Ordering::Relaxed);
         let reused = self
             .outbox
-            .with(|st| st.channels.get(&ch).map(|d| d.consumers.contains_key(&tag)).unwrap_or(false));
+            .with(|st| st.channels.get(ch).map(|d| d.consumers.contains_key(&tag)).unwrap_or(false));
         if reused {
             return Err(AmqpError::not_allowed(format!("attempt to reuse consumer tag '{tag_str}'")));
         }
@@ -641,7 +641,7 @@ impl Conn {
         let nowait = c.nowait;
         q.add_consumer(consumer, move || {
             outbox.with(|st| {
-                if let Some(d) = st.channels.get_mut(&ch) {
+                if let Some(d) = st.channels.get_mut(ch) {
                     d.consumers.insert(tag, entry);
                 }
                 if !nowait {
@@ -682,7 +682,7 @@ impl Conn {
 
     /// Forgets the channel's direct reply-to consumer.
     pub(super) fn drop_reply_consumer(&mut self, ch: u16) {
-        if let Some((token, _)) = self.channels.get_mut(&ch).and_then(|c| c.reply.take()) {
+        if let Some((token, _)) = self.channels.get_mut(ch).and_then(|c| c.reply.take()) {
             self.vhost.reply_to.remove(&token);
         }
     }
@@ -692,7 +692,7 @@ impl Conn {
         if self.chan(ch).tx.is_some() {
             // Validate now (RabbitMQ checks the tag at ack time), apply at commit.
             let known = self.outbox.with(|st| {
-                st.channels.get(&ch).map(|d| multiple || d.unacked.contains_key(&tag)).unwrap_or(false)
+                st.channels.get(ch).map(|d| multiple || d.unacked.contains_key(&tag)).unwrap_or(false)
             });
             if !known {
                 return Err(AmqpError::precondition(format!("unknown delivery tag {tag}")));
@@ -707,7 +707,7 @@ impl Conn {
 
     fn apply_settle(&mut self, ch: u16, tag: u64, multiple: bool, kind: Settle) -> AmqpResult<()> {
         let taken = self.outbox.with(|st| {
-            let d = st.channels.get_mut(&ch)?;
+            let d = st.channels.get_mut(ch)?;
             let taken = d.settle(tag, multiple)?;
             if kind == Settle::Ack {
                 d.counters.ack += taken.len() as u64;
@@ -731,7 +731,7 @@ impl Conn {
         }
         // Credit freed on the channel may unblock other queues' consumers.
         if multiple
-            || self.outbox.with(|st| st.channels.get(&ch).map(|d| d.global_limit != 0).unwrap_or(false))
+            || self.outbox.with(|st| st.channels.get(ch).map(|d| d.global_limit != 0).unwrap_or(false))
         {
             for q in self.outbox.consumer_queues() {
                 q.dispatch();
@@ -883,7 +883,7 @@ impl Conn {
         let err = |e: AmqpError| e.on(CLASS_BASIC, BASIC_PUBLISH);
         self.authorize_publish(&p.exchange).map_err(err)?;
         let x_name = std::str::from_utf8(&p.exchange).unwrap_or("");
-        let x = self.vhost.exchange(x_name).map_err(err)?;
+        let x = self.route_cache.exchange(&self.vhost, &p.exchange).map_err(err)?;
         if x.kind == Kind::Topic {
             self.broker
                 .access
@@ -975,7 +975,7 @@ impl Conn {
 
     fn route_and_enqueue(&mut self, ch: u16, p: &fast::Publish, msg: Arc<Message>) -> AmqpResult<()> {
         let x_name = std::str::from_utf8(&p.exchange).unwrap_or("");
-        let x = self.vhost.exchange(x_name)?;
+        let x = self.route_cache.exchange(&self.vhost, &p.exchange)?;
         let headers = msg.headers();
         let mut extra = Vec::new();
         if let Some(h) = &headers {
@@ -1013,7 +1013,26 @@ impl Conn {
             && p.routing_key.starts_with(REPLY_TO_PREFIX.as_bytes())
             && self.reply_direct(&msg);
         if !direct && delay.is_none() {
-            self.vhost.route(&x, &keys, headers.as_ref(), &mut routed);
+            // The default exchange routes to the queue its key names: the
+            // last one reached is remembered (a found queue ends routing, so
+            // no alternate exchange is consulted either way).
+            let remembered = if x_name.is_empty() && extra.is_empty() {
+                self.route_cache.default_route(&p.routing_key)
+            } else {
+                None
+            };
+            match remembered {
+                Some(q) => routed.push(q),
+                None => {
+                    self.vhost.route(&x, &keys, headers.as_ref(), &mut routed);
+                    if x_name.is_empty()
+                        && let [q] = &routed[..]
+                        && q.name.as_bytes() == &p.routing_key[..]
+                    {
+                        self.route_cache.remember_default_route(q);
+                    }
+                }
+            }
         }
         x.publish_in.fetch_add(1, Ordering::Relaxed);
         if !routed.is_empty() || direct {
@@ -1044,7 +1063,7 @@ impl Conn {
         };
         let waiter: Option<Arc<dyn Durable>> = if confirm && msg.persistent() && !routed.is_empty() {
             self.outbox.with(|st| {
-                if let Some(d) = st.channels.get_mut(&ch) {
+                if let Some(d) = st.channels.get_mut(ch) {
                     d.confirms.waiting.push_back(seq);
                 }
             });
@@ -1059,7 +1078,7 @@ impl Conn {
         }
         if rejected && confirm {
             self.outbox.with(|st| {
-                if let Some(d) = st.channels.get_mut(&ch) {
+                if let Some(d) = st.channels.get_mut(ch) {
                     d.confirms.failed.insert(seq);
                 }
             });

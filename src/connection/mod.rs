@@ -5,9 +5,11 @@
 
 mod channel;
 mod handshake;
+mod route_cache;
 mod writer;
 
 use crate::broker::Broker;
+use crate::channel_map::ChannelMap;
 use crate::broker::registry::ConnectionInfo;
 use crate::broker::vhost::VHost;
 use crate::error::{AmqpError, Scope, code};
@@ -18,7 +20,6 @@ use crate::queue::sink::{ChannelDeliveries, Outbox, Unacked};
 use amq_protocol::protocol::{channel as chm, connection as conm};
 use bytes::BytesMut;
 use channel::Channel;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -47,7 +48,9 @@ pub struct Conn {
     pub client_properties: FieldTable,
     /// Exclusive queues this connection declared (deleted when it closes).
     pub exclusive_queues: Vec<Arc<Queue>>,
-    channels: HashMap<u16, Channel>,
+    channels: ChannelMap<Channel>,
+    /// The last exchange published to and default-exchange queue reached.
+    route_cache: route_cache::RouteCache,
     /// Connection-level close sent; waiting for close-ok.
     closing: bool,
     /// This user's permissions in the vhost, as of `access_generation`.
@@ -206,7 +209,8 @@ async fn run<S: Transport>(
         channel_max: neg.channel_max,
         client_properties: neg.client_properties,
         exclusive_queues: Vec::new(),
-        channels: HashMap::new(),
+        channels: ChannelMap::new(),
+        route_cache: Default::default(),
         closing: false,
         access: AccessCache { generation: u64::MAX, ..Default::default() },
         info,
@@ -385,7 +389,7 @@ impl Conn {
     }
 
     fn channel_frame(&mut self, ch: u16, f: Frame) -> Result<Flow, AmqpError> {
-        if let Some(chan) = self.channels.get_mut(&ch) {
+        if let Some(chan) = self.channels.get_mut(ch) {
             if chan.closing {
                 // Waiting for channel.close-ok: everything else is dropped.
                 if f.kind == FRAME_METHOD
@@ -393,10 +397,10 @@ impl Conn {
                 {
                     match m {
                         chm::AMQPMethod::CloseOk(_) => {
-                            self.channels.remove(&ch);
+                            self.channels.remove(ch);
                         }
                         chm::AMQPMethod::Close(_) => {
-                            self.channels.remove(&ch);
+                            self.channels.remove(ch);
                             self.send_method(
                                 ch,
                                 &AMQPClass::Channel(chm::AMQPMethod::CloseOk(chm::CloseOk {})),
@@ -457,7 +461,7 @@ impl Conn {
     fn close_channel_with(&mut self, ch: u16, e: AmqpError) {
         tracing::debug!(conn = self.id, channel = ch, error = %e, "channel error");
         self.release_channel(ch);
-        if let Some(c) = self.channels.get_mut(&ch) {
+        if let Some(c) = self.channels.get_mut(ch) {
             c.closing = true;
         }
         let m = AMQPClass::Channel(chm::AMQPMethod::Close(chm::Close {
@@ -493,9 +497,9 @@ impl Conn {
     /// Cancels the channel's consumers and requeues its unacked deliveries.
     fn release_channel(&mut self, ch: u16) {
         self.drop_reply_consumer(ch);
-        let taken = self.outbox.with(|st| st.channels.remove(&ch));
+        let taken = self.outbox.with(|st| st.channels.remove(ch));
         self.info_dirty = true;
-        if let Some(c) = self.channels.get_mut(&ch) {
+        if let Some(c) = self.channels.get_mut(ch) {
             c.discard_pending();
         }
         let Some(mut deliveries) = taken else { return };
@@ -511,7 +515,7 @@ impl Conn {
     }
 
     fn release_all_channels(&mut self) {
-        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        let ids: Vec<u16> = self.channels.ids().collect();
         for ch in ids {
             self.release_channel(ch);
         }
@@ -553,7 +557,7 @@ impl Conn {
                 .filter_map(|(ch, d)| {
                     let u = d.unacked.values().next()?;
                     let t = u.queue.consumer_timeout().unwrap_or(default);
-                    (t > 0 && u.at + t <= now).then_some((*ch, t))
+                    (t > 0 && u.at + t <= now).then_some((ch, t))
                 })
                 .collect()
         });
@@ -629,22 +633,22 @@ impl Conn {
     fn end_of_batch(&mut self) {
         if self.info_dirty {
             self.info_dirty = false;
-            let globals: HashMap<u16, u32> =
-                self.outbox.with(|st| st.channels.iter().map(|(ch, d)| (*ch, d.global_limit)).collect());
             let mut map = std::collections::BTreeMap::new();
-            for (ch, c) in &self.channels {
-                if let Some(g) = globals.get(ch) {
-                    let mut i = c.info();
-                    i.global_prefetch_count = *g;
-                    map.insert(*ch, i);
+            self.outbox.with(|st| {
+                for (ch, c) in self.channels.iter() {
+                    if let Some(d) = st.channels.get(ch) {
+                        let mut i = c.info();
+                        i.global_prefetch_count = d.global_limit;
+                        map.insert(ch, i);
+                    }
                 }
-            }
+            });
             *self.info.channels.lock() = map;
         }
         let outbox = &self.outbox;
         let mut n = 0;
         for (id, c) in self.channels.iter_mut() {
-            n += c.flush_confirms(*id, outbox);
+            n += c.flush_confirms(id, outbox);
         }
         if n > 0 {
             self.outbox.count_confirms(n);

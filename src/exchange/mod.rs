@@ -122,6 +122,9 @@ pub struct Exchange {
     /// Sampled `publish_in`/`publish_out` rates (management).
     pub rates: crate::broker::rates::ExchangeRates,
     bindings: RwLock<Bindings>,
+    /// Set when the exchange is deleted, for connections that remembered it
+    /// (their route cache) and must look the name up again.
+    deleted: std::sync::atomic::AtomicBool,
 }
 
 impl Exchange {
@@ -151,7 +154,16 @@ impl Exchange {
             publish_out: Default::default(),
             rates: Default::default(),
             bindings: RwLock::default(),
+            deleted: Default::default(),
         }
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn mark_deleted(&self) {
+        self.deleted.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// The declared type (`x-delayed-message` for a delayed exchange).
@@ -209,7 +221,10 @@ impl Exchange {
     }
 
     /// Appends the destinations matching a message to `out`.
-    pub fn route(&self, routing_key: &[u8], headers: Option<&FieldTable>, out: &mut Vec<Destination>) {
+    /// Calls `visit` with every destination a message with `routing_key`
+    /// and `headers` reaches (under the bindings' read lock: `visit` must
+    /// not take other locks). No allocation: routing runs once per publish.
+    pub fn route(&self, routing_key: &[u8], headers: Option<&FieldTable>, mut visit: impl FnMut(&Destination)) {
         let b = self.bindings.read();
         match self.kind {
             Kind::Direct => {
@@ -217,10 +232,10 @@ impl Exchange {
                     return;
                 };
                 if let Some(k) = b.by_key.get(key) {
-                    out.extend(k.list.iter().map(|x| x.destination.clone()));
+                    k.list.iter().for_each(|x| visit(&x.destination));
                 }
             }
-            Kind::Fanout => out.extend(b.all().map(|x| x.destination.clone())),
+            Kind::Fanout => b.all().for_each(|x| visit(&x.destination)),
             Kind::Topic | Kind::Headers => {
                 for x in b.all() {
                     let hit = match &x.matcher {
@@ -230,7 +245,7 @@ impl Exchange {
                         Matcher::All => true,
                     };
                     if hit {
-                        out.push(x.destination.clone());
+                        visit(&x.destination);
                     }
                 }
             }
@@ -252,7 +267,7 @@ mod tests {
 
     fn routed(x: &Exchange, key: &str) -> Vec<String> {
         let mut out = Vec::new();
-        x.route(key.as_bytes(), None, &mut out);
+        x.route(key.as_bytes(), None, |d| out.push(d.clone()));
         let mut names: Vec<String> = out
             .into_iter()
             .map(|d| match d {

@@ -274,7 +274,7 @@ fn channel_stats(d: Option<&ChannelDeliveries>) -> ChannelStats {
 fn channels_of(b: &Broker, c: &ConnectionInfo) -> Vec<Value> {
     let infos = c.channels.lock().clone();
     let mut stats: HashMap<u16, ChannelStats> =
-        c.outbox.with(|st| infos.keys().map(|ch| (*ch, channel_stats(st.channels.get(ch)))).collect());
+        c.outbox.with(|st| infos.keys().map(|ch| (*ch, channel_stats(st.channels.get(*ch)))).collect());
     infos
         .iter()
         .map(|(ch, i)| {

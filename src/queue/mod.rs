@@ -16,7 +16,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use ready::{QueuedMessage, ReadyList};
 use sink::{ConsumerCredit, Outbox, Refused};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 /// A consumer as the queue sees it.
@@ -146,6 +146,9 @@ pub struct Queue {
     /// by that exchange instead of being dead-lettered.
     pub delay_for: Option<String>,
     timer: Option<Arc<dyn Timer>>,
+    /// `state.deleted`, readable without the lock: connections check it
+    /// before they use a queue they remembered (their route cache).
+    gone: AtomicBool,
     state: Mutex<QueueState>,
 }
 
@@ -203,6 +206,7 @@ impl Queue {
             persisted,
             delay_for,
             timer,
+            gone: AtomicBool::new(false),
             state: Mutex::new(QueueState {
                 ready,
                 consumers: Vec::new(),
@@ -836,7 +840,7 @@ impl Queue {
     }
 
     pub fn is_deleted(&self) -> bool {
-        self.state.lock().deleted
+        self.gone.load(Ordering::Acquire)
     }
 
     /// Marks the queue deleted; returns its consumers (to be told) and the
@@ -844,6 +848,7 @@ impl Queue {
     pub fn mark_deleted(&self) -> (Vec<Consumer>, u32) {
         let mut st = self.state.lock();
         st.deleted = true;
+        self.gone.store(true, Ordering::Release);
         let gone = self.drain_ready(&mut st);
         st.dead.clear();
         (std::mem::take(&mut st.consumers), gone.len() as u32)

@@ -8,6 +8,7 @@
 
 use super::Queue;
 use super::ready::QueuedMessage;
+use crate::channel_map::ChannelMap;
 use crate::protocol::fast;
 use crate::protocol::frame;
 use crate::store::Durable;
@@ -126,7 +127,7 @@ impl Durable for ConfirmWaiter {
         let ok = self.ok.load(Ordering::Acquire);
         let (ch, seq) = (self.channel, self.seq);
         self.outbox.with(|st| {
-            if let Some(d) = st.channels.get_mut(&ch) {
+            if let Some(d) = st.channels.get_mut(ch) {
                 d.confirms.complete(seq, ok);
             }
         });
@@ -141,7 +142,7 @@ impl Durable for ConfirmWaiter {
         let ch = self.channel;
         self.outbox.with(|st| {
             let OutState { buf, channels, .. } = st;
-            if let Some(d) = channels.get_mut(&ch) {
+            if let Some(d) = channels.get_mut(ch) {
                 let n = d.confirms.flush(ch, buf);
                 d.counters.confirm += n;
                 self.outbox.count_confirms(n);
@@ -173,7 +174,7 @@ pub struct OutState {
     /// Flush what is buffered, then close the socket.
     pub shutdown: bool,
     pub frame_max: u32,
-    pub channels: HashMap<u16, ChannelDeliveries>,
+    pub channels: ChannelMap<ChannelDeliveries>,
     /// A queue skipped this connection because `buf` was over the high water
     /// mark; the writer re-dispatches the consumers' queues once it drains.
     pub starved: bool,
@@ -214,7 +215,7 @@ impl Outbox {
                 closed: false,
                 shutdown: false,
                 frame_max: frame::FRAME_MIN_SIZE,
-                channels: HashMap::new(),
+                channels: ChannelMap::new(),
                 starved: false,
                 cancel_notify: false,
             }),
@@ -333,7 +334,7 @@ impl Outbox {
         }
         let was_empty = st.buf.is_empty();
         let OutState { buf, channels, frame_max, .. } = &mut *st;
-        let Some(ch) = channels.get_mut(&channel) else {
+        let Some(ch) = channels.get_mut(channel) else {
             return Err(Refused::Gone);
         };
         if !no_ack {
@@ -384,7 +385,7 @@ impl Outbox {
     pub fn deliver_direct(&self, channel: u16, consumer_tag: &[u8], msg: &crate::message::Message) -> bool {
         self.with(|st| {
             let OutState { buf, channels, frame_max, closed, .. } = st;
-            let ch = match channels.get_mut(&channel) {
+            let ch = match channels.get_mut(channel) {
                 Some(ch) if !*closed => ch,
                 _ => return false,
             };
@@ -416,7 +417,7 @@ impl Outbox {
     ) -> Result<(), QueuedMessage> {
         self.with(|st| {
             let OutState { buf, channels, frame_max, closed, .. } = st;
-            let ch = match channels.get_mut(&channel) {
+            let ch = match channels.get_mut(channel) {
                 Some(ch) if !*closed => ch,
                 _ => return Err(qm),
             };

@@ -310,3 +310,52 @@ async fn publish_to_missing_exchange_is_404() {
         (404, "NOT_FOUND - no exchange 'ghost' in vhost '/'", 60, 40)
     );
 }
+
+/// One channel publishes on while the exchange and the queue it reaches are
+/// deleted and declared again: each publish goes where the definitions of
+/// that moment say (the connection remembers its last exchange and
+/// default-exchange queue, and must not use a deleted one).
+#[tokio::test]
+async fn publishes_follow_deletes_and_redeclares_on_one_channel() {
+    let s = start().await;
+    let mut r = Raw::open(s.addr()).await;
+    let mut admin = Raw::open(s.addr()).await;
+    r.declare(1, "rc.a").await;
+    r.declare(1, "rc.b").await;
+    // Default exchange: a queue deleted and declared again by another
+    // connection gets the later publishes; in between they are unroutable.
+    r.publish(1, "", "rc.a", false, &[], b"1").await;
+    admin.call(1, m::qdelete("rc.a", false, false)).await;
+    r.publish(1, "", "rc.a", true, &[], b"2").await;
+    let returned = r.next_message().await;
+    assert!(
+        matches!(returned.method, AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Return(_))),
+        "{:?}",
+        returned.method
+    );
+    assert_eq!(returned.body, b"2");
+    admin.declare(1, "rc.a").await;
+    r.publish(1, "", "rc.a", false, &[], b"3").await;
+    assert_eq!(drain(&mut r, 1, "rc.a").await, vec!["3"]);
+
+    // A named exchange deleted and declared again with another type and
+    // other bindings routes by the new one.
+    assert!(declare_ok(&r.call(1, m::x("rc.x", "direct")).await));
+    r.call(1, m::qbind("rc.a", "rc.x", "k", FieldTable::default())).await;
+    r.publish(1, "rc.x", "k", false, &[], b"4").await;
+    admin.call(1, m::xdelete("rc.x", false)).await;
+    assert!(declare_ok(&admin.call(1, m::x("rc.x", "fanout")).await));
+    admin.call(1, m::qbind("rc.b", "rc.x", "", FieldTable::default())).await;
+    r.publish(1, "rc.x", "k", false, &[], b"5").await;
+    assert_eq!(drain(&mut r, 1, "rc.a").await, vec!["4"]);
+    assert_eq!(drain(&mut r, 1, "rc.b").await, vec!["5"]);
+
+    // Deleted and not declared again: 404 on the channel.
+    admin.call(1, m::xdelete("rc.x", false)).await;
+    r.publish(1, "rc.x", "k", false, &[], b"6").await;
+    let (code, text, class, method) = r.expect_channel_close(1).await;
+    assert_eq!(
+        (code, text.as_str(), class, method),
+        (404, "NOT_FOUND - no exchange 'rc.x' in vhost '/'", 60, 40)
+    );
+}
