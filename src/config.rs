@@ -22,6 +22,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub identity: IdentityConfig,
     pub consumers: ConsumersConfig,
+    pub runtime: RuntimeConfig,
     pub lifecycle: LifecycleConfig,
     pub log: LogConfig,
 }
@@ -92,6 +93,24 @@ pub struct AlarmsConfig {
     /// Free bytes on the data directory's file system.
     pub disk_free_limit: u64,
     pub check_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Connection-serving threads; 0 = half the usable CPUs, at least one.
+    pub worker_threads: usize,
+}
+
+impl RuntimeConfig {
+    /// The number of worker threads to start.
+    pub fn workers(&self) -> usize {
+        if self.worker_threads > 0 {
+            return self.worker_threads;
+        }
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        (cpus / 2).max(1)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -255,6 +274,9 @@ impl Config {
         if !(0.0..=1.0).contains(&w) {
             return bad("alarms.memory_high_watermark", "must be a fraction between 0 and 1");
         }
+        if self.runtime.worker_threads > 1024 {
+            return bad("runtime.worker_threads", "must be between 0 (automatic) and 1024");
+        }
         if !(10..=3_600_000).contains(&self.alarms.check_interval_ms) {
             return bad("alarms.check_interval_ms", "must be between 10 and 3600000");
         }
@@ -348,6 +370,15 @@ fn parse_env_value(current: &toml::Value, raw: &str) -> Option<toml::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn automatic_workers_are_half_the_cpus_and_at_least_one() {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let auto = RuntimeConfig { worker_threads: 0 };
+        assert_eq!(auto.workers(), (cpus / 2).max(1));
+        assert_eq!(RuntimeConfig { worker_threads: 6 }.workers(), 6);
+        assert_eq!(Config::default().runtime.worker_threads, 0);
+    }
 
     #[test]
     fn embedded_default_parses_and_validates() {

@@ -281,7 +281,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let workers = cfg.runtime.workers();
+    tracing::debug!(workers, "starting the runtime");
+    // The runtime starts its workers first, when it is built; threads made
+    // later run blocking work. Distinct names show them apart in `top -H`.
+    let named = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name_fn(move || {
+            let n = named.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n < workers { "warren-worker" } else { "warren-blocking" }.to_string()
+        })
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("warren: cannot start the runtime: {e}");

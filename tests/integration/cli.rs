@@ -90,6 +90,7 @@ fn invalid_configuration_names_the_key_and_exits_non_zero() {
         ("amqp.listen_plain=false", "amqp.listen_plain"),
         ("alarms.memory_high_watermark=2", "alarms.memory_high_watermark"),
         ("log.output=syslog", "log.output"),
+        ("runtime.worker_threads=5000", "runtime.worker_threads"),
     ] {
         let out = warren().args(["--print-config", "--set", set]).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{set}");
@@ -110,6 +111,27 @@ fn binary_serves_and_exits_zero_on_sigterm() {
     // SIGTERM: graceful shutdown, exit status 0.
     let status = child.terminate();
     assert!(status.success(), "{status:?}");
+}
+
+/// `runtime.worker_threads` sets how many threads serve connections.
+#[test]
+fn the_worker_thread_setting_is_applied() {
+    let workers = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "warren-worker")
+            })
+            .count()
+    };
+    for n in [1usize, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let set = format!("runtime.worker_threads={n}");
+        let child = common::Child::spawn_with(&dir.path().join("data"), &["--set", &set]);
+        assert_eq!(workers(child.process.id()), n, "{set}");
+        assert!(child.terminate().success());
+    }
 }
 
 #[test]
