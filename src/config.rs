@@ -98,7 +98,7 @@ pub struct AlarmsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// Connection-serving threads; 0 = half the usable CPUs, at least one.
+    /// Connection-serving threads; 0 = one per usable CPU.
     pub worker_threads: usize,
 }
 
@@ -108,8 +108,7 @@ impl RuntimeConfig {
         if self.worker_threads > 0 {
             return self.worker_threads;
         }
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        (cpus / 2).max(1)
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     }
 }
 
@@ -372,10 +371,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn automatic_workers_are_half_the_cpus_and_at_least_one() {
+    fn automatic_workers_are_one_per_cpu() {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let auto = RuntimeConfig { worker_threads: 0 };
-        assert_eq!(auto.workers(), (cpus / 2).max(1));
+        assert_eq!(auto.workers(), cpus);
         assert_eq!(RuntimeConfig { worker_threads: 6 }.workers(), 6);
         assert_eq!(Config::default().runtime.worker_threads, 0);
     }
