@@ -789,13 +789,13 @@ impl VHost {
             if current.name.is_empty() {
                 for k in keys {
                     if let Some(q) = std::str::from_utf8(k).ok().and_then(|k| self.queues.get(k)) {
-                        push_unique(out, q.clone());
+                        push_unique(out, &q);
                     }
                 }
             } else {
                 for k in keys {
                     current.route(k, headers, |d| match d {
-                        Destination::Queue(q) => push_unique_ref(out, q),
+                        Destination::Queue(q) => push_unique(out, q),
                         Destination::Exchange(name) => bound.push(name.clone()),
                     });
                 }
@@ -818,13 +818,7 @@ impl VHost {
     }
 }
 
-fn push_unique(out: &mut Vec<Arc<Queue>>, q: Arc<Queue>) {
-    if !out.iter().any(|x| Arc::ptr_eq(x, &q)) {
-        out.push(q);
-    }
-}
-
-fn push_unique_ref(out: &mut Vec<Arc<Queue>>, q: &Arc<Queue>) {
+fn push_unique(out: &mut Vec<Arc<Queue>>, q: &Arc<Queue>) {
     if !out.iter().any(|x| Arc::ptr_eq(x, q)) {
         out.push(q.clone());
     }

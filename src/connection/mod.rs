@@ -9,9 +9,9 @@ mod route_cache;
 mod writer;
 
 use crate::broker::Broker;
-use crate::channel_map::ChannelMap;
 use crate::broker::registry::ConnectionInfo;
 use crate::broker::vhost::VHost;
+use crate::channel_map::ChannelMap;
 use crate::error::{AmqpError, Scope, code};
 use crate::protocol::frame::{self, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, Frame};
 use crate::protocol::{AMQPClass, FieldTable, decode_method, short};

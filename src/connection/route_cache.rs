@@ -38,10 +38,7 @@ impl RouteCache {
     /// The queue a default-exchange publish with `routing_key` reaches, if
     /// it is the one remembered.
     pub fn default_route(&self, routing_key: &[u8]) -> Option<Arc<Queue>> {
-        self.default_route
-            .as_ref()
-            .filter(|q| q.name.as_bytes() == routing_key && !q.is_deleted())
-            .cloned()
+        self.default_route.as_ref().filter(|q| q.name.as_bytes() == routing_key && !q.is_deleted()).cloned()
     }
 
     /// Remembers where a default-exchange publish went.
@@ -67,12 +64,16 @@ mod tests {
         let vhost = broker.vhost("/").expect("default vhost");
         let mut cache = RouteCache::default();
 
-        vhost.declare_exchange("x", "direct", false, false, false, false, FieldTable::default()).expect("declare");
+        vhost
+            .declare_exchange("x", "direct", false, false, false, false, FieldTable::default())
+            .expect("declare");
         let first = cache.exchange(&vhost, b"x").expect("x");
         assert!(std::sync::Arc::ptr_eq(&first, &cache.exchange(&vhost, b"x").expect("x")));
         vhost.delete_exchange("x", false).expect("delete");
         assert_eq!(cache.exchange(&vhost, b"x").err().map(|e| e.code), Some(404));
-        vhost.declare_exchange("x", "fanout", false, false, false, false, FieldTable::default()).expect("again");
+        vhost
+            .declare_exchange("x", "fanout", false, false, false, false, FieldTable::default())
+            .expect("again");
         let second = cache.exchange(&vhost, b"x").expect("x again");
         assert!(!std::sync::Arc::ptr_eq(&first, &second));
         assert_eq!(second.kind, crate::exchange::Kind::Fanout);

@@ -224,7 +224,12 @@ impl Exchange {
     /// Calls `visit` with every destination a message with `routing_key`
     /// and `headers` reaches (under the bindings' read lock: `visit` must
     /// not take other locks). No allocation: routing runs once per publish.
-    pub fn route(&self, routing_key: &[u8], headers: Option<&FieldTable>, mut visit: impl FnMut(&Destination)) {
+    pub fn route(
+        &self,
+        routing_key: &[u8],
+        headers: Option<&FieldTable>,
+        mut visit: impl FnMut(&Destination),
+    ) {
         let b = self.bindings.read();
         match self.kind {
             Kind::Direct => {

@@ -451,8 +451,13 @@ mod tests {
         let scanned = crate::protocol::properties::scan(&props).expect("properties");
         let mut witnesses = Vec::new();
         for i in 0..40u32 {
-            let body: Vec<u8> = (0..900u32).map(|j| ((i * 7 + j) % 251) as u8).chain(i.to_be_bytes()).collect();
-            let w = Arc::new(Witness { dir: dir.path().to_path_buf(), body: body.clone(), released: Mutex::new(None) });
+            let body: Vec<u8> =
+                (0..900u32).map(|j| ((i * 7 + j) % 251) as u8).chain(i.to_be_bytes()).collect();
+            let w = Arc::new(Witness {
+                dir: dir.path().to_path_buf(),
+                body: body.clone(),
+                released: Mutex::new(None),
+            });
             let msg = Arc::new(Message::new(
                 Bytes::new(),
                 Bytes::from_static(b"q"),
@@ -471,7 +476,11 @@ mod tests {
             .count();
         assert!(segments >= 8, "the records span many segments ({segments})");
         for (i, w) in witnesses.iter().enumerate() {
-            assert_eq!(*w.released.lock(), Some((true, true)), "record {i}: (confirmed, on disk when released)");
+            assert_eq!(
+                *w.released.lock(),
+                Some((true, true)),
+                "record {i}: (confirmed, on disk when released)"
+            );
         }
         store.close();
     }
