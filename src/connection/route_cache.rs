@@ -25,7 +25,7 @@ impl RouteCache {
     /// The exchange named `name` (404 if there is none).
     pub fn exchange(&mut self, vhost: &VHost, name: &[u8]) -> AmqpResult<Arc<Exchange>> {
         if let Some(x) = &self.exchange
-            && x.name.as_bytes() == name
+            && same_bytes(x.name.as_bytes(), name)
             && !x.is_deleted()
         {
             return Ok(x.clone());
@@ -38,13 +38,25 @@ impl RouteCache {
     /// The queue a default-exchange publish with `routing_key` reaches, if
     /// it is the one remembered.
     pub fn default_route(&self, routing_key: &[u8]) -> Option<Arc<Queue>> {
-        self.default_route.as_ref().filter(|q| q.name.as_bytes() == routing_key && !q.is_deleted()).cloned()
+        self.default_route
+            .as_ref()
+            .filter(|q| same_bytes(q.name.as_bytes(), routing_key) && !q.is_deleted())
+            .cloned()
     }
 
     /// Remembers where a default-exchange publish went.
     pub fn remember_default_route(&mut self, queue: &Arc<Queue>) {
         self.default_route = Some(queue.clone());
     }
+}
+
+/// `a == b`, without calling `memcmp` for empty names. The default
+/// exchange's name is an empty `String`, whose pointer is dangling; glibc's
+/// AVX-512 `memcmp` still issues a masked load from it, and the fault
+/// suppression costs a microcode assist: this one comparison was 6% of the
+/// broker's samples in amqp-bench's transient scenario.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && (a.is_empty() || a == b)
 }
 
 #[cfg(test)]
