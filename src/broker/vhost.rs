@@ -242,26 +242,17 @@ impl VHost {
         internal: bool,
         arguments: FieldTable,
     ) -> AmqpResult<()> {
+        if passive {
+            if name.is_empty() {
+                return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            }
+            return self.exchange(name).map(|_| ());
+        }
+        // RabbitMQ (3.13.3 and later) checks the type first, with a 406.
+        let (kind_v, delayed) = exchange_kind(kind, &arguments)?;
         if name.is_empty() {
             return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
-        if passive {
-            return self.exchange(name).map(|_| ());
-        }
-        let delayed = kind == DELAYED_TYPE;
-        let routing_kind = if delayed {
-            arguments.inner().get("x-delayed-type").and_then(args::as_str).unwrap_or_default()
-        } else {
-            kind.to_string()
-        };
-        let Some(kind_v) = Kind::parse(&routing_kind) else {
-            if delayed {
-                return Err(AmqpError::precondition(
-                    "Invalid argument, 'x-delayed-type' must be an existing exchange type",
-                ));
-            }
-            return Err(AmqpError::command_invalid(format!("unknown exchange type '{kind}'")));
-        };
         if let Some(x) = self.exchanges.get(name) {
             let ineq = |what: &str, received: &str, current: &str| {
                 Err(AmqpError::precondition(format!(
@@ -860,4 +851,23 @@ fn cancel_in_outbox(outbox: &Outbox, channel: u16, tag: &bytes::Bytes) {
         }));
         crate::protocol::frame::encode_method(&mut st.buf, channel, &m);
     });
+}
+
+/// The routing kind an `exchange.declare` asks for, and whether it is the
+/// delayed-message type. An unknown type is a channel error 406, as in
+/// RabbitMQ 3.13.3 and later (before, it closed the connection with 503).
+pub fn exchange_kind(kind: &str, arguments: &FieldTable) -> AmqpResult<(Kind, bool)> {
+    let delayed = kind == DELAYED_TYPE;
+    let routing_kind = if delayed {
+        arguments.inner().get("x-delayed-type").and_then(args::as_str).unwrap_or_default()
+    } else {
+        kind.to_string()
+    };
+    match Kind::parse(&routing_kind) {
+        Some(k) => Ok((k, delayed)),
+        None if delayed => Err(AmqpError::precondition(
+            "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+        )),
+        None => Err(AmqpError::precondition(format!("unknown exchange type '{kind}'"))),
+    }
 }

@@ -322,6 +322,10 @@ impl Conn {
         match m {
             exchange::AMQPMethod::Declare(d) => {
                 let name = d.exchange.as_str();
+                if !d.passive {
+                    // The type is checked before the name and permissions.
+                    crate::broker::vhost::exchange_kind(d.kind.as_str(), &d.arguments)?;
+                }
                 if !d.passive && !name.is_empty() {
                     self.authorize("exchange", name, Access::Configure)?;
                     if !v.exchanges.contains_key(name)

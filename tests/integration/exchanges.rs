@@ -98,13 +98,21 @@ async fn declare_passive_equivalence_and_unknown_type() {
         "PRECONDITION_FAILED - inequivalent arg 'durable' for exchange 'e1' in vhost '/': received 'false' but current is 'true'"
     );
 
+    // An unknown type is a channel error 406 since RabbitMQ 3.13.3 (pika's
+    // own suite expects it), checked before the name: the default exchange
+    // with a bad type gets the same answer.
+    for name in ["e2", ""] {
+        r.open_channel(1).await;
+        r.method(1, m::x(name, "no-such-type")).await;
+        let (code, text, class, method) = r.expect_channel_close(1).await;
+        assert_eq!(
+            (code, text.as_str(), class, method),
+            (406, "PRECONDITION_FAILED - unknown exchange type 'no-such-type'", 40, 10)
+        );
+    }
+    // The connection stays open.
     r.open_channel(1).await;
-    r.method(1, m::x("e2", "no-such-type")).await;
-    let (code, text, class, method) = r.expect_connection_close().await;
-    assert_eq!(
-        (code, text.as_str(), class, method),
-        (503, "COMMAND_INVALID - unknown exchange type 'no-such-type'", 40, 10)
-    );
+    r.call(1, m::x("e3", "topic")).await;
 }
 
 #[tokio::test]
