@@ -480,8 +480,25 @@ impl VHost {
     /// Deletes a queue; returns the ready messages dropped. Consumers are
     /// told with `basic.cancel` where their client asked for it.
     pub fn delete_queue(&self, name: &str, if_unused: bool, if_empty: bool, conn_id: u64) -> AmqpResult<u32> {
+        self.delete_queue_from(name, if_unused, if_empty, conn_id, None).map(|(n, _)| n)
+    }
+
+    /// `delete_queue` for a `queue.delete` on channel `from`: the consumers
+    /// on that very channel are not told yet but returned, so that the
+    /// channel can send `queue.delete-ok` first and their `basic.cancel`
+    /// after it, in RabbitMQ's order (its channel answers the delete, and
+    /// learns of the queue's end only afterwards). py-amqp raises
+    /// `ConsumerCancelled` out of `queue_delete()` if the cancel comes first.
+    pub fn delete_queue_from(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn_id: u64,
+        from: Option<(&Arc<Outbox>, u16)>,
+    ) -> AmqpResult<(u32, Vec<Consumer>)> {
         let Some(q) = self.queues.get(name).map(|q| q.clone()) else {
-            return Ok(0);
+            return Ok((0, Vec::new()));
         };
         self.check_exclusive(&q, conn_id)?;
         if if_unused && q.consumer_count() > 0 {
@@ -490,11 +507,18 @@ impl VHost {
         if if_empty && q.message_count() > 0 {
             return Err(AmqpError::precondition(format!("{} not empty", q.resource())));
         }
-        Ok(self.remove_queue(&q))
+        let held = |c: &Consumer| from.is_some_and(|(o, ch)| Arc::ptr_eq(&c.outbox, o) && c.channel == ch);
+        Ok(self.remove_queue_holding(&q, held))
     }
 
     /// Unconditional removal (also used for exclusive and auto-delete queues).
     pub fn remove_queue(&self, q: &Arc<Queue>) -> u32 {
+        self.remove_queue_holding(q, |_| false).0
+    }
+
+    /// Removes `q`; consumers for which `held` is true are returned instead
+    /// of being sent `basic.cancel` (the caller sends it with `notify_cancel`).
+    fn remove_queue_holding(&self, q: &Arc<Queue>, held: impl Fn(&Consumer) -> bool) -> (u32, Vec<Consumer>) {
         if self.queues.remove_if(&q.name, |_, v| Arc::ptr_eq(v, q)).is_some() {
             self.churn[2].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -510,10 +534,15 @@ impl VHost {
         }
         self.drop_bindings_to(&Destination::Queue(q.clone()));
         let (consumers, n) = q.mark_deleted();
+        let mut kept = Vec::new();
         for c in consumers {
-            notify_cancel(&c);
+            if held(&c) {
+                kept.push(c);
+            } else {
+                notify_cancel(&c);
+            }
         }
-        n
+        (n, kept)
     }
 
     /// Recreates a persisted exchange at startup (no checks, no writes).

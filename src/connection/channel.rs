@@ -488,12 +488,21 @@ impl Conn {
             qm::AMQPMethod::Delete(d) => {
                 let name = self.queue_name(ch, d.queue.as_str())?;
                 self.authorize("queue", &name, Access::Configure)?;
-                let n = v.delete_queue(&name, d.if_unused, d.if_empty, self.id)?;
+                let outbox = self.outbox.clone();
+                let (n, own) =
+                    v.delete_queue_from(&name, d.if_unused, d.if_empty, self.id, Some((&outbox, ch)))?;
                 self.exclusive_queues.retain(|q| q.name != name);
-                Ok(ok_or_nowait(
-                    d.nowait,
-                    AMQPClass::Queue(qm::AMQPMethod::DeleteOk(qm::DeleteOk { message_count: n })),
-                ))
+                // delete-ok first, then this channel's own consumers hear of it.
+                if !d.nowait {
+                    self.send_method(
+                        ch,
+                        &AMQPClass::Queue(qm::AMQPMethod::DeleteOk(qm::DeleteOk { message_count: n })),
+                    );
+                }
+                for c in &own {
+                    crate::broker::vhost::notify_cancel(c);
+                }
+                Ok(None)
             }
             _ => Err(AmqpError::command_invalid("method cannot be sent by a client")),
         }

@@ -258,3 +258,40 @@ async fn bind_and_unbind_queue() {
     let (code, text, _, _) = r.expect_channel_close(1).await;
     assert_eq!((code, text.as_str()), (404, "NOT_FOUND - no exchange 'missing-x' in vhost '/'"));
 }
+
+#[tokio::test]
+async fn deleting_a_consumed_queue_answers_delete_ok_before_the_cancel() {
+    use amq_protocol::protocol::basic;
+    let s = start().await;
+    let mut r = Raw::open(s.addr()).await;
+    r.declare(1, "dq").await;
+    r.call(1, m::consume("dq", "own", true, false, FieldTable::default())).await;
+    r.open_channel(2).await;
+    r.call(2, m::consume("dq", "other", true, false, FieldTable::default())).await;
+    r.method(1, m::qdelete("dq", false, false)).await;
+    // RabbitMQ's channel answers the delete first and learns of the queue's
+    // end afterwards: on the deleting channel delete-ok comes before the
+    // cancel (py-amqp's queue_delete() raises ConsumerCancelled otherwise);
+    // the consumer on channel 2 is cancelled too.
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match r.try_recv(Duration::from_secs(5)).await {
+            Some(In::Method(ch, AMQPClass::Queue(queue::AMQPMethod::DeleteOk(d)))) => {
+                assert_eq!(d.message_count, 0);
+                seen.push((ch, "delete-ok".to_string()));
+            }
+            Some(In::Method(ch, AMQPClass::Basic(basic::AMQPMethod::Cancel(c)))) => {
+                assert!(c.nowait);
+                seen.push((ch, format!("cancel {}", c.consumer_tag.as_str())));
+            }
+            Some(other) => panic!("unexpected {other:?}"),
+            None => panic!("only {seen:?} within 5 s"),
+        }
+    }
+    let own: Vec<&str> = seen.iter().filter(|(ch, _)| *ch == 1).map(|(_, what)| what.as_str()).collect();
+    assert_eq!(own, ["delete-ok", "cancel own"], "{seen:?}");
+    assert!(seen.contains(&(2, "cancel other".to_string())), "{seen:?}");
+    // Both channels are still usable.
+    r.declare(1, "dq2").await;
+    r.declare(2, "dq3").await;
+}
