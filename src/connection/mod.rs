@@ -218,7 +218,8 @@ async fn run<S: Transport>(
         published: false,
         blocked_notify: neg.blocked_notify,
     };
-    let reason = conn.read_loop(rd, buf, neg.heartbeat, &mut shutdown).await;
+    let mut rd = rd;
+    let reason = conn.read_loop(&mut rd, buf, neg.heartbeat, &mut shutdown).await;
     tracing::info!(%peer, conn = id, reason, "connection closed");
     conn.teardown();
     broker.registry.remove(id);
@@ -229,12 +230,41 @@ async fn run<S: Transport>(
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     broker.counters.connections.fetch_sub(1, Ordering::Relaxed);
     broker.counters.connections_closed.fetch_add(1, Ordering::Relaxed);
+    if matches!(reason, "client closed the connection" | "closed by broker" | "closed") {
+        linger(&mut rd, neg.heartbeat, &mut shutdown).await;
+    }
+}
+
+/// After the close handshake, reads and drops whatever the client still
+/// sends until it closes its socket, for at most the heartbeat interval
+/// (when under 30 s) or 30 s, as RabbitMQ's reader does in its `closed`
+/// state. Closing at once would make the kernel answer the unread bytes
+/// with a reset: a client that writes frames after its `connection.close`
+/// (amqplib flushes publishes it buffered before the close) gets EPIPE
+/// instead of reading `close-ok`.
+async fn linger<R: AsyncRead + Unpin>(rd: &mut R, heartbeat: u16, shutdown: &mut watch::Receiver<bool>) {
+    if *shutdown.borrow() {
+        return;
+    }
+    let limit = Duration::from_secs(if heartbeat > 0 && heartbeat < 30 { heartbeat as u64 } else { 30 });
+    let mut scratch = [0u8; 1024];
+    let drain = async {
+        while let Ok(n) = rd.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(limit, drain) => {}
+        _ = shutdown.changed() => {}
+    }
 }
 
 impl Conn {
     async fn read_loop<R: AsyncRead + Unpin>(
         &mut self,
-        mut rd: R,
+        rd: &mut R,
         mut buf: BytesMut,
         heartbeat: u16,
         shutdown: &mut watch::Receiver<bool>,

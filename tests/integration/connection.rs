@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use amq_protocol::protocol::{AMQPClass, basic, channel, connection};
+use amq_protocol::protocol::{AMQPClass, basic, channel, connection, queue};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use common::*;
 use std::time::Duration;
@@ -258,6 +258,40 @@ async fn close_handshake_both_directions() {
     let (code, _, _, _) = r.expect_connection_close().await;
     assert_eq!(code, 540);
     assert!(r.closed_within(Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn frames_after_the_close_handshake_are_read_and_dropped() {
+    // amqplib writes publishes it had buffered after its connection.close.
+    // RabbitMQ keeps reading (and dropping) them until the client closes its
+    // socket; closing at once makes the kernel answer them with a reset, and
+    // the client gets EPIPE instead of a clean close.
+    let s = start().await;
+    let mut r = Raw::open(s.addr()).await;
+    r.declare(1, "after-close").await;
+    let reply = r
+        .call(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: 200,
+                reply_text: "bye".into(),
+                class_id: 0,
+                method_id: 0,
+            })),
+        )
+        .await;
+    assert!(matches!(reply, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))));
+    for _ in 0..50 {
+        // Each write must succeed: a reset would fail the second one.
+        r.send_to(1, "after-close", &[7u8; 2000]).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // None of them was taken as a publish.
+    let mut other = Raw::open(s.addr()).await;
+    let ok = other.call(1, m::qdecl("after-close", true, false, false, false, FieldTable::default())).await;
+    let AMQPClass::Queue(queue::AMQPMethod::DeclareOk(d)) = ok else { panic!("{ok:?}") };
+    assert_eq!(d.message_count, 0);
+    assert!(r.closed_within(Duration::from_secs(5)).await, "the broker's side is shut for writing");
 }
 
 #[tokio::test]
