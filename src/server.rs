@@ -29,9 +29,47 @@ pub struct ServerHandle {
 }
 
 async fn bind(what: &str, host: &str, port: u16) -> std::io::Result<TcpListener> {
+    if host == "::" {
+        match bind_dual_stack(port) {
+            Ok(l) => return Ok(l),
+            // No IPv6 on this host (a container with it switched off): IPv4 only.
+            Err(e) if no_ipv6(&e) => {
+                tracing::info!(listener = what, error = %e, "no IPv6 here; listening on 0.0.0.0 instead of ::");
+                return bind_at(what, "0.0.0.0", port).await;
+            }
+            Err(e) => {
+                return Err(std::io::Error::new(e.kind(), format!("cannot bind {what} [::]:{port}: {e}")));
+            }
+        }
+    }
+    bind_at(what, host, port).await
+}
+
+async fn bind_at(what: &str, host: &str, port: u16) -> std::io::Result<TcpListener> {
     TcpListener::bind((host, port))
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {what} {host}:{port}: {e}")))
+}
+
+/// One IPv6 socket that also takes IPv4 clients (as IPv4-mapped addresses,
+/// which the connection code turns back into IPv4), whatever the host's
+/// `net.ipv6.bindv6only` says: RabbitMQ's default listener.
+fn bind_dual_stack(port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_only_v6(false)?;
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+    sock.listen(1024)?;
+    TcpListener::from_std(sock.into())
+}
+
+fn no_ipv6(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL) | Some(libc::EPROTONOSUPPORT)
+    )
 }
 
 /// Starts a broker with `config`; returns once the listeners are bound.

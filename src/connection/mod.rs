@@ -104,9 +104,16 @@ impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
 }
 
 /// Serves one accepted plain socket until it closes.
+/// An IPv4 client of a dual-stack listener arrives as `::ffff:a.b.c.d`;
+/// it is shown, and checked for loopback, as the IPv4 address it is.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
 pub async fn serve(broker: Arc<Broker>, sock: TcpStream, peer: SocketAddr, shutdown: watch::Receiver<bool>) {
     let _ = sock.set_nodelay(true);
-    let local = sock.local_addr().unwrap_or(peer);
+    let peer = canonical(peer);
+    let local = canonical(sock.local_addr().unwrap_or(peer));
     run(broker, sock, peer, local, None, shutdown).await
 }
 
@@ -120,7 +127,8 @@ pub async fn serve_tls(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = sock.set_nodelay(true);
-    let local = sock.local_addr().unwrap_or(peer);
+    let peer = canonical(peer);
+    let local = canonical(sock.local_addr().unwrap_or(peer));
     let timeout = Duration::from_millis(broker.config.amqp.handshake_timeout_ms);
     let stream = match tokio::time::timeout(timeout, acceptor.accept(sock)).await {
         Ok(Ok(s)) => s,

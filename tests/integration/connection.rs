@@ -295,6 +295,49 @@ async fn frames_after_the_close_handshake_are_read_and_dropped() {
 }
 
 #[tokio::test]
+async fn the_default_listener_takes_ipv4_and_ipv6_clients() {
+    // "::" is the default bind, as RabbitMQ's: one socket for both
+    // families. An IPv4 client arrives as ::ffff:127.0.0.1 and must still
+    // count as loopback (guest) and show as 127.0.0.1.
+    let s = start_with(|c| c.amqp.bind = "::".into()).await;
+    let port = s.addr().port();
+    let mut v4 = Raw::open(([127, 0, 0, 1], port).into()).await;
+    v4.declare(1, "dual-stack").await;
+    let mut expected = vec!["127.0.0.1".to_string()];
+    let v6_addr: std::net::SocketAddr = (std::net::Ipv6Addr::LOCALHOST, port).into();
+    let _v6 = match tokio::net::TcpStream::connect(v6_addr).await {
+        Ok(_) => {
+            expected.push("::1".to_string());
+            let mut r = Raw::open(v6_addr).await;
+            r.declare(1, "dual-stack").await;
+            Some(r)
+        }
+        // A host without IPv6 (the listener then falls back to 0.0.0.0).
+        Err(e) => {
+            eprintln!("no ::1 here ({e}); only the IPv4 half is checked");
+            None
+        }
+    };
+    let mut peers: Vec<String> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while peers.len() < expected.len() {
+        let r = http(mgmt(&s), "GET", "/api/connections", Some(("guest", "guest")), None).await;
+        peers = r
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["peer_host"].as_str().unwrap().to_string())
+            .collect();
+        assert!(tokio::time::Instant::now() < deadline, "connections: {peers:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    peers.sort();
+    expected.sort();
+    assert_eq!(peers, expected);
+}
+
+#[tokio::test]
 async fn update_secret_is_acknowledged() {
     let s = start().await;
     let mut r = Raw::open(s.addr()).await;
