@@ -367,7 +367,8 @@ async fn channel_open_close_flow_and_channel_max() {
     let reply = r.call(1, m::ch_close()).await;
     assert!(matches!(reply, AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))));
     r.open_channel(1).await; // reopen after close
-    r.open_channel(2).await;
+    // channel_max bounds the number of open channels, not their numbers.
+    r.open_channel(65535).await;
     r.method(3, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))).await;
     let (code, text, class, method) = r.expect_connection_close().await;
     assert_eq!(code, 530);
