@@ -87,6 +87,19 @@ pub(crate) enum Op {
 /// a paged-out message, shutdown); settlements, delivery marks and pages of
 /// transient messages ride along with the next commit, at the latest after
 /// one idle tick. This keeps the persister from being woken for every ack.
+/// Runs `f`, which blocks on the disk, from async code that must wait for
+/// it. On a worker of the multi-threaded runtime the worker is handed over
+/// first (`block_in_place`), so the other tasks it serves go on meanwhile;
+/// elsewhere (no runtime, a current-thread runtime, the thread running
+/// `block_on`) `f` simply runs here.
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 pub(crate) struct Inbox {
     ops: Mutex<Vec<Op>>,
     ready: parking_lot::Condvar,
