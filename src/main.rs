@@ -283,15 +283,13 @@ fn main() -> ExitCode {
     };
     let workers = cfg.runtime.workers();
     tracing::debug!(workers, "starting the runtime");
-    // The runtime starts its workers first, when it is built; threads made
-    // later run blocking work. Distinct names show them apart in `top -H`.
-    let named = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // One name for the runtime's threads: its workers, and the threads
+    // that take a worker's place while it waits on the disk (a definitions
+    // sync) or that run blocking jobs. A worker moves between threads, so
+    // no name can tell them apart; at startup there are exactly `workers`.
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
-        .thread_name_fn(move || {
-            let n = named.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if n < workers { "warren-worker" } else { "warren-blocking" }.to_string()
-        })
+        .thread_name("warren-rt")
         .enable_all()
         .build()
     {

@@ -121,17 +121,14 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
     let mgmt_addr = mgmt.local_addr()?;
     let metrics_addr = prom.local_addr()?;
     // Recovery happens before anything is accepted on the listeners.
-    let broker = tokio::task::spawn_blocking(move || Broker::open(config))
-        .await
-        .map_err(|e| std::io::Error::other(format!("recovery task failed: {e}")))?
-        .map_err(std::io::Error::other)?;
+    // Recovery blocks on the disk: `blocking` runs it right here (a
+    // multi-threaded runtime's worker is handed over first), so no extra
+    // thread outlives startup.
+    let broker = crate::store::blocking(move || Broker::open(config)).map_err(std::io::Error::other)?;
     let defs_file = broker.config.storage.load_definitions.clone();
     if !defs_file.is_empty() {
         let b = broker.clone();
-        tokio::task::spawn_blocking(move || load_definitions(&b, &defs_file))
-            .await
-            .map_err(|e| std::io::Error::other(format!("definitions task failed: {e}")))?
-            .map_err(std::io::Error::other)?;
+        crate::store::blocking(move || load_definitions(&b, &defs_file)).map_err(std::io::Error::other)?;
     }
     let _ = broker.ports.set((amqp_addr.port(), mgmt_addr.port(), metrics_addr.port()));
     let _ = broker.amqps_port.set(amqps_addr.map(|a| a.port()));

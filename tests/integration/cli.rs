@@ -113,16 +113,15 @@ fn binary_serves_and_exits_zero_on_sigterm() {
     assert!(status.success(), "{status:?}");
 }
 
-/// `runtime.worker_threads` sets how many threads serve connections.
+/// `runtime.worker_threads` sets how many threads serve connections (right
+/// after startup the runtime has no other threads).
 #[test]
 fn the_worker_thread_setting_is_applied() {
     let workers = |pid: u32| {
         std::fs::read_dir(format!("/proc/{pid}/task"))
             .unwrap()
             .flatten()
-            .filter(|t| {
-                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "warren-worker")
-            })
+            .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "warren-rt"))
             .count()
     };
     for n in [1usize, 3] {
