@@ -173,6 +173,7 @@ pub(crate) async fn serve_http(
     let stop = async move {
         let _ = shutdown.changed().await;
     };
+    let app = app.into_make_service_with_connect_info::<Peer>();
     let served = match tls {
         None => axum::serve(listener, app).with_graceful_shutdown(stop).await,
         Some(tls) => match crate::tls::HttpsListener::new(listener, tls, handshake_timeout) {
@@ -182,6 +183,32 @@ pub(crate) async fn serve_http(
     };
     if let Err(e) = served {
         tracing::error!(error = %e, "{what} server failed");
+    }
+}
+
+/// The address an HTTP request came from (plain or TLS listener), for the
+/// loopback-only users (`auth.loopback_users`, guest by default).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub std::net::SocketAddr);
+
+impl Peer {
+    /// Loopback, IPv4-mapped IPv6 loopback (a dual-stack listener) included.
+    pub fn is_loopback(&self) -> bool {
+        self.0.ip().to_canonical().is_loopback()
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::HttpsListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::HttpsListener>) -> Self {
+        Peer(*stream.remote_addr())
     }
 }
 
@@ -382,12 +409,27 @@ impl FromRequestParts<Arc<Broker>> for Authed {
         let Some((user, pass)) = creds.as_deref().and_then(|c| c.split_once(':')) else {
             return Err(ApiError::unauthorized().into_response());
         };
-        // The management listener is bound where the operator chose; the
-        // loopback restriction on guest applies to AMQP connections.
         let ok = broker.authenticate(user, pass, true);
         broker.counters.count_auth(false, ok);
         if !ok {
             return Err(ApiError::unauthorized().into_response());
+        }
+        // As RabbitMQ's management plugin: the password is checked first,
+        // then a loopback-only user (guest) coming from elsewhere is refused
+        // with its own reason. A request without a known peer (never from a
+        // listener) counts as remote.
+        let loopback = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<Peer>>()
+            .is_some_and(|axum::extract::ConnectInfo(p)| p.is_loopback());
+        if !loopback && broker.config.auth.loopback_users.iter().any(|l| l == user) {
+            tracing::warn!(user, "HTTP access denied: user can only log in via localhost");
+            return Err(ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                error: "not_authorized",
+                reason: "User can only log in via localhost".into(),
+            }
+            .into_response());
         }
         let Some(u) = broker.users.get(user).map(|u| u.clone()) else {
             return Err(ApiError::unauthorized().into_response());

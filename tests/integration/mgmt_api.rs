@@ -335,3 +335,47 @@ async fn eventually_json(s: &TestServer, path: &str, ok: impl Fn(&Value) -> bool
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// This host's address on its default route, if it has one (no packet is
+/// sent: connecting a UDP socket only picks the source address).
+fn non_loopback_ipv4() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// As RabbitMQ's management plugin: a loopback-only user (guest) gets 401
+/// "User can only log in via localhost" from any other address, after its
+/// password was checked; from loopback, and for other users, nothing changes.
+#[tokio::test]
+async fn guest_is_refused_over_http_from_a_non_loopback_address() {
+    let Some(ip) = non_loopback_ipv4() else {
+        eprintln!("this host has no non-loopback IPv4 address; nothing to check");
+        return;
+    };
+    let s = start_with(|c| c.management.bind = "0.0.0.0".into()).await;
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], mgmt(&s).port()));
+    let remote = std::net::SocketAddr::new(ip, mgmt(&s).port());
+
+    let r = http(local, "GET", "/api/whoami", Some(("guest", "guest")), None).await;
+    assert_eq!(r.status, 200, "guest from loopback");
+
+    let r = http(remote, "GET", "/api/whoami", Some(("guest", "guest")), None).await;
+    assert_eq!(r.status, 401, "guest from {ip}");
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error": "not_authorized", "reason": "User can only log in via localhost"})
+    );
+    // A wrong password is a plain login failure, wherever it comes from.
+    let r = http(remote, "GET", "/api/whoami", Some(("guest", "nope")), None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["reason"], "Login failed");
+
+    let body = r#"{"password":"s3cret","tags":"administrator"}"#;
+    let r = http(local, "PUT", "/api/users/ops", Some(("guest", "guest")), Some(body)).await;
+    assert!(r.status == 201 || r.status == 204, "create user: {}", r.status);
+    let r = http(remote, "GET", "/api/whoami", Some(("ops", "s3cret")), None).await;
+    assert_eq!(r.status, 200, "another user from {ip}");
+    assert_eq!(r.json()["name"], "ops");
+}
