@@ -231,16 +231,23 @@ async fn run<S: Transport>(
     tracing::info!(%peer, conn = id, reason, "connection closed");
     conn.teardown();
     broker.registry.remove(id);
+    // RabbitMQ answers a client's connection.close with close-ok and then
+    // waits for the client to close the socket; after a close it started
+    // itself (and the client's close-ok), it closes at once.
+    let client_closed = reason == "client closed the connection";
     outbox.with(|st| {
         st.closed = true;
         st.shutdown = true;
+        st.keep_open = client_closed;
     });
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    let held = tokio::time::timeout(Duration::from_secs(5), writer).await.ok().and_then(|r| r.ok()).flatten();
     broker.counters.connections.fetch_sub(1, Ordering::Relaxed);
     broker.counters.connections_closed.fetch_add(1, Ordering::Relaxed);
     if matches!(reason, "client closed the connection" | "closed by broker" | "closed") {
         linger(&mut rd, neg.heartbeat, &mut shutdown).await;
     }
+    // Dropping the write half now shuts it (or the whole socket) down.
+    drop(held);
 }
 
 /// After the close handshake, reads and drops whatever the client still

@@ -11,7 +11,10 @@ use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-pub async fn run<W: AsyncWrite + Unpin>(outbox: Arc<Outbox>, mut wr: W, heartbeat: u16) {
+/// Returns the write half when the connection ends with the socket to be
+/// kept open (`keep_open`: the client closes it first); otherwise the write
+/// side has been shut down (or failed) and `None` comes back.
+pub async fn run<W: AsyncWrite + Unpin>(outbox: Arc<Outbox>, mut wr: W, heartbeat: u16) -> Option<W> {
     // Empty until the first swap with the outbox's buffer: both grow only as
     // far as the traffic needs (an idle connection keeps them small).
     let mut spare = BytesMut::new();
@@ -37,7 +40,7 @@ pub async fn run<W: AsyncWrite + Unpin>(outbox: Arc<Outbox>, mut wr: W, heartbea
                     st.shutdown = true;
                 });
                 outbox.signal_drained();
-                return;
+                return None;
             }
             last_write = Instant::now();
             outbox.add_sent(spare.len());
@@ -55,8 +58,11 @@ pub async fn run<W: AsyncWrite + Unpin>(outbox: Arc<Outbox>, mut wr: W, heartbea
         }
         if shutdown {
             let _ = wr.flush().await;
+            if outbox.with(|st| st.keep_open) {
+                return Some(wr);
+            }
             let _ = wr.shutdown().await;
-            return;
+            return None;
         }
     }
 }

@@ -180,6 +180,10 @@ pub struct OutState {
     pub starved: bool,
     /// The client announced `consumer_cancel_notify`.
     pub cancel_notify: bool,
+    /// With `shutdown`: the client asked to close, so the socket is not shut
+    /// for writing after `close-ok`; as RabbitMQ, the broker waits for the
+    /// client to close first.
+    pub keep_open: bool,
 }
 
 #[derive(Debug)]
@@ -218,6 +222,7 @@ impl Outbox {
                 channels: ChannelMap::new(),
                 starved: false,
                 cancel_notify: false,
+                keep_open: false,
             }),
             notify: Notify::new(),
             drained: Notify::new(),

@@ -251,8 +251,13 @@ async fn close_handshake_both_directions() {
         )
         .await;
     assert!(matches!(reply, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))));
+    // As RabbitMQ: after close-ok the broker waits for the client to close
+    // the socket, then closes its side.
+    assert!(!r.closed_within(Duration::from_millis(300)).await, "the broker closed its side first");
+    tokio::io::AsyncWriteExt::shutdown(&mut r.sock).await.unwrap();
     assert!(r.closed_within(Duration::from_secs(5)).await);
-    // Server-initiated (a hard error): close, we answer close-ok, socket closes.
+    // Server-initiated (a hard error): close, we answer close-ok, and the
+    // broker closes the socket at once (RabbitMQ's reader terminates).
     let mut r = Raw::open(s.addr()).await;
     r.method(1, m::flow(false)).await;
     let (code, _, _, _) = r.expect_connection_close().await;
@@ -291,7 +296,11 @@ async fn frames_after_the_close_handshake_are_read_and_dropped() {
     let ok = other.call(1, m::qdecl("after-close", true, false, false, false, FieldTable::default())).await;
     let AMQPClass::Queue(queue::AMQPMethod::DeclareOk(d)) = ok else { panic!("{ok:?}") };
     assert_eq!(d.message_count, 0);
-    assert!(r.closed_within(Duration::from_secs(5)).await, "the broker's side is shut for writing");
+    // As RabbitMQ, the broker does not close its side of a connection the
+    // client asked to close: it waits for the client to close first.
+    assert!(!r.closed_within(Duration::from_millis(300)).await, "the broker closed its side first");
+    tokio::io::AsyncWriteExt::shutdown(&mut r.sock).await.unwrap();
+    assert!(r.closed_within(Duration::from_secs(5)).await, "the broker closes once the client has");
 }
 
 #[tokio::test]
