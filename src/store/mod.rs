@@ -82,11 +82,6 @@ pub(crate) enum Op {
     Stop,
 }
 
-/// The persister's inbox. Senders push under a short lock and wake the
-/// persister only for work somebody waits on (a publisher confirm, a read of
-/// a paged-out message, shutdown); settlements, delivery marks and pages of
-/// transient messages ride along with the next commit, at the latest after
-/// one idle tick. This keeps the persister from being woken for every ack.
 /// Runs `f`, which blocks on the disk, from async code that must wait for
 /// it. On a worker of the multi-threaded runtime the worker is handed over
 /// first (`block_in_place`), so the other tasks it serves go on meanwhile;
@@ -100,6 +95,11 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// The persister's inbox. Senders push under a short lock and wake the
+/// persister only for work somebody waits on (a publisher confirm, a read of
+/// a paged-out message, shutdown); settlements, delivery marks and pages of
+/// transient messages ride along with the next commit, at the latest after
+/// one idle tick. This keeps the persister from being woken for every ack.
 pub(crate) struct Inbox {
     ops: Mutex<Vec<Op>>,
     ready: parking_lot::Condvar,
