@@ -83,6 +83,12 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     type Read: AsyncRead + Unpin + Send + 'static;
     type Write: AsyncWrite + Unpin + Send + 'static;
     fn split(self) -> (Self::Read, Self::Write);
+    /// A second handle on the socket for writes from other threads
+    /// (`OutState::write_direct`); `None` where writes must go through the
+    /// session (TLS).
+    fn direct(&self) -> Option<std::net::TcpStream> {
+        None
+    }
 }
 
 impl Transport for TcpStream {
@@ -90,6 +96,12 @@ impl Transport for TcpStream {
     type Write = tokio::net::tcp::OwnedWriteHalf;
     fn split(self) -> (Self::Read, Self::Write) {
         self.into_split()
+    }
+    fn direct(&self) -> Option<std::net::TcpStream> {
+        use std::os::fd::AsFd;
+        // A duplicate descriptor of the same socket: it shares the
+        // non-blocking flag, so a write never blocks the caller.
+        self.as_fd().try_clone_to_owned().ok().map(std::net::TcpStream::from)
     }
 }
 
@@ -179,14 +191,16 @@ async fn run<S: Transport>(
     broker.counters.connections.fetch_add(1, Ordering::Relaxed);
     broker.counters.connections_opened.fetch_add(1, Ordering::Relaxed);
 
-    let outbox = Arc::new(Outbox::new(
+    let outbox = Outbox::new(
         id,
         broker.config.amqp.write_buffer_high_water,
         [broker.counters.confirmed.clone(), neg.vhost.msg.confirm.clone()],
-    ));
+    );
+    let direct = sock.direct();
     outbox.with(|st| {
         st.frame_max = neg.frame_max;
         st.cancel_notify = neg.cancel_notify;
+        st.direct = direct;
     });
     let info = Arc::new(ConnectionInfo::new(
         id,
@@ -239,6 +253,7 @@ async fn run<S: Transport>(
         st.closed = true;
         st.shutdown = true;
         st.keep_open = client_closed;
+        st.direct = None;
     });
     let held = tokio::time::timeout(Duration::from_secs(5), writer).await.ok().and_then(|r| r.ok()).flatten();
     broker.counters.connections.fetch_sub(1, Ordering::Relaxed);
@@ -289,21 +304,25 @@ impl Conn {
         let mut close_deadline: Option<tokio::time::Instant> = None;
         let mut chunk = FIRST_READ;
         loop {
-            // Handle every complete frame already buffered.
-            loop {
-                match frame::decode(&mut buf, self.frame_max) {
-                    Ok(Some(f)) => match self.handle_frame(f) {
-                        Flow::Continue => {}
-                        Flow::Stop(why) => return why,
-                    },
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.close_connection(e);
-                        return "frame error";
+            // Handle every complete frame already buffered; what they
+            // produce is written when the batch ends.
+            {
+                let _batch = crate::queue::sink::Batch::begin();
+                loop {
+                    match frame::decode(&mut buf, self.frame_max) {
+                        Ok(Some(f)) => match self.handle_frame(f) {
+                            Flow::Continue => {}
+                            Flow::Stop(why) => return why,
+                        },
+                        Ok(None) => break,
+                        Err(e) => {
+                            self.close_connection(e);
+                            return "frame error";
+                        }
                     }
                 }
+                self.end_of_batch();
             }
-            self.end_of_batch();
             if std::mem::take(&mut self.published) && !self.closing && self.broker.alarms.active() != 0 {
                 self.stay_blocked(shutdown).await;
             }
@@ -569,7 +588,10 @@ impl Conn {
     }
 
     fn teardown(&mut self) {
-        self.outbox.with(|st| st.closed = true);
+        self.outbox.with(|st| {
+            st.closed = true;
+            st.direct = None;
+        });
         self.release_all_channels();
         self.channels.clear();
         for q in std::mem::take(&mut self.exclusive_queues) {

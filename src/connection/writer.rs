@@ -38,12 +38,13 @@ pub async fn run<W: AsyncWrite + Unpin>(outbox: Arc<Outbox>, mut wr: W, heartbea
                 outbox.with(|st| {
                     st.closed = true;
                     st.shutdown = true;
+                    st.direct = None;
                 });
                 outbox.signal_drained();
                 return None;
             }
             last_write = Instant::now();
-            outbox.add_sent(spare.len());
+            outbox.written(spare.len());
             spare.clear();
             outbox.signal_drained();
             // Keep a big buffer from pinning memory after a burst.

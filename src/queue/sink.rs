@@ -140,14 +140,17 @@ impl Durable for ConfirmWaiter {
 
     fn flush(&self) {
         let ch = self.channel;
-        self.outbox.with(|st| {
+        let direct = self.outbox.with(|st| {
+            let from = st.buf.len();
             let OutState { buf, channels, .. } = st;
             if let Some(d) = channels.get_mut(ch) {
                 let n = d.confirms.flush(ch, buf);
                 d.counters.confirm += n;
                 self.outbox.count_confirms(n);
             }
+            st.write_direct(from)
         });
+        self.outbox.add_sent(direct);
     }
 }
 
@@ -184,11 +187,20 @@ pub struct OutState {
     /// for writing after `close-ok`; as RabbitMQ, the broker waits for the
     /// client to close first.
     pub keep_open: bool,
+    /// The writer task holds bytes it took from `buf` and has not finished
+    /// writing them: nothing may be written to the socket past it.
+    pub writing: bool,
+    /// A second handle on a plain TCP socket, for writes from outside the
+    /// writer task (see `Outbox::write_direct`); `None` for TLS, and once
+    /// the connection ends (so the socket closes when the reader drops it).
+    pub direct: Option<std::net::TcpStream>,
 }
 
 #[derive(Debug)]
 pub struct Outbox {
     pub conn_id: u64,
+    /// This outbox itself, for the held-wake list (`Batch`).
+    me: std::sync::Weak<Outbox>,
     /// The broker's and the vhost's confirm counters (management, metrics).
     confirmed_total: [Arc<AtomicU64>; 2],
     state: Mutex<OutState>,
@@ -209,10 +221,72 @@ pub enum Refused {
     Gone,
 }
 
+thread_local! {
+    /// Outboxes that got bytes during the current reader batch on this
+    /// thread (`None` outside a batch).
+    static HELD: std::cell::RefCell<Option<Vec<Arc<Outbox>>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A reader's batch: from `begin` until the guard drops, writers are not
+/// woken for the bytes queues and confirms put in outboxes; at the end each
+/// touched outbox is written once, from this thread, when its writer is
+/// idle. One read of a publisher's socket so becomes one write per consumer
+/// connection without a task wake-up per write. The guard is not `Send`, so
+/// it cannot be held across an `.await` (the batch is synchronous code).
+pub struct Batch {
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Batch {
+    pub fn begin() -> Self {
+        HELD.with(|h| {
+            let mut h = h.borrow_mut();
+            if h.is_none() {
+                *h = Some(Vec::new());
+            }
+        });
+        Batch { _not_send: std::marker::PhantomData }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        let held = HELD.with(|h| h.borrow_mut().take()).unwrap_or_default();
+        for o in held {
+            o.flush_held();
+        }
+    }
+}
+
+impl OutState {
+    /// Writes `buf` to the socket from the calling thread when that cannot
+    /// overtake anything: the writer task is idle and `buf` held nothing
+    /// before `from` (the caller's new bytes). Whatever the socket does not
+    /// take at once stays in `buf` for the writer. Used by the persister for
+    /// the confirms it releases: the client gets them without waiting for a
+    /// runtime worker to wake and run the writer task. Returns bytes written.
+    pub fn write_direct(&mut self, from: usize) -> usize {
+        use std::io::Write;
+        if from != 0 || self.writing || self.buf.is_empty() {
+            return 0;
+        }
+        let Some(sock) = self.direct.as_ref() else { return 0 };
+        match (&*sock).write(&self.buf) {
+            Ok(n) => {
+                let _ = self.buf.split_to(n);
+                n
+            }
+            // WouldBlock and errors: the writer takes the bytes and sees the error.
+            Err(_) => 0,
+        }
+    }
+}
+
 impl Outbox {
-    pub fn new(conn_id: u64, high_water: usize, confirmed_total: [Arc<AtomicU64>; 2]) -> Self {
-        Outbox {
+    pub fn new(conn_id: u64, high_water: usize, confirmed_total: [Arc<AtomicU64>; 2]) -> Arc<Self> {
+        Arc::new_cyclic(|me| Outbox {
             conn_id,
+            me: me.clone(),
             confirmed_total,
             state: Mutex::new(OutState {
                 buf: BytesMut::with_capacity(4096),
@@ -223,12 +297,14 @@ impl Outbox {
                 starved: false,
                 cancel_notify: false,
                 keep_open: false,
+                writing: false,
+                direct: None,
             }),
             notify: Notify::new(),
             drained: Notify::new(),
             high_water,
             sent: AtomicU64::new(0),
-        }
+        })
     }
 
     /// Counts bytes written to the socket.
@@ -254,12 +330,51 @@ impl Outbox {
         let mut st = self.state.lock();
         let before = st.buf.len();
         let r = f(&mut st);
-        let wake = (before == 0 && !st.buf.is_empty()) || st.shutdown;
+        let shutdown = st.shutdown;
+        let wake = before == 0 && !st.buf.is_empty();
         drop(st);
-        if wake {
+        if shutdown {
             self.notify.notify_one();
+        } else if wake {
+            self.wake();
         }
         r
+    }
+
+    /// Tells the writer there are bytes to write; inside a reader's `Batch`
+    /// the wake is held until the batch ends, when the bytes are usually
+    /// written directly (`flush_held`).
+    fn wake(&self) {
+        let held = HELD.with(|h| {
+            let mut h = h.borrow_mut();
+            let Some(list) = h.as_mut() else { return false };
+            if !list.iter().any(|o| std::ptr::eq(Arc::as_ptr(o), self))
+                && let Some(me) = self.me.upgrade()
+            {
+                list.push(me);
+            }
+            true
+        });
+        if !held {
+            self.notify.notify_one();
+        }
+    }
+
+    /// End of a reader batch: writes what this outbox holds from this
+    /// thread when the writer task is idle, and wakes the writer only for
+    /// what is left (a full socket, TLS, shutdown, starved consumers).
+    fn flush_held(&self) {
+        let mut st = self.state.lock();
+        let n = if st.shutdown { 0 } else { st.write_direct(0) };
+        let done = st.buf.is_empty() && !st.starved && !st.shutdown;
+        drop(st);
+        if n > 0 {
+            self.add_sent(n);
+            self.signal_drained();
+        }
+        if !done {
+            self.notify.notify_one();
+        }
     }
 
     /// Appends frames built by `f` to the outbound buffer.
@@ -301,8 +416,15 @@ impl Outbox {
     pub fn take(&self, spare: &mut BytesMut) -> (bool, bool) {
         let mut st = self.state.lock();
         std::mem::swap(&mut st.buf, spare);
+        st.writing = !spare.is_empty();
         let starved = std::mem::take(&mut st.starved);
         (starved, st.shutdown)
+    }
+
+    /// Called by the writer once the bytes it took are written.
+    pub fn written(&self, n: usize) {
+        self.add_sent(n);
+        self.state.lock().writing = false;
     }
 
     /// Queues whose consumers live on this connection (to re-dispatch).
@@ -380,7 +502,7 @@ impl Outbox {
         }
         drop(st);
         if was_empty {
-            self.notify.notify_one();
+            self.wake();
         }
         Ok(())
     }
@@ -535,5 +657,66 @@ impl ChannelDeliveries {
             c.unacked.fetch_sub(1, Ordering::Relaxed);
             self.global_unacked = self.global_unacked.saturating_sub(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn outbox_on_socket() -> (Arc<Outbox>, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let outbox = Outbox::new(1, 1 << 20, [Arc::default(), Arc::default()]);
+        outbox.with(|st| st.direct = Some(server));
+        client.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        (outbox, client)
+    }
+
+    #[test]
+    fn direct_writes_only_when_nothing_is_ahead() {
+        let (outbox, mut client) = outbox_on_socket();
+        // Idle writer, empty buffer: the bytes go straight to the socket.
+        let n = outbox.with(|st| {
+            st.buf.extend_from_slice(b"abc");
+            st.write_direct(0)
+        });
+        assert_eq!(n, 3);
+        assert!(outbox.with(|st| st.buf.is_empty()));
+        let mut got = [0u8; 3];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"abc");
+
+        // Bytes already queued for the writer: the new ones wait behind them.
+        let n = outbox.with(|st| {
+            st.buf.extend_from_slice(b"old");
+            let from = st.buf.len();
+            st.buf.extend_from_slice(b"new");
+            st.write_direct(from)
+        });
+        assert_eq!(n, 0);
+        assert_eq!(outbox.with(|st| st.buf.to_vec()), b"oldnew");
+
+        // The writer holds bytes it has not finished writing: nothing overtakes them.
+        let mut spare = BytesMut::new();
+        outbox.take(&mut spare);
+        let n = outbox.with(|st| {
+            st.buf.extend_from_slice(b"xyz");
+            st.write_direct(0)
+        });
+        assert_eq!(n, 0);
+        outbox.written(spare.len());
+        let n = outbox.with(|st| st.write_direct(0));
+        assert_eq!(n, 3);
+
+        // After the connection ends there is no second handle to write through.
+        outbox.with(|st| {
+            st.direct = None;
+            st.buf.extend_from_slice(b"late");
+        });
+        assert_eq!(outbox.with(|st| st.write_direct(0)), 0);
     }
 }
