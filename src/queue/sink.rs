@@ -1,7 +1,10 @@
 //! The consumer side of a queue: a connection's outbound buffer plus the
 //! per-channel delivery bookkeeping (delivery tags, unacked messages, prefetch
 //! credit, consumers). Queues encode deliveries straight into it under one
-//! short lock, so a message crosses one task hop (the connection's writer).
+//! short lock. The bytes reach the socket from the thread that produced
+//! them when the connection's writer task is idle (at the end of a reader's
+//! batch, or from the persister for the confirms it releases), otherwise
+//! through the writer task.
 //!
 //! Lock order: a queue's lock may be held while taking an outbox lock, never
 //! the reverse. Code holding an outbox lock must not call into a queue.
@@ -234,23 +237,30 @@ thread_local! {
 /// connection without a task wake-up per write. The guard is not `Send`, so
 /// it cannot be held across an `.await` (the batch is synchronous code).
 pub struct Batch {
+    /// This guard started the batch (a nested one leaves it to the outer).
+    outer: bool,
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl Batch {
     pub fn begin() -> Self {
-        HELD.with(|h| {
+        let outer = HELD.with(|h| {
             let mut h = h.borrow_mut();
-            if h.is_none() {
+            let outer = h.is_none();
+            if outer {
                 *h = Some(Vec::new());
             }
+            outer
         });
-        Batch { _not_send: std::marker::PhantomData }
+        Batch { outer, _not_send: std::marker::PhantomData }
     }
 }
 
 impl Drop for Batch {
     fn drop(&mut self) {
+        if !self.outer {
+            return;
+        }
         let held = HELD.with(|h| h.borrow_mut().take()).unwrap_or_default();
         for o in held {
             o.flush_held();
@@ -718,5 +728,29 @@ mod tests {
             st.buf.extend_from_slice(b"late");
         });
         assert_eq!(outbox.with(|st| st.write_direct(0)), 0);
+    }
+
+    #[test]
+    fn a_batch_writes_what_it_held_when_it_ends() {
+        let (outbox, mut client) = outbox_on_socket();
+        {
+            let _outer = Batch::begin();
+            {
+                let _inner = Batch::begin();
+                outbox.send(|b| b.extend_from_slice(b"one"));
+            }
+            // The inner guard leaves the flush to the outer one.
+            assert_eq!(outbox.with(|st| st.buf.to_vec()), b"one");
+            outbox.send(|b| b.extend_from_slice(b"two"));
+            assert_eq!(outbox.with(|st| st.buf.to_vec()), b"onetwo");
+        }
+        assert!(outbox.with(|st| st.buf.is_empty()));
+        assert_eq!(outbox.sent_bytes(), 6);
+        let mut got = [0u8; 6];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"onetwo");
+        // Outside a batch nothing is written from here: the writer task would be woken.
+        outbox.send(|b| b.extend_from_slice(b"three"));
+        assert_eq!(outbox.with(|st| st.buf.to_vec()), b"three");
     }
 }
