@@ -194,7 +194,7 @@ pub struct OutState {
     /// writing them: nothing may be written to the socket past it.
     pub writing: bool,
     /// A second handle on a plain TCP socket, for writes from outside the
-    /// writer task (see `Outbox::write_direct`); `None` for TLS, and once
+    /// writer task (see `OutState::write_direct`); `None` for TLS, and once
     /// the connection ends (so the socket closes when the reader drops it).
     pub direct: Option<std::net::TcpStream>,
 }
@@ -272,9 +272,10 @@ impl OutState {
     /// Writes `buf` to the socket from the calling thread when that cannot
     /// overtake anything: the writer task is idle and `buf` held nothing
     /// before `from` (the caller's new bytes). Whatever the socket does not
-    /// take at once stays in `buf` for the writer. Used by the persister for
-    /// the confirms it releases: the client gets them without waiting for a
-    /// runtime worker to wake and run the writer task. Returns bytes written.
+    /// take at once stays in `buf` for the writer. Used at the end of a
+    /// reader's batch and by the persister for the confirms it releases: the
+    /// client gets the bytes without waiting for the writer task to be
+    /// woken and run. Returns bytes written.
     pub fn write_direct(&mut self, from: usize) -> usize {
         use std::io::Write;
         if from != 0 || self.writing || self.buf.is_empty() {
@@ -355,12 +356,13 @@ impl Outbox {
     /// the wake is held until the batch ends, when the bytes are usually
     /// written directly (`flush_held`).
     fn wake(&self) {
+        // Called when the buffer goes from empty to not, so an outbox is
+        // listed once per batch (twice at most, if its writer emptied the
+        // buffer meanwhile; a second flush finds nothing to do).
         let held = HELD.with(|h| {
             let mut h = h.borrow_mut();
             let Some(list) = h.as_mut() else { return false };
-            if !list.iter().any(|o| std::ptr::eq(Arc::as_ptr(o), self))
-                && let Some(me) = self.me.upgrade()
-            {
+            if let Some(me) = self.me.upgrade() {
                 list.push(me);
             }
             true
