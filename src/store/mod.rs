@@ -169,7 +169,7 @@ pub(crate) struct Shared {
     /// Everything below this location is written (monotonic).
     pub(crate) written: AtomicU64,
     /// Read handles of segments that still hold live records.
-    pub(crate) readers: Mutex<HashMap<u64, Arc<File>>>,
+    pub(crate) readers: Mutex<HashMap<u64, (Arc<File>, segment::Format)>>,
     /// A segment whose write failed: nothing more is allocated in it.
     pub(crate) broken: AtomicU64,
 }
@@ -229,7 +229,7 @@ impl MessageStore {
         let resident = recovered.iter().filter(|r| r.message.is_some()).map(|r| footprint(r.body_size)).sum();
         let store = Arc::new(MessageStore {
             inbox,
-            alloc: Mutex::new(Alloc { seg: next_id, offset: 0 }),
+            alloc: Mutex::new(Alloc { seg: next_id, offset: segment::SEGMENT_HEADER as u64 }),
             segment_size,
             shared,
             resident: AtomicU64::new(resident),
@@ -287,13 +287,14 @@ impl MessageStore {
         }
         let queue_id = if durable { queue_id } else { queue_id | TRANSIENT_BIT };
         let mut a = self.alloc.lock();
+        let first = segment::SEGMENT_HEADER as u64;
         if self.shared.broken.load(Ordering::Acquire) == a.seg {
             a.seg += 1;
-            a.offset = 0;
+            a.offset = first;
         }
-        if a.offset > 0 && (a.offset + size > self.segment_size || a.offset + size > u32::MAX as u64) {
+        if a.offset > first && (a.offset + size > self.segment_size || a.offset + size > u32::MAX as u64) {
             a.seg += 1;
-            a.offset = 0;
+            a.offset = first;
         }
         let l = loc(a.seg, a.offset as u32);
         a.offset += size;
@@ -331,8 +332,8 @@ impl MessageStore {
             self.sync();
         }
         let (seg, offset) = split(l);
-        let file = self.reader(seg)?;
-        segment::read_at(&file, offset as u64)
+        let (file, format) = self.reader(seg)?;
+        segment::read_at(&file, offset as u64, format)
             .and_then(|r| message_of(r).ok_or_else(|| std::io::Error::other("record with bad properties")))
     }
 
@@ -350,7 +351,7 @@ impl MessageStore {
         }
         let (seg, start) = split(*first);
         let span = (split(*last).1 - start) as u64 + TAIL;
-        let buf = self.reader(seg).and_then(|f| {
+        let buf = self.reader(seg).and_then(|(f, format)| {
             let mut buf = vec![0u8; span as usize];
             let mut got = 0usize;
             // Short reads only at the end of the file.
@@ -361,12 +362,13 @@ impl MessageStore {
                 }
             }
             buf.truncate(got);
-            Ok(bytes::Bytes::from(buf))
+            Ok((bytes::Bytes::from(buf), format))
         });
         locs.iter()
             .map(|l| {
                 let (_, offset) = split(*l);
-                let in_buf = buf.as_ref().ok().and_then(|b| segment::record_in(b, (offset - start) as usize));
+                let in_buf =
+                    buf.as_ref().ok().and_then(|(b, f)| segment::record_in(b, (offset - start) as usize, *f));
                 match in_buf {
                     Some(r) => r.and_then(|r| {
                         message_of(r).ok_or_else(|| std::io::Error::other("record with bad properties"))
@@ -377,18 +379,17 @@ impl MessageStore {
             .collect()
     }
 
-    fn reader(&self, seg: u64) -> std::io::Result<Arc<File>> {
-        Ok({
-            let mut readers = self.shared.readers.lock();
-            match readers.get(&seg) {
-                Some(f) => f.clone(),
-                None => {
-                    let f = Arc::new(File::open(segment::seg_path(&self.shared.dir, seg))?);
-                    readers.insert(seg, f.clone());
-                    f
-                }
-            }
-        })
+    fn reader(&self, seg: u64) -> std::io::Result<(Arc<File>, segment::Format)> {
+        let mut readers = self.shared.readers.lock();
+        if let Some((f, format)) = readers.get(&seg) {
+            return Ok((f.clone(), *format));
+        }
+        // Only written records are read, so a tagged file's header is there.
+        let f = File::open(segment::seg_path(&self.shared.dir, seg))?;
+        let format = segment::format_of_file(&f, seg)?;
+        let f = Arc::new(f);
+        readers.insert(seg, (f.clone(), format));
+        Ok((f, format))
     }
 
     /// Blocks until everything sent so far is written and synced.

@@ -3,7 +3,7 @@
 //! grow with load and a lone publish is synced at once), writes the batch with
 //! one `write`, `fdatasync`s it, then tells every waiter. Settlements go to
 //! per-segment ack files in the same pass; a segment whose records are all
-//! settled is unlinked with its ack file.
+//! settled loses its ack file and is recycled as a spare (or removed).
 
 use super::segment::{self, DELIVERED_FLAG};
 use super::{Loc, Op, Recovered, Shared, TRANSIENT_BIT, loc, message_of, split};
@@ -31,6 +31,9 @@ pub(super) struct Persister {
     spares: Option<Arc<super::spare::Spares>>,
     current: Option<Current>,
     next_id: u64,
+    /// Segments from this id on were written by this process (tagged, so
+    /// they may be recycled); older ones may be untagged and are removed.
+    first_own: u64,
     /// Encoded records not yet written to `current`.
     buf: BytesMut,
     /// Unsettled records per segment.
@@ -57,6 +60,7 @@ impl Persister {
             spares,
             current: None,
             next_id,
+            first_own: next_id,
             buf: BytesMut::with_capacity(256 * 1024),
             live,
             acks: HashMap::new(),
@@ -73,7 +77,11 @@ impl Persister {
         loop {
             inbox.take(&mut ops);
             if ops.is_empty() {
-                continue; // idle tick with nothing pending
+                // An idle tick with nothing pending.
+                if let Some(s) = &self.spares {
+                    s.trim();
+                }
+                continue;
             }
             let mut stop = false;
             for o in ops.drain(..) {
@@ -127,6 +135,7 @@ impl Persister {
                 self.waiters.extend(waiter);
                 segment::encode(
                     &mut self.buf,
+                    segment::tag_of(seg),
                     queue_id,
                     deadline,
                     &msg.exchange,
@@ -161,15 +170,14 @@ impl Persister {
         self.write_and_sync_current();
         self.release_waiters();
         let path = segment::seg_path(&self.shared.dir, seg);
-        let (file, len) = match self.spares.as_ref().and_then(|s| s.take(&path)) {
-            Some(f) => (f, 0),
-            None => {
-                let f = OpenOptions::new().create(true).write(true).truncate(false).open(&path)?;
-                let len = f.metadata()?.len();
-                (f, len)
-            }
+        let file = match self.spares.as_ref().and_then(|s| s.take(&path)) {
+            Some(f) => f,
+            // Never over an existing file: its records would be overwritten.
+            None => OpenOptions::new().create_new(true).write(true).open(&path)?,
         };
-        self.current = Some(Current { id: seg, file, len });
+        // The header goes out with the segment's first batch, at offset 0.
+        self.buf.extend_from_slice(&segment::segment_header(seg));
+        self.current = Some(Current { id: seg, file, len: 0 });
         self.live.entry(seg).or_insert(0);
         self.next_id = self.next_id.max(seg + 1);
         Ok(())
@@ -274,8 +282,12 @@ impl Persister {
             self.shared.readers.lock().remove(&id);
             self.dirty_acks.retain(|s| *s != id);
             // The segment first: if only the ack file went, its records
-            // would come back as unsettled.
-            if let Err(e) = std::fs::remove_file(segment::seg_path(&self.shared.dir, id)) {
+            // would come back as unsettled. A tagged segment becomes a
+            // spare: the next segment overwrites it instead of a freshly
+            // zero-filled file (no zeros to write and sync).
+            let path = segment::seg_path(&self.shared.dir, id);
+            let recycled = id >= self.first_own && self.spares.as_ref().is_some_and(|s| s.recycle(&path));
+            if !recycled && let Err(e) = std::fs::remove_file(&path) {
                 tracing::warn!(error = %e, segment = id, "message store: cannot remove segment");
                 continue;
             }
@@ -303,7 +315,7 @@ pub(super) fn recover(dir: &std::path::Path, budget: u64) -> std::io::Result<Fou
         let data = Bytes::from(std::fs::read(&path)?);
         let acks = std::fs::read(segment::ack_path(dir, *id)).unwrap_or_default();
         let (settled, delivered) = segment::parse_acks(&acks);
-        let (records, damage) = segment::scan(&data);
+        let (records, damage) = segment::scan(*id, &data);
         if let Some(d) = damage {
             let offset = match d {
                 segment::Damage::Torn { offset } | segment::Damage::Corrupt { offset } => offset,

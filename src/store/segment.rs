@@ -1,21 +1,104 @@
 //! The segment log's on-disk format. Pure functions over bytes and paths.
 //!
-//! A segment file `NNNNNNNNNNNNNNNNNNNN.seg` is a sequence of records:
-//! `len: u32 | crc32(payload): u32 | payload`, payload =
+//! A segment file `NNNNNNNNNNNNNNNNNNNN.seg` starts with a 16-byte header
+//! (`SEGMENT_MAGIC`, then the segment id) followed by records:
+//! `len: u32 | tag: u32 | crc32(tag, payload): u32 | payload`, payload =
 //! `queue_id: u64 | deadline: u64 | exchange: short | routing_key: short | props_len: u32 | props | body`
 //! (deadline: when the message expires, ms since the epoch, 0 = never).
+//! `tag` is the low 32 bits of the segment's id. Settled segment files are
+//! recycled (renamed to a later id and overwritten in place, as PostgreSQL
+//! recycles WAL segments), so the bytes after the last record written in a
+//! file's current life may be records of an earlier life: their tag names
+//! an older (smaller) segment id, and a scan ends there. A fresh,
+//! zero-filled file ends at the first all-zero header. A header with a tag
+//! of 0 or above the segment's own is damage, like a bad checksum.
+//!
+//! Files written before recycling existed have no segment header and
+//! records of `len | crc32(payload) | payload` (`Format::Untagged`); they
+//! are still read, and never recycled.
+//!
 //! Its companion `NNNN….ack` is a sequence of u32 entries, one per event on
 //! a record of that segment: the record's offset, with the top bit set for
 //! "delivered at least once" and clear for "settled" (acked, dropped, purged).
-//! A segment and its ack file are unlinked once every record is settled.
+//! A segment and its ack file are removed once every record is settled.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use std::path::{Path, PathBuf};
 
-/// Bytes before a record's payload.
-pub const RECORD_HEADER: usize = 8;
+/// First bytes of a tagged segment. As an untagged record header this
+/// would be a length of 4 GiB - 1, which no record has.
+pub const SEGMENT_MAGIC: [u8; 8] = [0xFF, 0xFF, 0xFF, 0xFF, b'W', b'L', b'0', b'2'];
+/// Bytes before a tagged segment's first record.
+pub const SEGMENT_HEADER: usize = 16;
+/// Bytes before a record's payload (tagged format).
+pub const RECORD_HEADER: usize = 12;
 /// Ack-file flag: the record was delivered (a redelivery hint after a crash).
 pub const DELIVERED_FLAG: u32 = 1 << 31;
+
+/// How a segment file's records are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Segment header, records tagged with the segment id.
+    Tagged { tag: u32 },
+    /// No segment header, `len | crc | payload` records (older files).
+    Untagged,
+}
+
+impl Format {
+    /// The format of segment `id`, from the file's first bytes.
+    pub fn of(id: u64, first: &[u8]) -> Format {
+        if first.starts_with(&SEGMENT_MAGIC) { Format::Tagged { tag: tag_of(id) } } else { Format::Untagged }
+    }
+
+    fn record_header(self) -> usize {
+        match self {
+            Format::Tagged { .. } => RECORD_HEADER,
+            Format::Untagged => 8,
+        }
+    }
+
+    fn first_record(self) -> usize {
+        match self {
+            Format::Tagged { .. } => SEGMENT_HEADER,
+            Format::Untagged => 0,
+        }
+    }
+}
+
+/// The tag records of segment `id` carry.
+pub fn tag_of(id: u64) -> u32 {
+    id as u32
+}
+
+/// The header a tagged segment starts with.
+pub fn segment_header(id: u64) -> [u8; SEGMENT_HEADER] {
+    let mut h = [0u8; SEGMENT_HEADER];
+    h[..8].copy_from_slice(&SEGMENT_MAGIC);
+    h[8..].copy_from_slice(&id.to_be_bytes());
+    h
+}
+
+fn checksum(tag: Option<u32>, payload: &[u8]) -> u32 {
+    match tag {
+        Some(t) => {
+            let mut h = crc32fast::Hasher::new();
+            h.update(&t.to_be_bytes());
+            h.update(payload);
+            h.finalize()
+        }
+        None => crc32fast::hash(payload),
+    }
+}
+
+/// A record header as read: (payload length, tag if tagged, checksum).
+fn header_at(data: &[u8], at: usize, f: Format) -> Option<(usize, Option<u32>, u32)> {
+    let h = data.get(at..at.checked_add(f.record_header())?)?;
+    let word = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    Some(match f {
+        Format::Tagged { .. } => (word(0) as usize, Some(word(4)), word(8)),
+        Format::Untagged => (word(0) as usize, None, word(4)),
+    })
+}
 
 /// One message as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +135,7 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<u64>> {
     Ok(ids)
 }
 
-/// Size of the encoded record.
+/// Size of the encoded (tagged) record.
 pub fn encoded_len(exchange: &[u8], routing_key: &[u8], properties: &[u8], body: &[u8]) -> usize {
     RECORD_HEADER
         + 16
@@ -65,9 +148,11 @@ pub fn encoded_len(exchange: &[u8], routing_key: &[u8], properties: &[u8], body:
         + body.len()
 }
 
-/// Appends one record to `out`.
+/// Appends one record of the segment tagged `tag` to `out`.
+#[allow(clippy::too_many_arguments)]
 pub fn encode(
     out: &mut BytesMut,
+    tag: u32,
     queue_id: u64,
     deadline: u64,
     exchange: &[u8],
@@ -77,6 +162,7 @@ pub fn encode(
 ) {
     let start = out.len();
     out.put_u32(0);
+    out.put_u32(tag);
     out.put_u32(0);
     let payload_start = out.len();
     out.put_u64(queue_id);
@@ -91,9 +177,9 @@ pub fn encode(
     out.extend_from_slice(properties);
     out.extend_from_slice(body);
     let len = (out.len() - payload_start) as u32;
-    let crc = crc32fast::hash(&out[payload_start..]);
+    let crc = checksum(Some(tag), &out[payload_start..]);
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
+    out[start + 8..start + 12].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Why scanning stopped before the end of a segment.
@@ -132,28 +218,38 @@ pub fn decode_payload(p: &Bytes) -> Option<Record> {
     Some(Record { queue_id, deadline, exchange, routing_key, properties, body })
 }
 
-/// Walks the records of a segment's bytes: `(offset, record)` for each good
-/// one, and where it stopped if the tail is damaged.
-pub fn scan(data: &Bytes) -> (Vec<(u32, Record)>, Option<Damage>) {
+/// Walks the records of segment `id`'s bytes: `(offset, record)` for each
+/// good one, and where it stopped if the tail is damaged.
+pub fn scan(id: u64, data: &Bytes) -> (Vec<(u32, Record)>, Option<Damage>) {
+    let f = Format::of(id, data);
     let mut out = Vec::new();
-    let mut at = 0usize;
+    let mut at = f.first_record();
     while at < data.len() {
-        if data.len() - at < RECORD_HEADER {
+        let Some((len, tag, crc)) = header_at(data, at, f) else {
             return (out, Some(Damage::Torn { offset: at }));
-        }
-        let len = u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
-        let crc = u32::from_be_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]);
-        if len == 0 && crc == 0 {
+        };
+        if len == 0 && tag.unwrap_or(0) == 0 && crc == 0 {
             // The zero-filled rest of a preallocated segment: no record is
             // empty, so this is where the log ends.
             return (out, None);
         }
-        let start = at + RECORD_HEADER;
+        if let (Format::Tagged { tag: mine }, Some(t)) = (f, tag)
+            && t != mine
+        {
+            // Ids only grow: a smaller tag is a record of this file's
+            // earlier life, where the current one ends. Any other tag is a
+            // header torn or damaged in writing.
+            if t != 0 && t < mine {
+                return (out, None);
+            }
+            return (out, Some(Damage::Corrupt { offset: at }));
+        }
+        let start = at + f.record_header();
         let Some(end) = start.checked_add(len).filter(|e| *e <= data.len()) else {
             return (out, Some(Damage::Torn { offset: at }));
         };
         let payload = data.slice(start..end);
-        if crc32fast::hash(&payload) != crc {
+        if checksum(tag, &payload) != crc {
             return (out, Some(Damage::Corrupt { offset: at }));
         }
         match decode_payload(&payload) {
@@ -181,75 +277,165 @@ pub fn parse_acks(data: &[u8]) -> (std::collections::HashSet<u32>, std::collecti
     (settled, delivered)
 }
 
-/// The record at `at` of `buf` (checksum verified); `None` if it does not
-/// lie wholly inside `buf`.
-pub fn record_in(buf: &Bytes, at: usize) -> Option<std::io::Result<Record>> {
-    let head = buf.get(at..at.checked_add(RECORD_HEADER)?)?;
-    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-    let start = at + RECORD_HEADER;
+/// The record of a segment in format `f` at `at` of `buf` (tag and
+/// checksum verified); `None` if it does not lie wholly inside `buf`.
+pub fn record_in(buf: &Bytes, at: usize, f: Format) -> Option<std::io::Result<Record>> {
+    let (len, tag, crc) = header_at(buf, at, f)?;
+    let start = at + f.record_header();
     let end = start.checked_add(len).filter(|e| *e <= buf.len())?;
-    let payload = buf.slice(start..end);
-    if crc32fast::hash(&payload) != crc {
-        return Some(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "record checksum mismatch")));
-    }
-    Some(
-        decode_payload(&payload)
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "undecodable record")),
-    )
+    Some(verified(f, tag, crc, buf.slice(start..end)))
 }
 
-/// Reads one record at `offset` of an open segment (checksum verified).
-pub fn read_at(file: &std::fs::File, offset: u64) -> std::io::Result<Record> {
+/// Reads one record at `offset` of an open segment in format `f` (tag and
+/// checksum verified).
+pub fn read_at(file: &std::fs::File, offset: u64, f: Format) -> std::io::Result<Record> {
     use std::os::unix::fs::FileExt;
     let mut head = [0u8; RECORD_HEADER];
-    file.read_exact_at(&mut head, offset)?;
-    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-    let mut payload = vec![0u8; len];
-    file.read_exact_at(&mut payload, offset + RECORD_HEADER as u64)?;
-    if crc32fast::hash(&payload) != crc {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "record checksum mismatch"));
+    let head = &mut head[..f.record_header()];
+    file.read_exact_at(head, offset)?;
+    let Some((len, tag, crc)) = header_at(head, 0, f) else {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "short record header"));
+    };
+    if let (Format::Tagged { tag: mine }, Some(t)) = (f, tag)
+        && t != mine
+    {
+        // Checked before the length is trusted: in a recycled file these
+        // bytes may be anything.
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "record of a recycled segment"));
     }
-    decode_payload(&Bytes::from(payload))
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "undecodable record"))
+    let mut payload = vec![0u8; len];
+    file.read_exact_at(&mut payload, offset + f.record_header() as u64)?;
+    verified(f, tag, crc, Bytes::from(payload))
+}
+
+fn verified(f: Format, tag: Option<u32>, crc: u32, payload: Bytes) -> std::io::Result<Record> {
+    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
+    if let (Format::Tagged { tag: mine }, Some(t)) = (f, tag)
+        && t != mine
+    {
+        // The file was recycled: this record is gone.
+        return Err(bad("record of a recycled segment"));
+    }
+    if checksum(tag, &payload) != crc {
+        return Err(bad("record checksum mismatch"));
+    }
+    decode_payload(&payload).ok_or_else(|| bad("undecodable record"))
+}
+
+/// The format of an open segment file (its first bytes).
+pub fn format_of_file(file: &std::fs::File, id: u64) -> std::io::Result<Format> {
+    use std::os::unix::fs::FileExt;
+    let mut first = [0u8; SEGMENT_MAGIC.len()];
+    let mut got = 0;
+    while got < first.len() {
+        match file.read_at(&mut first[got..], got as u64)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(Format::of(id, &first[..got]))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A tagged segment `id` holding the given (queue id, body) records.
+    fn segment(id: u64, records: &[(u64, &[u8])]) -> (BytesMut, Vec<usize>) {
+        let mut b = BytesMut::new();
+        b.extend_from_slice(&segment_header(id));
+        let mut offsets = Vec::new();
+        for (q, body) in records {
+            offsets.push(b.len());
+            encode(&mut b, tag_of(id), *q, 0, b"x", b"rk", b"\x00\x00", body);
+        }
+        (b, offsets)
+    }
+
     #[test]
     fn records_round_trip_and_damage_is_found() {
-        let mut b = BytesMut::new();
-        encode(&mut b, 7, 0, b"x", b"rk", b"\x00\x00", b"body-1");
+        let (mut b, offsets) = segment(3, &[(7, b"body-1")]);
         let second = b.len();
-        encode(&mut b, 8, 99, b"", b"q", b"\x10\x00\x02", b"");
+        encode(&mut b, tag_of(3), 8, 99, b"", b"q", b"\x10\x00\x02", b"");
         let data = b.clone().freeze();
-        let (recs, damage) = scan(&data);
+        let (recs, damage) = scan(3, &data);
         assert_eq!(damage, None);
         assert_eq!(recs.len(), 2);
-        assert_eq!(recs[0].0, 0);
+        assert_eq!(recs[0].0 as usize, offsets[0]);
+        assert_eq!(offsets[0], SEGMENT_HEADER);
         assert_eq!(recs[1].0 as usize, second);
         assert_eq!(&recs[0].1.body[..], b"body-1");
         assert_eq!((recs[1].1.queue_id, recs[1].1.deadline), (8, 99));
-        assert_eq!(encoded_len(b"x", b"rk", b"\x00\x00", b"body-1"), second);
+        assert_eq!(encoded_len(b"x", b"rk", b"\x00\x00", b"body-1"), second - SEGMENT_HEADER);
 
         // A zero-filled (preallocated) tail is the clean end of the log.
         let mut padded = b.clone();
         padded.extend_from_slice(&[0u8; 4096]);
-        let (recs, damage) = scan(&padded.freeze());
+        let (recs, damage) = scan(3, &padded.freeze());
         assert_eq!((recs.len(), damage), (2, None));
 
         // A torn tail keeps the good prefix.
         let torn = data.slice(..data.len() - 3);
-        let (recs, damage) = scan(&torn);
+        let (recs, damage) = scan(3, &torn);
         assert_eq!((recs.len(), damage), (1, Some(Damage::Torn { offset: second })));
         // A flipped byte is corruption.
         let mut bad = b.clone();
-        bad[second + 12] ^= 0xFF;
-        let (recs, damage) = scan(&bad.freeze());
+        bad[second + 16] ^= 0xFF;
+        let (recs, damage) = scan(3, &bad.freeze());
         assert_eq!((recs.len(), damage), (1, Some(Damage::Corrupt { offset: second })));
+    }
+
+    #[test]
+    fn a_recycled_file_ends_where_its_current_life_ends() {
+        // The file's earlier life as segment 5: three records.
+        let (old, _) = segment(5, &[(1, b"old-a"), (1, b"old-b"), (1, b"old-c")]);
+        // Renamed to segment 9 and overwritten from the start with one
+        // record of the same size: the old second and third follow it.
+        let (new, offsets) = segment(9, &[(2, b"new-a")]);
+        let mut file = old.clone();
+        file[..new.len()].copy_from_slice(&new);
+        let file = file.freeze();
+        let (recs, damage) = scan(9, &file);
+        assert_eq!(damage, None);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(&recs[0].1.body[..], b"new-a");
+        // Freshly renamed, before anything is written: no records at all.
+        assert_eq!(scan(9, &old.clone().freeze()), (Vec::new(), None));
+        // A header torn before its tag was written (zeros) or with a tag
+        // from no earlier life is damage, not the end of the log.
+        let end = new.len();
+        for bad_tag in [0u32, 10, 0xdead_0000] {
+            let mut torn = file.to_vec();
+            torn[end + 4..end + 8].copy_from_slice(&bad_tag.to_be_bytes());
+            let (recs, damage) = scan(9, &Bytes::from(torn));
+            assert_eq!((recs.len(), damage), (1, Some(Damage::Corrupt { offset: end })), "tag {bad_tag}");
+        }
+        // A read of an offset the current life has not written is refused.
+        let f = Format::of(9, &file);
+        let at = offsets[0] + encoded_len(b"x", b"rk", b"\x00\x00", b"new-a");
+        let err = record_in(&file, at, f).expect("whole record").expect_err("stale");
+        assert!(err.to_string().contains("recycled"), "{err}");
+        assert_eq!(&record_in(&file, offsets[0], f).expect("whole").expect("good").body[..], b"new-a");
+    }
+
+    #[test]
+    fn untagged_files_of_earlier_versions_are_read() {
+        // `len | crc32(payload) | payload`, no segment header.
+        let mut b = BytesMut::new();
+        let mut tagged = BytesMut::new();
+        encode(&mut tagged, 0, 4, 0, b"", b"q", b"\x00\x00", b"legacy");
+        let payload = &tagged[RECORD_HEADER..];
+        b.put_u32(payload.len() as u32);
+        b.put_u32(crc32fast::hash(payload));
+        b.extend_from_slice(payload);
+        b.extend_from_slice(&[0u8; 64]);
+        let data = b.freeze();
+        assert_eq!(Format::of(1, &data), Format::Untagged);
+        let (recs, damage) = scan(1, &data);
+        assert_eq!(damage, None);
+        assert_eq!((recs.len(), recs[0].0, &recs[0].1.body[..]), (1, 0, &b"legacy"[..]));
+        let r = record_in(&data, 0, Format::Untagged).expect("whole").expect("good");
+        assert_eq!(r.queue_id, 4);
     }
 
     #[test]

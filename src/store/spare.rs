@@ -1,12 +1,18 @@
-//! Zero-filled spare segments. Appending to a file changes its size, so
-//! every `fdatasync` of a growing segment also commits the filesystem
-//! journal; overwriting blocks that were already written (zeros) is a pure
-//! data flush. Measured on this project's ext4 VMs, write + fdatasync of
-//! 64 KiB: 350 µs appending, 280 µs into fallocate'd space, 175 µs into
-//! zero-filled space. A helper thread keeps one zero-filled file of the
-//! segment size ready (written and synced off the commit path); the
-//! persister renames it into place when it moves to a new segment. A log
-//! scan ends cleanly at the first all-zero record header.
+//! Spare segment files. Appending to a file changes its size, so every
+//! `fdatasync` of a growing segment also commits the filesystem journal;
+//! overwriting blocks that were already written is a pure data flush.
+//! Measured on this project's ext4 VMs, write + fdatasync of 64 KiB: 350 µs
+//! appending, 280 µs into fallocate'd space, 175 µs into written space.
+//!
+//! Spares come from two places. A settled segment the persister wrote is
+//! recycled: renamed to a spare name as it is (its records carry its old
+//! id, so a scan under the new id ends before them). When no recycled
+//! file is ready, a helper thread writes a zero-filled one of the segment
+//! size and syncs it, off the commit path. The persister renames a spare
+//! into place when it moves to a new segment. At a steady rate, settled
+//! segments come back as fast as new ones are needed and nothing is
+//! zero-filled: writing and syncing the zeros cost as much CPU and disk
+//! bandwidth as the records themselves.
 
 use parking_lot::{Condvar, Mutex};
 use std::fs::{File, OpenOptions};
@@ -20,10 +26,16 @@ fn spare_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("spare-{n}.tmp"))
 }
 
+/// Spares kept at most while the log is busy: enough that the pool seldom
+/// runs dry (a zero-fill) or overflows (a removal) when segments are freed
+/// about as fast as they are needed. An idle log keeps one (`trim`).
+const POOL: usize = 4;
+
 #[derive(Default)]
 struct Slot {
-    ready: Option<(PathBuf, File)>,
+    ready: Vec<(PathBuf, File)>,
     stop: bool,
+    /// Spare names handed out (zero-filled and recycled alike).
     made: u64,
 }
 
@@ -59,7 +71,7 @@ impl Spares {
         loop {
             let path = {
                 let mut slot = self.slot.lock();
-                while slot.ready.is_some() && !slot.stop {
+                while !slot.ready.is_empty() && !slot.stop {
                     self.changed.wait(&mut slot);
                 }
                 if slot.stop {
@@ -75,7 +87,7 @@ impl Spares {
                         let _ = std::fs::remove_file(&path);
                         return;
                     }
-                    slot.ready = Some((path, f));
+                    slot.ready.push((path, f));
                 }
                 Err(e) => {
                     // Without spares the persister appends to new files:
@@ -111,7 +123,7 @@ impl Spares {
         if target.exists() {
             return None;
         }
-        let (path, f) = self.slot.lock().ready.take()?;
+        let (path, f) = self.slot.lock().ready.pop()?;
         let placed = std::fs::rename(&path, target)
             // The new name must survive a crash like the records synced into it.
             .and_then(|_| File::open(&self.dir)?.sync_all());
@@ -126,10 +138,52 @@ impl Spares {
         }
     }
 
+    /// Takes the settled segment at `seg` as a spare if the pool has room
+    /// and the file is at least a segment long; `false` leaves it to the
+    /// caller to remove. The file keeps its bytes: only a tagged segment
+    /// (whose records name its old id) may be recycled.
+    pub(super) fn recycle(&self, seg: &Path) -> bool {
+        let mut slot = self.slot.lock();
+        if slot.stop || slot.ready.len() >= POOL {
+            return false;
+        }
+        let Ok(f) = OpenOptions::new().read(true).write(true).open(seg) else { return false };
+        if f.metadata().map(|m| m.len() < self.size).unwrap_or(true) {
+            return false;
+        }
+        let path = spare_path(&self.dir, slot.made + 1);
+        // No directory sync, as for a removed segment: the caller removes
+        // the ack file only after this rename, so after a crash the file is
+        // a settled segment with its ack file or a stale spare (removed at
+        // startup) on a filesystem that keeps the order of metadata changes.
+        match std::fs::rename(seg, &path) {
+            Ok(()) => {
+                slot.made += 1;
+                slot.ready.push((path, f));
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "message store: cannot recycle a settled segment");
+                false
+            }
+        }
+    }
+
+    /// Keeps one spare, removing the others: called when the log is idle,
+    /// so that a drained store holds one spare, not a busy period's pool.
+    pub(super) fn trim(&self) {
+        let mut slot = self.slot.lock();
+        while slot.ready.len() > 1 {
+            // The oldest first: the newest was used most recently.
+            let (path, _) = slot.ready.remove(0);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
     pub(super) fn stop(&self) {
         let mut slot = self.slot.lock();
         slot.stop = true;
-        if let Some((path, _)) = slot.ready.take() {
+        for (path, _) in slot.ready.drain(..) {
             let _ = std::fs::remove_file(path);
         }
         self.changed.notify_all();

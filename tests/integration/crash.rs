@@ -3,7 +3,8 @@
 //! allowed and counted); a graceful restart loses nothing and duplicates
 //! nothing; SIGTERM while publishers are mid-stream exits 0 within the
 //! configured time and loses no confirmed message; a drained
-//! million-message backlog leaves at most two segments.
+//! million-message backlog leaves at most two segments; segments recycled
+//! after settling bring none of their old messages back after `kill -9`.
 
 use crate::common;
 
@@ -31,6 +32,17 @@ async fn publisher(
     stop: Arc<AtomicBool>,
     count: Arc<AtomicU64>,
 ) -> HashSet<String> {
+    padded_publisher(addr, prefix, 0, stop, count).await
+}
+
+/// `publisher` with bodies `prefix-NNNNNNNN` padded with dots to `size`.
+async fn padded_publisher(
+    addr: std::net::SocketAddr,
+    prefix: String,
+    size: usize,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+) -> HashSet<String> {
     let mut confirmed = HashSet::new();
     let mut r = Raw::open(addr).await;
     r.call(1, m::confirm_select()).await;
@@ -41,7 +53,10 @@ async fn publisher(
         let mut out = BytesMut::new();
         while sent.len() < 256 {
             seq += 1;
-            let body = format!("{prefix}-{seq}");
+            let mut body = format!("{prefix}-{seq:08}");
+            while body.len() < size {
+                body.push('.');
+            }
             encode_publish(&mut out, 1, "", QUEUE, &p, body.as_bytes());
             sent.insert(seq, body);
         }
@@ -164,6 +179,151 @@ async fn kill_dash_nine_five_times_loses_no_confirmed_message() {
     assert_eq!(child.terminate().code(), Some(0));
 }
 
+/// Spare files in `msgs` that are recycled segments (they start with the
+/// tagged segment header; zero-filled spares start with zeros): inodes.
+fn recycled_spares(msgs: &std::path::Path) -> HashSet<u64> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let mut out = HashSet::new();
+    for e in std::fs::read_dir(msgs).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("spare-") && name.ends_with(".tmp")) {
+            continue;
+        }
+        let mut head = [0u8; 8];
+        // A spare may be renamed into place between listing and opening.
+        if let Ok(mut f) = std::fs::File::open(e.path())
+            && f.read_exact(&mut head).is_ok()
+            && head == [0xFF, 0xFF, 0xFF, 0xFF, b'W', b'L', b'0', b'2']
+            && let Ok(m) = f.metadata()
+        {
+            out.insert(m.ino());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recycled_segments_bring_back_no_settled_message_after_kill_dash_nine() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let msgs = data.join("messages");
+    // 64 KiB segments: a few thousand 1 KiB messages go through many.
+    let small = ["--set", "storage.segment_size=65536"];
+    let child = Child::spawn_with(&data, &small);
+    let mut r = Raw::open(child.amqp).await;
+    r.call(1, m::qdecl(QUEUE, false, true, false, false, FieldTable::default())).await;
+    // Old and new messages have records of one size, so the records after
+    // a recycled file's new tail start exactly where a new one would: only
+    // their tag tells them apart.
+    const SIZE: usize = 1000;
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let old = tokio::spawn(padded_publisher(child.amqp, "old-p0".into(), SIZE, stop.clone(), count.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count.load(Ordering::Relaxed) < 3000 {
+        assert!(std::time::Instant::now() < deadline, "old messages not confirmed");
+        tokio::time::sleep(Duration::from_millis(5)).await; // poll until the deadline
+    }
+    stop.store(true, Ordering::Relaxed);
+    let old_confirmed = old.await.unwrap();
+    // Consume and ack every old message: their segments settle and become
+    // spares.
+    r.open_channel(2).await;
+    r.call(2, m::qos(500, false)).await;
+    r.call(2, m::consume(QUEUE, "old", false, false, FieldTable::default())).await;
+    let mut consumed = 0;
+    while let Some(msg) = r.try_next_message(Duration::from_secs(2)).await {
+        assert!(msg.body.starts_with(b"old-"));
+        r.method(2, m::ack(msg.delivery_tag(), false)).await;
+        consumed += 1;
+    }
+    assert!(consumed >= old_confirmed.len(), "{consumed} consumed, {} confirmed", old_confirmed.len());
+    r.call(2, m::ch_close()).await;
+    assert_eq!(r.counts(1, QUEUE).await, (0, 0), "everything acked");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let recycled = loop {
+        let found = recycled_spares(&msgs);
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(std::time::Instant::now() < deadline, "no settled segment was recycled");
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll until the deadline
+    };
+    // New messages, ten at a time with confirms, until the segment being
+    // written is a recycled file holding some of them; then kill -9, so
+    // that the rest of that file is its old life's records.
+    r.call(1, m::confirm_select()).await;
+    let p = persistent();
+    let current_inode = || {
+        use std::os::unix::fs::MetadataExt;
+        let mut segs: Vec<_> = std::fs::read_dir(&msgs)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+            .map(|e| e.path())
+            .collect();
+        segs.sort();
+        segs.last().and_then(|s| std::fs::metadata(s).ok()).map(|m| m.ino())
+    };
+    let mut confirmed: HashSet<String> = HashSet::new();
+    let mut seq = 0u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut out = BytesMut::new();
+        let mut batch = Vec::new();
+        for _ in 0..10 {
+            seq += 1;
+            let mut body = format!("new-p0-{seq:08}");
+            while body.len() < SIZE {
+                body.push('.');
+            }
+            encode_publish(&mut out, 1, "", QUEUE, &p, body.as_bytes());
+            batch.push(body);
+        }
+        r.send(&out).await;
+        let mut acked = 0;
+        while acked < seq {
+            match r.recv().await {
+                In::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) => acked = a.delivery_tag,
+                In::Method(1, AMQPClass::Basic(basic::AMQPMethod::Nack(n))) => panic!("nack {}", n.delivery_tag),
+                _ => {}
+            }
+        }
+        confirmed.extend(batch);
+        if current_inode().is_some_and(|i| recycled.contains(&i)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no recycled file was written to");
+    }
+    child.kill9();
+    let reused = std::fs::read_dir(&msgs)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+        .filter(|e| {
+            use std::os::unix::fs::MetadataExt;
+            e.metadata().is_ok_and(|m| recycled.contains(&m.ino()))
+        })
+        .count();
+    assert!(reused > 0, "no recycled file holds new records");
+    let child = Child::spawn_with(&data, &small);
+    let seen = drain(child.amqp).await;
+    let old: Vec<&String> = seen.keys().filter(|b| b.starts_with("old-")).collect();
+    let missing: Vec<&String> = confirmed.iter().filter(|b| !seen.contains_key(*b)).collect();
+    eprintln!(
+        "recycling: {} recycled files reused, {} confirmed, {} received, {} old, {} missing",
+        reused,
+        confirmed.len(),
+        seen.len(),
+        old.len(),
+        missing.len()
+    );
+    assert!(old.is_empty(), "settled messages came back from recycled files: {:?}", &old[..old.len().min(5)]);
+    assert!(missing.is_empty(), "confirmed but lost: {:?}", &missing[..missing.len().min(5)]);
+    assert_eq!(child.terminate().code(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_loses_no_confirmed_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -268,17 +428,28 @@ async fn drained_million_message_backlog_leaves_at_most_two_segments() {
         tokio::time::timeout(Duration::from_secs(600), consume).await.expect("drained in time").unwrap();
     assert_eq!(ready, 0);
     let msgs = data.join("messages");
-    let segments = || {
+    let count = |suffix: &str| {
         std::fs::read_dir(&msgs)
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "seg"))
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(suffix))
             .count()
     };
+    // Segments in use, and spare files (recycled or zero-filled): an idle
+    // log keeps one spare.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while segments() > 2 {
-        assert!(std::time::Instant::now() < deadline, "{} segments left after draining", segments());
+    while count(".seg") > 2 || count(".tmp") > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} segments and {} spares left after draining",
+            count(".seg"),
+            count(".tmp")
+        );
         tokio::time::sleep(Duration::from_millis(50)).await; // poll until the deadline
     }
-    eprintln!("segments on disk after 1,000,000 × 1 KiB drained: {}", segments());
+    eprintln!(
+        "after 1,000,000 × 1 KiB drained: {} segments, {} spare on disk",
+        count(".seg"),
+        count(".tmp")
+    );
     assert_eq!(child.terminate().code(), Some(0));
 }

@@ -205,7 +205,8 @@ async fn torn_log_tail_is_cut_off_and_the_rest_recovered() {
     };
     // Write half a record right after the last one in the newest segment, as
     // a crash mid-write would (a segment may be zero-filled ahead of its
-    // records: the log ends at the first all-zero record header).
+    // records: the log ends at the first all-zero record header). A segment
+    // is a 16-byte header, then records of `len | tag | crc | payload`.
     let mut segs: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -214,11 +215,12 @@ async fn torn_log_tail_is_cut_off_and_the_rest_recovered() {
     segs.sort();
     let last = segs.last().expect("a segment").clone();
     let data = std::fs::read(&last).unwrap();
-    let mut end = 0usize;
-    while end + 8 <= data.len() && data[end..end + 8] != [0u8; 8] {
-        end += 8 + u32::from_be_bytes([data[end], data[end + 1], data[end + 2], data[end + 3]]) as usize;
+    assert_eq!(&data[..4], &[0xFF; 4], "a tagged segment");
+    let mut end = 16usize;
+    while end + 12 <= data.len() && data[end..end + 12] != [0u8; 12] {
+        end += 12 + u32::from_be_bytes([data[end], data[end + 1], data[end + 2], data[end + 3]]) as usize;
     }
-    assert!(end > 0, "records in the newest segment");
+    assert!(end > 16, "records in the newest segment");
     {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
