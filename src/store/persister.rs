@@ -21,8 +21,8 @@ const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 struct Current {
     id: u64,
     file: File,
-    /// Bytes of records already written to the file (a zero-filled spare
-    /// is longer: records overwrite its zeros).
+    /// Bytes already written to the file: the segment header and records
+    /// (a spare is longer: they overwrite its zeros or an earlier life).
     len: u64,
 }
 
