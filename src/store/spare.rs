@@ -93,6 +93,8 @@ impl Spares {
                     // Without spares the persister appends to new files:
                     // slower syncs, same guarantees. Retry later.
                     tracing::warn!(error = %e, "message store: cannot prepare a spare segment");
+                    // A partly written spare (a full disk) is not kept.
+                    let _ = std::fs::remove_file(&path);
                     let mut slot = self.slot.lock();
                     self.changed.wait_for(&mut slot, std::time::Duration::from_secs(5));
                     if slot.stop {
