@@ -57,6 +57,15 @@ impl Format {
         }
     }
 
+    /// Whether a record header's tag belongs to this segment (untagged
+    /// files have no tags to compare).
+    fn owns(self, tag: Option<u32>) -> bool {
+        match (self, tag) {
+            (Format::Tagged { tag: mine }, Some(t)) => t == mine,
+            _ => true,
+        }
+    }
+
     fn first_record(self) -> usize {
         match self {
             Format::Tagged { .. } => SEGMENT_HEADER,
@@ -233,16 +242,12 @@ pub fn scan(id: u64, data: &Bytes) -> (Vec<(u32, Record)>, Option<Damage>) {
             // empty, so this is where the log ends.
             return (out, None);
         }
-        if let (Format::Tagged { tag: mine }, Some(t)) = (f, tag)
-            && t != mine
-        {
+        if !f.owns(tag) {
             // Ids only grow: a smaller tag is a record of this file's
             // earlier life, where the current one ends. Any other tag is a
             // header torn or damaged in writing.
-            if t != 0 && t < mine {
-                return (out, None);
-            }
-            return (out, Some(Damage::Corrupt { offset: at }));
+            let earlier = matches!((f, tag), (Format::Tagged { tag: mine }, Some(t)) if t != 0 && t < mine);
+            return (out, if earlier { None } else { Some(Damage::Corrupt { offset: at }) });
         }
         let start = at + f.record_header();
         let Some(end) = start.checked_add(len).filter(|e| *e <= data.len()) else {
@@ -296,9 +301,7 @@ pub fn read_at(file: &std::fs::File, offset: u64, f: Format) -> std::io::Result<
     let Some((len, tag, crc)) = header_at(head, 0, f) else {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "short record header"));
     };
-    if let (Format::Tagged { tag: mine }, Some(t)) = (f, tag)
-        && t != mine
-    {
+    if !f.owns(tag) {
         // Checked before the length is trusted: in a recycled file these
         // bytes may be anything.
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "record of a recycled segment"));
@@ -310,9 +313,7 @@ pub fn read_at(file: &std::fs::File, offset: u64, f: Format) -> std::io::Result<
 
 fn verified(f: Format, tag: Option<u32>, crc: u32, payload: Bytes) -> std::io::Result<Record> {
     let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
-    if let (Format::Tagged { tag: mine }, Some(t)) = (f, tag)
-        && t != mine
-    {
+    if !f.owns(tag) {
         // The file was recycled: this record is gone.
         return Err(bad("record of a recycled segment"));
     }
