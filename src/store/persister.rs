@@ -276,6 +276,7 @@ impl Persister {
         let current = self.current.as_ref().map(|c| c.id);
         let done: Vec<u64> =
             self.live.iter().filter(|(id, n)| **n == 0 && Some(**id) != current).map(|(id, _)| *id).collect();
+        let mut gone = Vec::with_capacity(done.len());
         for id in done {
             self.live.remove(&id);
             self.ack_files.remove(&id);
@@ -291,8 +292,27 @@ impl Persister {
                 tracing::warn!(error = %e, segment = id, "message store: cannot remove segment");
                 continue;
             }
-            let _ = std::fs::remove_file(segment::ack_path(&self.shared.dir, id));
+            gone.push(id);
         }
+        remove_ack_files(&self.shared.dir, &gone);
+    }
+}
+
+/// Removes the ack files of segments already removed (or renamed to spares),
+/// after a sync of the directory: a filesystem without a journal may write
+/// directory changes in any order, and a segment that outlived its ack file
+/// in a power loss would bring its settled messages back. If the sync fails
+/// the ack files stay; startup removes ack files without a segment.
+fn remove_ack_files(dir: &std::path::Path, ids: &[u64]) {
+    if ids.is_empty() {
+        return;
+    }
+    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(error = %e, "message store: cannot sync the log directory; ack files of removed segments are kept until restart");
+        return;
+    }
+    for id in ids {
+        let _ = std::fs::remove_file(segment::ack_path(dir, *id));
     }
 }
 
@@ -310,6 +330,7 @@ pub(super) fn recover(dir: &std::path::Path, budget: u64) -> std::io::Result<Fou
     let mut live = HashMap::new();
     let mut resident = 0u64;
     let last = ids.last().copied();
+    let mut emptied = Vec::new();
     for id in &ids {
         let path = segment::seg_path(dir, *id);
         let data = Bytes::from(std::fs::read(&path)?);
@@ -373,10 +394,19 @@ pub(super) fn recover(dir: &std::path::Path, budget: u64) -> std::io::Result<Fou
             });
         }
         if n == 0 {
-            let _ = std::fs::remove_file(&path);
-            let _ = std::fs::remove_file(segment::ack_path(dir, *id));
+            if std::fs::remove_file(&path).is_ok() {
+                emptied.push(*id);
+            }
         } else {
             live.insert(*id, n);
+        }
+    }
+    remove_ack_files(dir, &emptied);
+    // Ack files whose segment is gone (a crash or a failed directory sync
+    // between the two removals): nothing can come back through them.
+    for id in segment::list_acks(dir)? {
+        if ids.binary_search(&id).is_err() {
+            let _ = std::fs::remove_file(segment::ack_path(dir, id));
         }
     }
     let next = last.map(|l| l + 1).unwrap_or(1);

@@ -130,11 +130,20 @@ pub fn ack_path(dir: &Path, id: u64) -> PathBuf {
 
 /// Segment ids present in `dir`, ascending.
 pub fn list(dir: &Path) -> std::io::Result<Vec<u64>> {
+    ids_with_suffix(dir, ".seg")
+}
+
+/// Ids of the ack files in `dir`, in order.
+pub fn list_acks(dir: &Path) -> std::io::Result<Vec<u64>> {
+    ids_with_suffix(dir, ".ack")
+}
+
+fn ids_with_suffix(dir: &Path, suffix: &str) -> std::io::Result<Vec<u64>> {
     let mut ids = Vec::new();
     for e in std::fs::read_dir(dir)? {
         let name = e?.file_name();
         let name = name.to_string_lossy();
-        if let Some(stem) = name.strip_suffix(".seg")
+        if let Some(stem) = name.strip_suffix(suffix)
             && let Ok(id) = stem.parse::<u64>()
         {
             ids.push(id);

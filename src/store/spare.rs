@@ -154,10 +154,10 @@ impl Spares {
             return false;
         }
         let path = spare_path(&self.dir, slot.made + 1);
-        // No directory sync, as for a removed segment: the caller removes
-        // the ack file only after this rename, so after a crash the file is
-        // a settled segment with its ack file or a stale spare (removed at
-        // startup) on a filesystem that keeps the order of metadata changes.
+        // No directory sync here: the caller syncs the directory once for
+        // every segment it let go and only then removes their ack files, so
+        // after a crash the file is a settled segment with its ack file or
+        // a stale spare (removed at startup).
         match std::fs::rename(seg, &path) {
             Ok(()) => {
                 slot.made += 1;

@@ -384,3 +384,52 @@ async fn records_in_zero_filled_spare_segments_come_back_in_order() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn ack_file_without_its_segment_is_removed_at_startup() {
+    let s = start().await;
+    let mut r = Raw::open(s.addr()).await;
+    r.call(1, m::qdecl("oa", false, true, false, false, FieldTable::default())).await;
+    r.call(1, m::confirm_select()).await;
+    for i in 0..10 {
+        r.publish(1, "", "oa", false, &persistent(), format!("m{i}").as_bytes()).await;
+    }
+    let mut confirmed = 0;
+    while confirmed < 10 {
+        if let In::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) = r.recv().await {
+            confirmed = a.delivery_tag;
+        }
+    }
+    // Four settled: the live segment gets an ack file.
+    for i in 0..4 {
+        r.method(1, m::get("oa", true)).await;
+        let msg = r.next_message().await;
+        assert_eq!(msg.body, format!("m{i}").as_bytes());
+    }
+    drop(r);
+    let mut s = s;
+    if let Some(h) = s.handle.take() {
+        h.shutdown().await;
+    }
+    let dir = s.dir.path().join("messages");
+    let names = |dir: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    let before = names(&dir);
+    let live_acks: Vec<&String> = before.iter().filter(|n| n.ends_with(".ack")).collect();
+    assert_eq!(live_acks.len(), 1, "the live segment's ack file: {before:?}");
+    // What a crash between a segment's removal and its ack file's leaves:
+    // an ack file for a segment that is gone.
+    let orphan = dir.join(format!("{:020}.ack", 0));
+    std::fs::write(&orphan, 16u32.to_be_bytes()).unwrap();
+    let s = s.restart().await;
+    assert!(!orphan.exists(), "orphan ack file removed: {:?}", names(&dir));
+    assert!(dir.join(live_acks[0]).exists(), "the live segment keeps its ack file");
+    let mut r = Raw::open(s.addr()).await;
+    let got: Vec<String> = drain_bodies(&mut r, "oa").await.into_iter().map(|(b, _)| b).collect();
+    assert_eq!(got, (4..10).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    s.stop().await;
+}
