@@ -39,6 +39,9 @@ pub struct AmqpConfig {
     pub handshake_timeout_ms: u64,
     pub max_connections: usize,
     pub write_buffer_high_water: usize,
+    /// A read of at least this many bytes from a connection nobody on it
+    /// waits for replies on defers the next read by a timer tick; 0: never.
+    pub read_coalesce_bytes: usize,
     /// The plain listener on `port`; false leaves only AMQPS.
     pub listen_plain: bool,
     /// AMQPS port, listened on when `[tls]` has a certificate and key.

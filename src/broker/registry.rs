@@ -42,6 +42,9 @@ pub struct ConnectionInfo {
     pub outbox: Arc<Outbox>,
     /// Bytes read from the socket.
     pub recv_oct: AtomicU64,
+    /// Reads put off by a timer tick so that the next one takes a bigger
+    /// batch (see `amqp.read_coalesce_bytes`).
+    pub reads_deferred: AtomicU64,
     pub channels: Mutex<BTreeMap<u16, ChannelInfo>>,
     /// Sampled `recv_oct`/`send_oct` rates.
     pub rates: super::rates::ConnectionRates,
@@ -84,6 +87,7 @@ impl ConnectionInfo {
             auth_mechanism,
             outbox,
             recv_oct: AtomicU64::new(0),
+            reads_deferred: AtomicU64::new(0),
             channels: Mutex::new(BTreeMap::new()),
             rates: Default::default(),
             close_reason: Mutex::new(None),

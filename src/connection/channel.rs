@@ -109,6 +109,12 @@ impl Channel {
         }
     }
 
+    /// The peer waits for our answers to its publishes: confirms, or
+    /// `tx.commit-ok`.
+    pub fn awaits_replies(&self) -> bool {
+        self.confirm || self.tx.is_some()
+    }
+
     pub fn discard_pending(&mut self) {
         self.content = Content::Idle;
         self.tx = None;

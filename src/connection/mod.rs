@@ -33,6 +33,16 @@ const READ_CHUNK: usize = 64 * 1024;
 /// A new connection's read buffer; it grows toward `READ_CHUNK` only while
 /// reads fill it, so 10,000 idle connections do not hold 64 KiB each.
 const FIRST_READ: usize = 4096;
+/// How long a deferred read waits (the runtime's timers tick in
+/// milliseconds, so this is one tick, 1–2 ms in practice).
+const READ_COALESCE_TICK: Duration = Duration::from_millis(1);
+
+/// A read of `got` bytes into `room` is big enough (at least `min`, not 0)
+/// for the next to wait, and did not fill the buffer: a full buffer means
+/// more is waiting right now.
+fn worth_deferring(min: usize, got: usize, room: usize) -> bool {
+    min > 0 && got >= min && got < room
+}
 /// How long to wait for `connection.close-ok` after sending `connection.close`.
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -303,6 +313,8 @@ impl Conn {
         let idle_limit = (heartbeat > 0).then(|| Duration::from_secs(heartbeat as u64 * 2));
         let mut close_deadline: Option<tokio::time::Instant> = None;
         let mut chunk = FIRST_READ;
+        // The last read was big and drained the socket (`worth_deferring`).
+        let mut big_read = false;
         loop {
             // Handle every complete frame already buffered; what they
             // produce is written when the batch ends.
@@ -332,6 +344,12 @@ impl Conn {
             // Replies we produced are not being read by the peer: stop
             // reading its socket until they drain.
             self.outbox.wait_for_room().await;
+            // Decided after the frames just read were handled: a
+            // `confirm.select` among them already counts.
+            if std::mem::take(&mut big_read) && self.nobody_waits() {
+                self.info.reads_deferred.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(READ_COALESCE_TICK).await;
+            }
             if buf.capacity() - buf.len() < chunk / 4 {
                 buf.reserve(chunk);
             }
@@ -368,7 +386,9 @@ impl Conn {
             }
             match outcome {
                 Ok(Ok(0)) => return "client closed the socket",
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => {
+                    big_read = worth_deferring(self.broker.config.amqp.read_coalesce_bytes, got as usize, room)
+                }
                 Ok(Err(_)) => return "socket error",
                 Err(why) => {
                     if why.starts_with("missed") {
@@ -382,6 +402,14 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Nobody on this connection waits for an answer to what it sends: no
+    /// channel in confirm or transaction mode, no consumer that acks. After
+    /// a big read (`worth_deferring`) such a connection's next read waits a
+    /// timer tick (`READ_COALESCE_TICK`) so that it takes a bigger batch.
+    fn nobody_waits(&self) -> bool {
+        !self.closing && !self.channels.values().any(Channel::awaits_replies) && !self.outbox.awaits_acks()
     }
 
     fn handle_frame(&mut self, f: Frame) -> Flow {
@@ -748,4 +776,19 @@ pub(crate) fn requeue_all(unacked: Vec<Unacked>) {
 pub(crate) enum Flow {
     Continue,
     Stop(&'static str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worth_deferring;
+
+    #[test]
+    fn only_a_big_read_that_drained_the_socket_defers_the_next() {
+        assert!(worth_deferring(8192, 8192, 65536), "big, buffer not filled");
+        assert!(worth_deferring(8192, 40000, 65536));
+        assert!(!worth_deferring(8192, 8191, 65536), "below the threshold");
+        assert!(!worth_deferring(8192, 65536, 65536), "filled the buffer: more is waiting");
+        assert!(!worth_deferring(0, 40000, 65536), "0 disables");
+        assert!(worth_deferring(1, 1, 4096));
+    }
 }

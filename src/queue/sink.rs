@@ -439,6 +439,13 @@ impl Outbox {
         self.state.lock().writing = false;
     }
 
+    /// A consumer on this connection acknowledges (its next deliveries wait
+    /// for the acks the connection sends), or a delivery awaits its ack.
+    pub fn awaits_acks(&self) -> bool {
+        let st = self.state.lock();
+        st.channels.values().any(|c| !c.unacked.is_empty() || c.consumers.values().any(|e| !e.no_ack))
+    }
+
     /// Queues whose consumers live on this connection (to re-dispatch).
     pub fn consumer_queues(&self) -> Vec<Arc<Queue>> {
         let st = self.state.lock();

@@ -546,3 +546,80 @@ async fn one_thousand_connections_with_a_channel_each() {
     first.method(1, m::get("shared", true)).await;
     assert_eq!(first.next_message().await.body, b"hi");
 }
+
+/// Reads deferred for the connection whose client socket is `r`'s.
+fn reads_deferred(s: &TestServer, r: &Raw) -> u64 {
+    let me = r.sock.local_addr().expect("local address");
+    s.broker()
+        .registry
+        .all()
+        .iter()
+        .find(|c| c.peer == me)
+        .map(|c| c.reads_deferred.load(std::sync::atomic::Ordering::Relaxed))
+        .expect("the connection is registered")
+}
+
+async fn publish_bodies(r: &mut Raw, q: &str, n: usize) {
+    for i in 0..n {
+        r.publish(1, "", q, false, &[], format!("m{i}").as_bytes()).await;
+    }
+}
+
+#[tokio::test]
+async fn read_coalescing_defers_only_connections_nobody_waits_on() {
+    // A threshold of one byte: every read that does not fill the buffer is
+    // big enough, so what the connection waits for alone decides.
+    let s = start_with(|c| c.amqp.read_coalesce_bytes = 1).await;
+    let mut p = Raw::open(s.addr()).await;
+    p.call(1, m::qdecl("rc", false, false, false, false, FieldTable::default())).await;
+    publish_bodies(&mut p, "rc", 300).await;
+    // Deferred reads lose and reorder nothing.
+    let mut g = Raw::open(s.addr()).await;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while got.len() < 300 {
+        assert!(tokio::time::Instant::now() < deadline, "only {} of 300 arrived", got.len());
+        g.method(1, m::get("rc", true)).await;
+        let msg = g.next_message().await;
+        if let AMQPClass::Basic(basic::AMQPMethod::GetOk(_)) = msg.method {
+            got.push(String::from_utf8(msg.body).expect("utf-8"));
+        }
+    }
+    assert_eq!(got, (0..300).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    assert!(reads_deferred(&s, &p) > 0, "a publisher without confirms streams with deferred reads");
+
+    // A publisher that waits for confirms is never deferred.
+    let mut c = Raw::open(s.addr()).await;
+    c.call(1, m::confirm_select()).await;
+    let before = reads_deferred(&s, &c);
+    publish_bodies(&mut c, "rc", 300).await;
+    let mut confirmed = 0;
+    while confirmed < 300 {
+        if let In::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) = c.recv().await {
+            confirmed = a.delivery_tag;
+        }
+    }
+    assert_eq!(reads_deferred(&s, &c), before, "confirm mode");
+
+    // Nor one in a transaction.
+    let mut t = Raw::open(s.addr()).await;
+    t.call(1, m::tx_select()).await;
+    let before = reads_deferred(&s, &t);
+    publish_bodies(&mut t, "rc", 100).await;
+    t.call(1, m::tx_commit()).await;
+    assert_eq!(reads_deferred(&s, &t), before, "transaction");
+
+    // Nor one with a consumer that acks: its acks free the next deliveries.
+    let mut k = Raw::open(s.addr()).await;
+    k.call(1, m::qdecl("rk", false, false, false, false, FieldTable::default())).await;
+    k.call(1, m::consume("rk", "tag", false, false, FieldTable::default())).await;
+    let before = reads_deferred(&s, &k);
+    publish_bodies(&mut k, "rk", 100).await;
+    for i in 0..100 {
+        let msg = k.next_message().await;
+        assert_eq!(msg.body, format!("m{i}").as_bytes());
+        k.method(1, m::ack(msg.delivery_tag(), false)).await;
+    }
+    assert_eq!(reads_deferred(&s, &k), before, "manual-ack consumer");
+    s.stop().await;
+}
