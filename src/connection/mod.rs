@@ -36,6 +36,8 @@ const FIRST_READ: usize = 4096;
 /// How long a deferred read waits (the runtime's timers tick in
 /// milliseconds, so this is one tick, 1–2 ms in practice).
 const READ_COALESCE_TICK: Duration = Duration::from_millis(1);
+/// How long to wait for `connection.close-ok` after sending `connection.close`.
+const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A read of `got` bytes into `room` is big enough (at least `min`, not 0)
 /// for the next to wait, and did not fill the buffer: a full buffer means
@@ -43,8 +45,6 @@ const READ_COALESCE_TICK: Duration = Duration::from_millis(1);
 fn worth_deferring(min: usize, got: usize, room: usize) -> bool {
     min > 0 && got >= min && got < room
 }
-/// How long to wait for `connection.close-ok` after sending `connection.close`.
-const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Everything channel methods need from their connection.
 pub struct Conn {
