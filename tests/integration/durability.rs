@@ -43,6 +43,22 @@ async fn drain_bodies(r: &mut Raw, q: &str) -> Vec<(String, bool)> {
     }
 }
 
+/// Declares the durable queue `q` and publishes `m0`..`m{n-1}` to it as
+/// persistent messages, waiting until every one is confirmed.
+async fn publish_confirmed(r: &mut Raw, q: &str, n: u64) {
+    r.call(1, m::qdecl(q, false, true, false, false, FieldTable::default())).await;
+    r.call(1, m::confirm_select()).await;
+    for i in 0..n {
+        r.publish(1, "", q, false, &persistent(), format!("m{i}").as_bytes()).await;
+    }
+    let mut confirmed = 0;
+    while confirmed < n {
+        if let In::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) = r.recv().await {
+            confirmed = a.delivery_tag;
+        }
+    }
+}
+
 #[tokio::test]
 async fn definitions_survive_restart_and_transient_ones_do_not() {
     let s = start().await;
@@ -180,17 +196,7 @@ async fn acked_messages_stay_gone_after_graceful_restart() {
 async fn torn_log_tail_is_cut_off_and_the_rest_recovered() {
     let s = start().await;
     let mut r = Raw::open(s.addr()).await;
-    r.call(1, m::qdecl("tt", false, true, false, false, FieldTable::default())).await;
-    r.call(1, m::confirm_select()).await;
-    for i in 0..10 {
-        r.publish(1, "", "tt", false, &persistent(), format!("m{i}").as_bytes()).await;
-    }
-    let mut confirmed = 0;
-    while confirmed < 10 {
-        if let In::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) = r.recv().await {
-            confirmed = a.delivery_tag;
-        }
-    }
+    publish_confirmed(&mut r, "tt", 10).await;
     drop(r);
     let dir = s.dir.path().join("messages");
     if let Some(h) = s.handle.as_ref() {
@@ -389,17 +395,7 @@ async fn records_in_zero_filled_spare_segments_come_back_in_order() {
 async fn ack_file_without_its_segment_is_removed_at_startup() {
     let s = start().await;
     let mut r = Raw::open(s.addr()).await;
-    r.call(1, m::qdecl("oa", false, true, false, false, FieldTable::default())).await;
-    r.call(1, m::confirm_select()).await;
-    for i in 0..10 {
-        r.publish(1, "", "oa", false, &persistent(), format!("m{i}").as_bytes()).await;
-    }
-    let mut confirmed = 0;
-    while confirmed < 10 {
-        if let In::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) = r.recv().await {
-            confirmed = a.delivery_tag;
-        }
-    }
+    publish_confirmed(&mut r, "oa", 10).await;
     // Four settled: the live segment gets an ack file.
     for i in 0..4 {
         r.method(1, m::get("oa", true)).await;
