@@ -286,7 +286,9 @@ async fn recycled_segments_bring_back_no_settled_message_after_kill_dash_nine() 
         while acked < seq {
             match r.recv().await {
                 In::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) => acked = a.delivery_tag,
-                In::Method(1, AMQPClass::Basic(basic::AMQPMethod::Nack(n))) => panic!("nack {}", n.delivery_tag),
+                In::Method(1, AMQPClass::Basic(basic::AMQPMethod::Nack(n))) => {
+                    panic!("nack {}", n.delivery_tag)
+                }
                 _ => {}
             }
         }
@@ -446,10 +448,6 @@ async fn drained_million_message_backlog_leaves_at_most_two_segments() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await; // poll until the deadline
     }
-    eprintln!(
-        "after 1,000,000 × 1 KiB drained: {} segments, {} spare on disk",
-        count(".seg"),
-        count(".tmp")
-    );
+    eprintln!("after 1,000,000 × 1 KiB drained: {} segments, {} spare on disk", count(".seg"), count(".tmp"));
     assert_eq!(child.terminate().code(), Some(0));
 }

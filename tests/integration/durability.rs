@@ -409,8 +409,10 @@ async fn ack_file_without_its_segment_is_removed_at_startup() {
     }
     let dir = s.dir.path().join("messages");
     let names = |dir: &std::path::Path| -> Vec<String> {
-        let mut v: Vec<String> =
-            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         v.sort();
         v
     };
