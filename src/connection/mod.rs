@@ -387,7 +387,8 @@ impl Conn {
             match outcome {
                 Ok(Ok(0)) => return "client closed the socket",
                 Ok(Ok(_)) => {
-                    big_read = worth_deferring(self.broker.config.amqp.read_coalesce_bytes, got as usize, room)
+                    big_read =
+                        worth_deferring(self.broker.config.amqp.read_coalesce_bytes, got as usize, room)
                 }
                 Ok(Err(_)) => return "socket error",
                 Err(why) => {
@@ -456,7 +457,11 @@ impl Conn {
         match m {
             AMQPClass::Connection(conm::AMQPMethod::Close(c)) => {
                 tracing::debug!(conn = self.id, code = c.reply_code, text = %c.reply_text, "client closed connection");
+                // As RabbitMQ: channels are shut down and the connection's
+                // exclusive queues deleted before close-ok, so a client that
+                // reconnects on close-ok can declare them again at once.
                 self.release_all_channels();
+                self.delete_exclusive_queues();
                 self.send_method(0, &AMQPClass::Connection(conm::AMQPMethod::CloseOk(conm::CloseOk {})));
                 Ok(Flow::Stop("client closed the connection"))
             }
@@ -622,6 +627,10 @@ impl Conn {
         });
         self.release_all_channels();
         self.channels.clear();
+        self.delete_exclusive_queues();
+    }
+
+    fn delete_exclusive_queues(&mut self) {
         for q in std::mem::take(&mut self.exclusive_queues) {
             self.vhost.remove_queue(&q);
         }

@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use amq_protocol::protocol::{AMQPClass, queue};
+use amq_protocol::protocol::{AMQPClass, connection, queue};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use common::*;
 use std::time::Duration;
@@ -191,6 +191,37 @@ async fn exclusive_queue_is_locked_to_its_connection_and_deleted_with_it() {
         !s.broker().vhost("/").expect("vhost").queues.contains_key("mine")
     })
     .await;
+}
+
+/// RabbitMQ deletes a connection's exclusive queues before it answers
+/// `connection.close`: a client that reconnects on close-ok can declare the
+/// same exclusive queues at once instead of getting 405 RESOURCE_LOCKED.
+/// A guard of that order: it passed before the deletion moved ahead of
+/// close-ok too (the reader deleted them right after queueing close-ok, and
+/// no client saw close-ok first in practice); two runtime threads let the
+/// second connection run while the first tears down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusive_queues_are_gone_when_close_ok_arrives() {
+    let s = start().await;
+    let mut owner = Raw::open(s.addr()).await;
+    const N: usize = 3000;
+    for i in 0..N {
+        owner.call(1, m::qdecl(&format!("ex{i}"), false, false, true, false, FieldTable::default())).await;
+    }
+    let mut next = Raw::open(s.addr()).await;
+    let close = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+        reply_code: 200,
+        reply_text: "bye".into(),
+        class_id: 0,
+        method_id: 0,
+    }));
+    let reply = owner.call(0, close).await;
+    assert!(matches!(reply, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))));
+    let last = format!("ex{}", N - 1);
+    let ok =
+        declare_ok(next.call(1, m::qdecl(&last, false, false, true, false, FieldTable::default())).await);
+    assert_eq!(ok.queue.as_str(), last);
+    assert!(!s.broker().vhost("/").expect("vhost").queues.contains_key("ex0"));
 }
 
 #[tokio::test]
