@@ -85,7 +85,9 @@ impl ConfirmTracker {
             return 0;
         }
         if self.failed.is_empty() {
-            fast::encode_confirm(buf, channel, upto, true, true);
+            // One confirm goes out with `multiple` unset, several as one
+            // `multiple` ack: what RabbitMQ sends (`rabbit_channel:send_confirms`).
+            fast::encode_confirm(buf, channel, upto, upto - self.confirmed > 1, true);
         } else {
             for s in self.confirmed + 1..=upto {
                 let ok = !self.failed.remove(&s);
