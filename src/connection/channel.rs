@@ -1054,10 +1054,14 @@ impl Conn {
             }
         }
         x.publish_in.fetch_add(1, Ordering::Relaxed);
-        if !routed.is_empty() || direct {
+        if !routed.is_empty() {
             x.publish_out.fetch_add(1, Ordering::Relaxed);
         }
-        if routed.is_empty() && !direct {
+        // A direct reply-to delivery reaches no queue, so it counts as
+        // unroutable, as in RabbitMQ 3.13: with `mandatory` it also comes
+        // back in a `basic.return` (`rabbit_exchange:route` yields only a
+        // virtual queue that `lookup_many` drops; rabbitmq-server#6124).
+        if routed.is_empty() {
             if p.mandatory {
                 self.broker.counters.unroutable_returned.fetch_add(1, Ordering::Relaxed);
                 self.vhost.msg.return_unroutable.fetch_add(1, Ordering::Relaxed);

@@ -82,6 +82,56 @@ async fn direct_reply_to_round_trip_and_liveness_check() {
     assert!(gone, "reply name must disappear with its connection");
 }
 
+/// RabbitMQ 3.13 delivers a reply to a direct reply-to name and, because
+/// no queue took it, also returns it to a `mandatory` publisher and confirms
+/// it at once (`rabbit_channel`: the virtual reply queue is dropped by
+/// `lookup_many`; rabbitmq-server#6124). The return comes before the ack.
+#[tokio::test]
+async fn mandatory_direct_reply_is_delivered_and_returned() {
+    let srv = start().await;
+    let mut client = Raw::open(srv.addr()).await;
+    let mut server = Raw::open(srv.addr()).await;
+    server.declare(1, "rpc2").await;
+    client.call(1, m::consume("amq.rabbitmq.reply-to", "", true, false, FieldTable::default())).await;
+    let p = props(AMQPProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()));
+    client.publish(1, "", "rpc2", false, &p, b"ping").await;
+    server.method(1, m::get("rpc2", true)).await;
+    let req = server.next_message().await;
+    let (_, rp) = parse_properties(&req.props[..]).unwrap();
+    let reply_to = rp.reply_to().clone().expect("reply_to kept").to_string();
+    let ok = server.call(1, m::confirm_select()).await;
+    assert!(matches!(ok, AMQPClass::Confirm(_)), "{ok:?}");
+    server.publish(1, "", &reply_to, true, &[], b"pong").await;
+    let returned = server.next_message().await;
+    match &returned.method {
+        AMQPClass::Basic(basic::AMQPMethod::Return(r)) => {
+            assert_eq!(
+                (r.reply_code, r.reply_text.as_str(), r.exchange.as_str(), r.routing_key.as_str()),
+                (312, "NO_ROUTE", "", reply_to.as_str())
+            );
+        }
+        other => panic!("expected basic.return, got {other:?}"),
+    }
+    assert_eq!(returned.body, b"pong");
+    match server.recv().await {
+        In::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) => {
+            assert_eq!((a.delivery_tag, a.multiple), (1, false))
+        }
+        other => panic!("expected basic.ack after the return, got {other:?}"),
+    }
+    let reply = client.next_message().await;
+    assert!(matches!(reply.method, AMQPClass::Basic(basic::AMQPMethod::Deliver(_))), "{:?}", reply.method);
+    assert_eq!(reply.body, b"pong", "delivered to the requester as well");
+    // Without `mandatory` it is delivered and dropped from the statistics'
+    // point of view: no return.
+    server.publish(1, "", &reply_to, false, &[], b"pong2").await;
+    match server.recv().await {
+        In::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) => assert_eq!(a.delivery_tag, 2),
+        other => panic!("expected only basic.ack, got {other:?}"),
+    }
+    assert_eq!(client.next_message().await.body, b"pong2");
+}
+
 #[tokio::test]
 async fn direct_reply_to_misuse_texts() {
     let srv = start().await;
