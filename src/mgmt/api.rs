@@ -170,7 +170,8 @@ pub struct QueueItem<'a> {
 
 impl<'a> QueueItem<'a> {
     pub fn new(q: &'a Queue, node: &'a str, now: &'a str) -> Self {
-        let (ready, unacked, consumers, ready_bytes) = q.counts();
+        let (ready, unacked, consumers, _) = q.counts();
+        let (ready_bytes, unacked_bytes) = q.message_bytes();
         let s = &q.stats;
         let rates = s.rates.get();
         let rate = |k: &str| r(rate_of(&QUEUE_RATES, &rates, k));
@@ -207,12 +208,12 @@ impl<'a> QueueItem<'a> {
             head_message_timestamp: None,
             idle_since: now,
             memory: 1024 + ready_bytes,
-            message_bytes: ready_bytes,
+            message_bytes: ready_bytes + unacked_bytes,
             message_bytes_paged_out: 0,
             message_bytes_persistent: 0,
-            message_bytes_ram: ready_bytes,
+            message_bytes_ram: ready_bytes + unacked_bytes,
             message_bytes_ready: ready_bytes,
-            message_bytes_unacknowledged: 0,
+            message_bytes_unacknowledged: unacked_bytes,
             message_stats: QueueMessageStats {
                 publish: l(&s.published),
                 publish_details: rate("publish"),

@@ -72,14 +72,15 @@ fn render(b: &Broker, per_object: bool) -> String {
             if q.name.starts_with(crate::exchange::DELAY_QUEUE_PREFIX) {
                 continue;
             }
-            let (r, u, cs, bytes) = q.counts();
+            let (r, u, cs, _) = q.counts();
+            let (ready_bytes, unacked_bytes) = q.message_bytes();
             let p = q.stats.published.load(Ordering::Relaxed);
             queues += 1;
             ready += r;
             unacked += u;
             consumers += cs;
             published += p;
-            rows.push((v.name.clone(), q.name.clone(), r, u, cs, bytes, p));
+            rows.push((v.name.clone(), q.name.clone(), r, u, cs, ready_bytes, p, unacked_bytes));
         }
     }
     let mut f = Family { out: &mut out };
@@ -212,8 +213,8 @@ fn render(b: &Broker, per_object: bool) -> String {
         );
         return out;
     }
-    type Pick = fn(&(String, String, u64, u64, u64, u64, u64)) -> f64;
-    let families: [(&str, &str, &str, Pick); 6] = [
+    type Pick = fn(&(String, String, u64, u64, u64, u64, u64, u64)) -> f64;
+    let families: [(&str, &str, &str, Pick); 8] = [
         ("queue_messages_ready", g, "Messages ready to be delivered to consumers", |r| r.2 as f64),
         ("queue_messages_unacked", g, "Messages delivered to consumers but not yet acknowledged", |r| {
             r.3 as f64
@@ -222,7 +223,11 @@ fn render(b: &Broker, per_object: bool) -> String {
             (r.2 + r.3) as f64
         }),
         ("queue_consumers", g, "Consumers on a queue", |r| r.4 as f64),
-        ("queue_messages_bytes", g, "Size in bytes of ready messages", |r| r.5 as f64),
+        ("queue_messages_bytes", g, "Size in bytes of ready and unacknowledged messages", |r| {
+            (r.5 + r.7) as f64
+        }),
+        ("queue_messages_ready_bytes", g, "Size in bytes of ready messages", |r| r.5 as f64),
+        ("queue_messages_unacked_bytes", g, "Size in bytes of all unacknowledged messages", |r| r.7 as f64),
         ("queue_messages_published_total", t, "Total number of messages published to queues", |r| r.6 as f64),
     ];
     for (name, kind, help, pick) in families {

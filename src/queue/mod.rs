@@ -73,6 +73,9 @@ struct QueueState {
     /// robin. With single active consumer: registration order, no rotation.
     consumers: Vec<Consumer>,
     unacked: u64,
+    /// Body bytes of the unacked deliveries (management's
+    /// `message_bytes_unacknowledged`).
+    unacked_bytes: u64,
     next_seq: u64,
     /// Auto-delete only happens once a consumer has existed.
     had_consumer: bool,
@@ -211,6 +214,7 @@ impl Queue {
                 ready,
                 consumers: Vec::new(),
                 unacked: 0,
+                unacked_bytes: 0,
                 next_seq: 0,
                 had_consumer: false,
                 deleted: false,
@@ -551,10 +555,12 @@ impl Queue {
                 }
             }
             let Some(i) = taken else { break };
+            let mut size = 0;
             if let Some(qm) = self.pop_ready(st) {
                 if qm.redelivered {
                     self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
                 }
+                size = qm.body_size as u64;
                 self.after_delivery(&qm, st.consumers[i].no_ack);
             }
             let s = &self.stats;
@@ -562,6 +568,7 @@ impl Queue {
                 .fetch_add(1, Ordering::Relaxed);
             if !st.consumers[i].no_ack {
                 st.unacked += 1;
+                st.unacked_bytes += size;
             }
             if !single {
                 // Round robin among consumers of equal priority.
@@ -704,13 +711,14 @@ impl Queue {
         self.stamp_delivery_count(&mut st);
         let Some(qm) = self.pop_ready(&mut st) else { return false };
         let remaining = st.ready.len() as u32;
-        let (l, first) = (qm.loc, !qm.redelivered);
+        let (l, first, size) = (qm.loc, !qm.redelivered, qm.body_size as u64);
         match outbox.get_ok(channel, no_ack, self, qm, remaining) {
             Ok(()) => {
                 if no_ack {
                     self.store.settle(l);
                 } else {
                     st.unacked += 1;
+                    st.unacked_bytes += size;
                     if first {
                         self.store.delivered(l);
                     }
@@ -750,6 +758,7 @@ impl Queue {
         }
         qm.deliveries = qm.deliveries.saturating_add(1);
         st.unacked += 1;
+        st.unacked_bytes += qm.body_size as u64;
         self.stats.get.fetch_add(1, Ordering::Relaxed);
         Some((qm, st.ready.len() as u32))
     }
@@ -783,6 +792,7 @@ impl Queue {
         let n = msgs.len() as u64;
         let mut st = self.state.lock();
         st.unacked = st.unacked.saturating_sub(n);
+        st.unacked_bytes = st.unacked_bytes.saturating_sub(body_bytes(msgs));
         self.stats.acked.fetch_add(n, Ordering::Relaxed);
         self.dispatch_locked(&mut st);
     }
@@ -792,6 +802,7 @@ impl Queue {
     pub fn requeue(self: &Arc<Self>, msgs: Vec<QueuedMessage>) {
         let mut st = self.state.lock();
         st.unacked = st.unacked.saturating_sub(msgs.len() as u64);
+        st.unacked_bytes = st.unacked_bytes.saturating_sub(body_bytes(&msgs));
         if st.deleted {
             drop(st);
             self.forget(&msgs);
@@ -846,6 +857,12 @@ impl Queue {
         (st.ready.len() as u64, st.unacked, st.consumers.len() as u64, st.ready.bytes())
     }
 
+    /// Body bytes of the ready and of the unacked messages.
+    pub fn message_bytes(&self) -> (u64, u64) {
+        let st = self.state.lock();
+        (st.ready.bytes(), st.unacked_bytes)
+    }
+
     pub fn is_deleted(&self) -> bool {
         self.gone.load(Ordering::Acquire)
     }
@@ -860,4 +877,9 @@ impl Queue {
         st.dead.clear();
         (std::mem::take(&mut st.consumers), gone.len() as u32)
     }
+}
+
+/// The body bytes of `msgs`.
+fn body_bytes(msgs: &[QueuedMessage]) -> u64 {
+    msgs.iter().map(|m| m.body_size as u64).sum()
 }

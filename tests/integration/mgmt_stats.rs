@@ -243,3 +243,63 @@ async fn management_gets_of_a_requeued_message_count_a_redelivery() {
         (2.into(), 1.into())
     );
 }
+
+/// Body bytes of ready and of unacked messages, in the queue object and in
+/// Prometheus (`message_bytes` = ready + unacked, as RabbitMQ).
+#[tokio::test]
+async fn message_bytes_count_ready_and_unacked_bodies() {
+    let s = start().await;
+    let mut r = Raw::open(s.addr()).await;
+    r.declare(1, "sized").await;
+    for body in [&[b'a'; 10][..], &[b'b'; 20][..], &[b'c'; 30][..]] {
+        r.send_to(1, "sized", body).await;
+    }
+    assert_eq!(r.counts(1, "sized").await.0, 3);
+    r.call(1, m::qos(2, false)).await;
+    r.call(1, m::consume("sized", "c", false, false, Default::default())).await;
+    let first = r.next_message().await;
+    let second = r.next_message().await;
+    assert_eq!((first.body.len(), second.body.len()), (10, 20));
+    let bytes = |q: &Value| {
+        ["message_bytes", "message_bytes_ready", "message_bytes_unacknowledged", "message_bytes_ram"]
+            .map(|k| q[k].as_u64().unwrap_or_else(|| panic!("{k} in {q}")))
+    };
+    let q = get(&s, "/api/queues/%2F/sized").await;
+    assert_eq!(bytes(&q), [60, 30, 30, 60], "{q}");
+    let metric = |text: &str, name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("queue=\"sized\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} for sized in\n{text}"))
+    };
+    let addr = s.handle.as_ref().unwrap().metrics_addr;
+    let per = String::from_utf8(http(addr, "GET", "/metrics/per-object", None, None).await.body).unwrap();
+    assert_eq!(
+        [
+            "rabbitmq_queue_messages_bytes",
+            "rabbitmq_queue_messages_ready_bytes",
+            "rabbitmq_queue_messages_unacked_bytes"
+        ]
+        .map(|n| metric(&per, n)),
+        [60.0, 30.0, 30.0]
+    );
+    // Acking the 10-byte one lets the 30-byte one out (prefetch 2): 20 + 30
+    // unacked, nothing ready.
+    r.method(1, m::ack(first.delivery_tag(), false)).await;
+    let third = r.next_message().await;
+    assert_eq!(third.body.len(), 30);
+    assert_eq!(bytes(&get(&s, "/api/queues/%2F/sized").await), [50, 0, 50, 50]);
+    // Requeued deliveries count as ready again; acked ones are gone.
+    r.method(1, m::ack(third.delivery_tag(), false)).await;
+    r.call(1, m::cancel("c")).await;
+    r.method(1, m::nack(second.delivery_tag(), false, true)).await;
+    eventually("the nacked message ready again", Duration::from_secs(5), || {
+        s.broker()
+            .vhosts
+            .get("/")
+            .is_some_and(|v| v.queues.get("sized").is_some_and(|q| q.message_bytes() == (20, 0)))
+    })
+    .await;
+    assert_eq!(bytes(&get(&s, "/api/queues/%2F/sized").await), [20, 20, 0, 20]);
+}
