@@ -94,6 +94,40 @@ impl Message {
 
 /// CC/BCC routing keys from a headers table; `Err(name)` if a header is
 /// present but is not an array of long strings (RabbitMQ: 406).
+/// RabbitMQ's longest TTL: ten years in milliseconds (`rabbit_misc:check_expiry/1`).
+pub const MAX_EXPIRY_MS: u64 = 315_360_000_000;
+
+/// Parses a per-message `expiration` as RabbitMQ's
+/// `rabbit_basic:parse_expiration/1` does (`string:to_integer`, then
+/// `check_expiry`): an optional sign, decimal digits, nothing after them,
+/// from 0 to ten years. The error is the reason RabbitMQ prints.
+pub fn parse_expiration(raw: &[u8]) -> Result<u64, String> {
+    let s = String::from_utf8_lossy(raw);
+    let unsigned = s.strip_prefix(['+', '-']).unwrap_or(&s);
+    let digits = unsigned.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err("no_integer".to_string());
+    }
+    let (num, rest) = unsigned.split_at(digits);
+    if !rest.is_empty() {
+        return Err(format!("{{leftover_string,\"{rest}\"}}"));
+    }
+    // Erlang prints the integer itself: no sign for a positive one, no
+    // leading zeros.
+    let trimmed = match num.trim_start_matches('0') {
+        "" => "0",
+        t => t,
+    };
+    let negative = s.starts_with('-') && trimmed != "0";
+    if negative {
+        return Err(format!("{{value_negative,-{trimmed}}}"));
+    }
+    match trimmed.parse::<u64>() {
+        Ok(v) if v <= MAX_EXPIRY_MS => Ok(v),
+        _ => Err(format!("{{value_too_large,{trimmed}}}")),
+    }
+}
+
 pub fn cc_bcc(headers: &FieldTable) -> Result<Vec<Bytes>, &'static str> {
     let mut keys = Vec::new();
     for name in ["CC", "BCC"] {

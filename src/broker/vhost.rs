@@ -274,15 +274,21 @@ impl VHost {
             }
             let ae = arguments.inner().get("alternate-exchange").and_then(args::as_str);
             if ae != x.alternate_arg {
-                let show = |v: &Option<String>| match v {
-                    Some(s) => format!("the value '{s}' of type 'longstr'"),
-                    None => "none".to_string(),
+                // RabbitMQ's `rabbit_misc:assert_args_equivalence1/4`: the
+                // bare values when both are set, typed ones against `none`.
+                let (received, current) = match (&ae, &x.alternate_arg) {
+                    (Some(r), Some(c)) => (format!("'{r}'"), format!("'{c}'")),
+                    _ => {
+                        let show = |v: &Option<String>| match v {
+                            Some(s) => format!("the value '{s}' of type 'longstr'"),
+                            None => "none".to_string(),
+                        };
+                        (show(&ae), show(&x.alternate_arg))
+                    }
                 };
                 return Err(AmqpError::precondition(format!(
-                    "inequivalent arg 'alternate-exchange' for {}: received {} but current is {}",
+                    "inequivalent arg 'alternate-exchange' for {}: received {received} but current is {current}",
                     rs("exchange", name, &self.name),
-                    show(&ae),
-                    show(&x.alternate_arg)
                 )));
             }
             return Ok(());
@@ -852,10 +858,8 @@ fn headers_check(x: &Exchange, arguments: &FieldTable) -> AmqpResult<()> {
     Ok(())
 }
 
-fn bad_x_match(value: String) -> AmqpError {
-    AmqpError::precondition(format!(
-        "Invalid x-match field value <<\"{value}\">>; expected all, any, all-with-x, or any-with-x"
-    ))
+fn bad_x_match(why: String) -> AmqpError {
+    AmqpError::precondition(why)
 }
 
 /// Removes a consumer from its channel's bookkeeping and, if the client

@@ -222,6 +222,16 @@ impl Conn {
         self.chan(ch).last_queue.clone().ok_or_else(|| AmqpError::not_found("no previously declared queue"))
     }
 
+    /// A queue binding's queue and routing key: `""` for both means the
+    /// channel's last declared queue, bound with its own name as the key
+    /// (`rabbit_channel:expand_routing_key_shortcut/3`); CR and LF are
+    /// dropped from the name, as RabbitMQ's `binding_action` does.
+    fn binding_names(&mut self, ch: u16, queue: &str, key: &str) -> AmqpResult<(String, String)> {
+        let name = self.queue_name(ch, queue)?;
+        let key = if queue.is_empty() && key.is_empty() { name.clone() } else { key.to_string() };
+        Ok((strip_cr_lf(&name), key))
+    }
+
     pub(super) fn channel_method(&mut self, ch: u16, payload: Bytes) -> AmqpResult<()> {
         if !matches!(self.chan(ch).content, Content::Idle) {
             return Err(AmqpError::unexpected_frame(
@@ -327,7 +337,7 @@ impl Conn {
         let v = self.vhost.clone();
         match m {
             exchange::AMQPMethod::Declare(d) => {
-                let name = d.exchange.as_str();
+                let name = &strip_cr_lf(d.exchange.as_str());
                 if !d.passive {
                     // The type is checked before the name and permissions.
                     crate::broker::vhost::exchange_kind(d.kind.as_str(), &d.arguments)?;
@@ -335,14 +345,15 @@ impl Conn {
                 if !d.passive && !name.is_empty() {
                     self.authorize("exchange", name, Access::Configure)?;
                     if !v.exchanges.contains_key(name)
-                        && let Some(ae) = d.arguments.inner().get("alternate-exchange").and_then(args::as_str)
+                        && let Some(ae) = d.arguments.inner().get("alternate-exchange")
                     {
+                        let ae = exchange_arg(ae, "alternate-exchange", &rs("exchange", name, &v.name))?;
                         self.authorize("exchange", name, Access::Read)?;
                         self.authorize("exchange", &ae, Access::Write)?;
                     }
                 }
                 v.declare_exchange(
-                    d.exchange.as_str(),
+                    name,
                     d.kind.as_str(),
                     d.passive,
                     d.durable,
@@ -356,46 +367,29 @@ impl Conn {
                 ))
             }
             exchange::AMQPMethod::Delete(d) => {
-                if !d.exchange.as_str().is_empty() {
-                    self.authorize("exchange", d.exchange.as_str(), Access::Configure)?;
+                let name = strip_cr_lf(d.exchange.as_str());
+                if !name.is_empty() {
+                    self.authorize("exchange", &name, Access::Configure)?;
                 }
-                v.delete_exchange(d.exchange.as_str(), d.if_unused)?;
+                v.delete_exchange(&name, d.if_unused)?;
                 Ok(ok_or_nowait(
                     d.nowait,
                     AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
                 ))
             }
             exchange::AMQPMethod::Bind(b) => {
-                self.authorize_binding(
-                    "exchange",
-                    b.destination.as_str(),
-                    b.source.as_str(),
-                    b.routing_key.as_str(),
-                )?;
-                v.bind_exchange(
-                    b.destination.as_str(),
-                    b.source.as_str(),
-                    b.routing_key.as_str(),
-                    b.arguments,
-                )?;
+                let (dest, src) = (strip_cr_lf(b.destination.as_str()), strip_cr_lf(b.source.as_str()));
+                self.authorize_binding("exchange", &dest, &src, b.routing_key.as_str())?;
+                v.bind_exchange(&dest, &src, b.routing_key.as_str(), b.arguments)?;
                 Ok(ok_or_nowait(
                     b.nowait,
                     AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
                 ))
             }
             exchange::AMQPMethod::Unbind(b) => {
-                self.authorize_binding(
-                    "exchange",
-                    b.destination.as_str(),
-                    b.source.as_str(),
-                    b.routing_key.as_str(),
-                )?;
-                v.unbind_exchange(
-                    b.destination.as_str(),
-                    b.source.as_str(),
-                    b.routing_key.as_str(),
-                    &b.arguments,
-                )?;
+                let (dest, src) = (strip_cr_lf(b.destination.as_str()), strip_cr_lf(b.source.as_str()));
+                self.authorize_binding("exchange", &dest, &src, b.routing_key.as_str())?;
+                v.unbind_exchange(&dest, &src, b.routing_key.as_str(), &b.arguments)?;
                 Ok(ok_or_nowait(
                     b.nowait,
                     AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
@@ -408,39 +402,42 @@ impl Conn {
     fn queue_class(&mut self, ch: u16, m: qm::AMQPMethod) -> AmqpResult<Option<AMQPClass>> {
         let v = self.vhost.clone();
         match m {
-            qm::AMQPMethod::Declare(d) if d.queue.as_str().starts_with(REPLY_TO_PREFIX) => {
-                // Lets a server check that a direct reply-to requester is still there.
-                let token = &d.queue.as_str()[REPLY_TO_PREFIX.len()..];
-                if !v.reply_to.contains_key(token) {
-                    return Err(AmqpError::not_found(format!(
-                        "no {}",
-                        rs("queue", d.queue.as_str(), &v.name)
-                    )));
+            qm::AMQPMethod::Declare(d) if d.queue.as_str().starts_with(REPLY_TO) => {
+                // Lets a server check that a direct reply-to requester is still
+                // there. Every declare of these names is passive in effect;
+                // the pseudo-queue itself always "exists" with its one
+                // consumer (`rabbit_channel:declare_fast_reply_to/1`).
+                let name = strip_cr_lf(d.queue.as_str());
+                let exists = match name.strip_prefix(REPLY_TO_PREFIX) {
+                    Some(token) => v.reply_to.contains_key(token),
+                    None => name == REPLY_TO,
+                };
+                if !exists {
+                    return Err(AmqpError::not_found(format!("no {}", rs("queue", &name, &v.name))));
                 }
                 Ok(ok_or_nowait(
                     d.nowait,
                     AMQPClass::Queue(qm::AMQPMethod::DeclareOk(qm::DeclareOk {
-                        queue: d.queue,
+                        queue: short(&name),
                         message_count: 0,
                         consumer_count: 1,
                     })),
                 ))
             }
             qm::AMQPMethod::Declare(d) => {
-                let server_named = !d.passive && d.queue.as_str().is_empty();
-                let name = if d.passive {
-                    self.queue_name(ch, d.queue.as_str())?
-                } else if server_named {
-                    crate::broker::vhost::generated_name("amq.gen-")
-                } else {
-                    d.queue.to_string()
-                };
+                // A passive declare names its queue: `""` is not the channel's
+                // last queue here (RabbitMQ expands it only for bind, unbind,
+                // purge, delete, consume and get).
+                let given = strip_cr_lf(d.queue.as_str());
+                let server_named = !d.passive && given.is_empty();
+                let name =
+                    if server_named { crate::broker::vhost::generated_name("amq.gen-") } else { given };
                 if !d.passive {
                     self.authorize("queue", &name, Access::Configure)?;
                     if !v.queues.contains_key(&name)
-                        && let Some(dlx) =
-                            d.arguments.inner().get("x-dead-letter-exchange").and_then(args::as_str)
+                        && let Some(dlx) = d.arguments.inner().get("x-dead-letter-exchange")
                     {
+                        let dlx = exchange_arg(dlx, "x-dead-letter-exchange", &rs("queue", &name, &v.name))?;
                         self.authorize("queue", &name, Access::Read)?;
                         self.authorize("exchange", &dlx, Access::Write)?;
                     }
@@ -470,15 +467,17 @@ impl Conn {
                 ))
             }
             qm::AMQPMethod::Bind(b) => {
-                let name = self.queue_name(ch, b.queue.as_str())?;
-                self.authorize_binding("queue", &name, b.exchange.as_str(), b.routing_key.as_str())?;
-                v.bind_queue(&name, b.exchange.as_str(), b.routing_key.as_str(), b.arguments, self.id)?;
+                let (name, key) = self.binding_names(ch, b.queue.as_str(), b.routing_key.as_str())?;
+                let x = strip_cr_lf(b.exchange.as_str());
+                self.authorize_binding("queue", &name, &x, &key)?;
+                v.bind_queue(&name, &x, &key, b.arguments, self.id)?;
                 Ok(ok_or_nowait(b.nowait, AMQPClass::Queue(qm::AMQPMethod::BindOk(qm::BindOk {}))))
             }
             qm::AMQPMethod::Unbind(b) => {
-                let name = self.queue_name(ch, b.queue.as_str())?;
-                self.authorize_binding("queue", &name, b.exchange.as_str(), b.routing_key.as_str())?;
-                v.unbind_queue(&name, b.exchange.as_str(), b.routing_key.as_str(), &b.arguments, self.id)?;
+                let (name, key) = self.binding_names(ch, b.queue.as_str(), b.routing_key.as_str())?;
+                let x = strip_cr_lf(b.exchange.as_str());
+                self.authorize_binding("queue", &name, &x, &key)?;
+                v.unbind_queue(&name, &x, &key, &b.arguments, self.id)?;
                 Ok(Some(AMQPClass::Queue(qm::AMQPMethod::UnbindOk(qm::UnbindOk {}))))
             }
             qm::AMQPMethod::Purge(p) => {
@@ -492,7 +491,7 @@ impl Conn {
                 ))
             }
             qm::AMQPMethod::Delete(d) => {
-                let name = self.queue_name(ch, d.queue.as_str())?;
+                let name = strip_cr_lf(&self.queue_name(ch, d.queue.as_str())?);
                 self.authorize("queue", &name, Access::Configure)?;
                 let outbox = self.outbox.clone();
                 let (n, own) =
@@ -620,11 +619,13 @@ impl Conn {
         let tag = Bytes::from(tag_str.clone().into_bytes());
         let priority = match c.arguments.inner().get("x-priority") {
             None => 0,
+            // Any integer type is accepted (`rabbit_amqqueue:check_int_arg/2`);
+            // priorities beyond 32 bits order like the 32-bit extremes.
             Some(v) => match as_int(v) {
-                Some(p) if (i32::MIN as i128..=i32::MAX as i128).contains(&p) => p as i32,
-                _ => {
+                Some(p) => p.clamp(i32::MIN as i128, i32::MAX as i128) as i32,
+                None => {
                     return Err(AmqpError::precondition(format!(
-                        "invalid arg 'x-priority' for {}: {{unacceptable_type,{}}}",
+                        "invalid arg 'x-priority' for {}: \"expected integer, got {}\"",
                         q.resource(),
                         crate::queue::args::type_name(v)
                     )));
@@ -1132,26 +1133,22 @@ fn settle_all(taken: Vec<Unacked>) {
 
 /// RabbitMQ's check of the `expiration` property (`rabbit_basic:parse_expiration`).
 fn validate_expiration(raw: &[u8]) -> AmqpResult<()> {
-    let s = String::from_utf8_lossy(raw);
-    let digits_end = s
-        .char_indices()
-        .find(|(i, ch)| !(ch.is_ascii_digit() || (*i == 0 && *ch == '-')))
-        .map(|(i, _)| i)
-        .unwrap_or(s.len());
-    let (num, rest) = s.split_at(digits_end);
-    if num.is_empty() || num == "-" {
-        return Err(AmqpError::precondition(format!("invalid expiration '{s}': no_integer")));
-    }
-    if !rest.is_empty() {
-        return Err(AmqpError::precondition(format!(
-            "invalid expiration '{s}': {{leftover_string,\"{rest}\"}}"
-        )));
-    }
-    match num.parse::<i128>() {
-        Ok(v) if v < 0 => {
-            Err(AmqpError::precondition(format!("invalid expiration '{s}': {{value_negative,{v}}}")))
-        }
-        Ok(_) => Ok(()),
-        Err(_) => Err(AmqpError::precondition(format!("invalid expiration '{s}': no_integer"))),
-    }
+    message::parse_expiration(raw).map(|_| ()).map_err(|why| {
+        AmqpError::precondition(format!("invalid expiration '{}': {why}", String::from_utf8_lossy(raw)))
+    })
+}
+
+/// A queue or exchange name with CR and LF removed, as RabbitMQ's
+/// `rabbit_channel:strip_cr_lf/1` does for declare, delete, bind and unbind.
+fn strip_cr_lf(name: &str) -> String {
+    name.replace(['\r', '\n'], "")
+}
+
+/// An argument naming an exchange (a queue's dead-letter exchange, an
+/// exchange's alternate), checked as a new queue's or exchange's is in
+/// RabbitMQ (`rabbit_misc:r_arg/4`): it must be a string.
+fn exchange_arg(v: &crate::protocol::AMQPValue, key: &str, owner: &str) -> AmqpResult<String> {
+    args::as_str(v).ok_or_else(|| {
+        AmqpError::precondition(format!("invalid type '{}' for arg '{key}' in {owner}", args::type_name(v)))
+    })
 }

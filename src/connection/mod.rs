@@ -476,12 +476,10 @@ impl Conn {
             AMQPClass::Connection(conm::AMQPMethod::Blocked(_) | conm::AMQPMethod::Unblocked(_)) => {
                 Ok(Flow::Continue)
             }
-            other => Err(AmqpError::command_invalid(format!(
-                "method {}.{} is not valid on channel 0",
-                other.get_amqp_class_id(),
-                other.get_amqp_method_id()
-            ))
-            .on(other.get_amqp_class_id(), other.get_amqp_method_id())),
+            // RabbitMQ's reader: any other method on channel 0 once the
+            // connection is open (`rabbit_reader:handle_method0/2`).
+            other => Err(AmqpError::channel_error("unexpected method in connection state running")
+                .on(other.get_amqp_class_id(), other.get_amqp_method_id())),
         }
     }
 

@@ -109,8 +109,11 @@ pub fn parse(arguments: &FieldTable, name: &str, vhost: &str) -> AmqpResult<Queu
     let invalid = |key: &str, why: String| {
         AmqpError::precondition(format!("invalid arg '{key}' for queue '{name}' in vhost '{vhost}': {why}"))
     };
+    // `rabbit_amqqueue:check_int_arg/2`'s reason for a value of another type.
+    let not_int =
+        |key: &str, v: &AMQPValue| invalid(key, format!("\"expected integer, got {}\"", type_name(v)));
     let int = |key: &str, v: &AMQPValue, min: i128, max: i128| -> AmqpResult<u64> {
-        let i = as_int(v).ok_or_else(|| invalid(key, format!("{{unacceptable_type,{}}}", type_name(v))))?;
+        let i = as_int(v).ok_or_else(|| not_int(key, v))?;
         if i < 0 {
             return Err(invalid(key, format!("{{value_negative,{i}}}")));
         }
@@ -118,7 +121,7 @@ pub fn parse(arguments: &FieldTable, name: &str, vhost: &str) -> AmqpResult<Queu
             return Err(invalid(key, format!("{{value_zero,{i}}}")));
         }
         if i > max {
-            return Err(invalid(key, format!("{{value_too_large,{i},{max}}}")));
+            return Err(invalid(key, format!("{{value_too_large,{i}}}")));
         }
         Ok(i as u64)
     };
@@ -136,8 +139,7 @@ pub fn parse(arguments: &FieldTable, name: &str, vhost: &str) -> AmqpResult<Queu
             "x-delivery-limit" => a.delivery_limit = Some(int(key, v, 0, i64::MAX as i128)?),
             "x-consumer-timeout" => a.consumer_timeout = Some(int(key, v, 0, i64::MAX as i128)?),
             "x-max-priority" => {
-                let i = as_int(v)
-                    .ok_or_else(|| invalid(key, format!("{{unacceptable_type,{}}}", type_name(v))))?;
+                let i = as_int(v).ok_or_else(|| not_int(key, v))?;
                 if i < 0 {
                     return Err(invalid(key, format!("{{value_negative,{i}}}")));
                 }
@@ -149,7 +151,7 @@ pub fn parse(arguments: &FieldTable, name: &str, vhost: &str) -> AmqpResult<Queu
             "x-overflow" => {
                 let s = string(key, v)?;
                 if !matches!(s.as_str(), "drop-head" | "reject-publish" | "reject-publish-dlx") {
-                    return Err(invalid(key, format!("{{unknown_overflow_type,<<\"{s}\">>}}")));
+                    return Err(invalid(key, "invalid_overflow".to_string()));
                 }
                 a.overflow = Some(s);
             }
@@ -164,23 +166,30 @@ pub fn parse(arguments: &FieldTable, name: &str, vhost: &str) -> AmqpResult<Queu
             "x-queue-mode" => {
                 let s = string(key, v)?;
                 if !matches!(s.as_str(), "default" | "lazy") {
-                    return Err(invalid(key, format!("{{unacceptable_queue_mode,<<\"{s}\">>}}")));
+                    return Err(invalid(key, format!("\"unsupported queue mode '{s}'\"")));
                 }
             }
             "x-queue-version" => {
-                let i = as_int(v)
-                    .ok_or_else(|| invalid(key, format!("{{unacceptable_type,{}}}", type_name(v))))?;
+                let i = as_int(v).ok_or_else(|| not_int(key, v))?;
+                if i < 0 {
+                    return Err(invalid(key, format!("{{value_negative,{i}}}")));
+                }
                 if !(1..=2).contains(&i) {
-                    return Err(invalid(key, format!("{{unacceptable_queue_version,{i}}}")));
+                    return Err(invalid(key, format!("\"unsupported queue version '{i}'\"")));
                 }
             }
             "x-queue-type" => {
                 let s = string(key, v)?;
-                if s != "classic" {
-                    return Err(invalid(
-                        key,
-                        format!("{{unsupported_queue_type,<<\"{s}\">>}} (Warren runs classic queues only)"),
-                    ));
+                match s.as_str() {
+                    "classic" => {}
+                    // Types RabbitMQ knows and Warren does not run.
+                    "quorum" | "stream" => {
+                        return Err(invalid(
+                            key,
+                            format!("\"unsupported queue type '{s}'\" (Warren runs classic queues only)"),
+                        ));
+                    }
+                    _ => return Err(invalid(key, format!("\"unsupported queue type '{s}'\""))),
                 }
             }
             _ => {}
@@ -212,14 +221,20 @@ pub fn check_equivalent(
             _ => false,
         };
         if !same {
-            let show = |v: Option<&AMQPValue>| match v {
-                None => "none".to_string(),
-                Some(v) => format!("the value '{}' of type '{}'", render(v), type_name(v)),
+            // RabbitMQ's `rabbit_misc:assert_args_equivalence1/4`: the bare
+            // values when both are set, typed ones against `none`.
+            let (received, current) = match (r, c) {
+                (Some(r), Some(c)) => (format!("'{}'", render(r)), format!("'{}'", render(c))),
+                _ => {
+                    let show = |v: Option<&AMQPValue>| match v {
+                        None => "none".to_string(),
+                        Some(v) => format!("the value '{}' of type '{}'", render(v), type_name(v)),
+                    };
+                    (show(r), show(c))
+                }
             };
             return Err(AmqpError::precondition(format!(
-                "inequivalent arg '{key}' for queue '{name}' in vhost '{vhost}': received {} but current is {}",
-                show(r),
-                show(c)
+                "inequivalent arg '{key}' for queue '{name}' in vhost '{vhost}': received {received} but current is {current}"
             )));
         }
     }
@@ -246,7 +261,15 @@ mod tests {
         let e = parse(&t("x-expires", AMQPValue::LongInt(0)), "q", "/").unwrap_err();
         assert!(e.explanation.ends_with("{value_zero,0}"));
         let e = parse(&t("x-message-ttl", AMQPValue::LongString("1".into())), "q", "/").unwrap_err();
-        assert!(e.explanation.ends_with("{unacceptable_type,longstr}"));
+        assert!(e.explanation.ends_with(": \"expected integer, got longstr\""), "{}", e.explanation);
+        let e = parse(&t("x-message-ttl", AMQPValue::LongLongInt(315_360_000_001)), "q", "/").unwrap_err();
+        assert!(e.explanation.ends_with(": {value_too_large,315360000001}"), "{}", e.explanation);
+        let e = parse(&t("x-overflow", AMQPValue::LongString("bogus".into())), "q", "/").unwrap_err();
+        assert!(e.explanation.ends_with(": invalid_overflow"), "{}", e.explanation);
+        let e = parse(&t("x-queue-mode", AMQPValue::LongString("bogus".into())), "q", "/").unwrap_err();
+        assert!(e.explanation.ends_with(": \"unsupported queue mode 'bogus'\""), "{}", e.explanation);
+        let e = parse(&t("x-queue-type", AMQPValue::LongString("bogus".into())), "q", "/").unwrap_err();
+        assert!(e.explanation.ends_with(": \"unsupported queue type 'bogus'\""), "{}", e.explanation);
         let a = parse(&t("x-message-ttl", AMQPValue::ShortShortUInt(5)), "q", "/").unwrap();
         assert_eq!(a.message_ttl, Some(5));
     }
@@ -280,6 +303,17 @@ mod tests {
         );
         assert!(
             check_equivalent(&FieldTable::default(), &t("x-other", AMQPValue::LongInt(1)), "q", "/").is_ok()
+        );
+        let e = check_equivalent(
+            &t("x-message-ttl", AMQPValue::LongInt(1000)),
+            &t("x-message-ttl", AMQPValue::LongInt(2000)),
+            "q",
+            "/",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.explanation,
+            "inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received '2000' but current is '1000'"
         );
     }
 }

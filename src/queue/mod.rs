@@ -173,7 +173,7 @@ pub struct QueueSpec {
 
 /// Parses a (validated) `expiration` property.
 fn expiration_ms(m: &Message) -> Option<u64> {
-    std::str::from_utf8(m.expiration()?).ok()?.parse().ok()
+    crate::message::parse_expiration(m.expiration()?).ok()
 }
 
 impl Queue {

@@ -645,13 +645,18 @@ impl ChannelCounters {
 
 impl ChannelDeliveries {
     /// Removes deliveries being acked/rejected: one tag, or all up to it with
-    /// `multiple` (tag 0 + multiple = everything). `None` = unknown tag; as in
-    /// RabbitMQ (`rabbit_channel:collect_acks/4`), `multiple` never fails.
+    /// `multiple` (tag 0 + multiple = everything). `None` = unknown tag, also
+    /// with `multiple`: RabbitMQ's `rabbit_channel:collect_acks/5` walks the
+    /// unacked deliveries up to the tag and fails when the tag itself is not
+    /// among them (then the channel closes and all of them are requeued).
     pub fn settle(&mut self, tag: u64, multiple: bool) -> Option<Vec<Unacked>> {
         let taken: Vec<Unacked> = if multiple {
             let keys: Vec<u64> = if tag == 0 {
                 self.unacked.keys().copied().collect()
             } else {
+                if !self.unacked.contains_key(&tag) {
+                    return None;
+                }
                 self.unacked.range(..=tag).map(|(k, _)| *k).collect()
             };
             keys.into_iter().filter_map(|k| self.unacked.remove(&k)).collect()

@@ -315,6 +315,47 @@ async fn ack_multiple_reject_and_unknown_tag() {
     assert_eq!((code, class, method), (406, 60, 120));
 }
 
+/// `multiple` does not make an unknown tag acceptable: RabbitMQ's
+/// `collect_acks` fails when the tag itself is not outstanding, and the
+/// channel's close requeues everything still unacked, the deliveries below
+/// the tag included.
+#[tokio::test]
+async fn ack_multiple_past_the_last_delivery_is_an_unknown_tag() {
+    let s = start().await;
+    let mut r = Raw::open(s.addr()).await;
+    r.declare(1, "accm").await;
+    for i in 0..3 {
+        r.send_to(1, "accm", format!("{i}").as_bytes()).await;
+    }
+    r.call(1, m::qos(2, false)).await;
+    r.call(1, m::consume("accm", "c", false, false, FieldTable::default())).await;
+    let tags = [r.next_message().await.delivery_tag(), r.next_message().await.delivery_tag()];
+    assert_eq!(tags, [1, 2]);
+    r.method(1, m::ack(5, true)).await;
+    let (code, text, class, method) = r.expect_channel_close(1).await;
+    assert_eq!(
+        (code, text.as_str(), class, method),
+        (406, "PRECONDITION_FAILED - unknown delivery tag 5", 60, 80)
+    );
+    r.open_channel(1).await;
+    assert_eq!(r.counts(1, "accm").await.0, 3, "nothing acked: all three ready again");
+    // An already-acked tag with `multiple`, and nack's method id.
+    r.call(1, m::consume("accm", "d", false, false, FieldTable::default())).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(r.next_message().await.delivery_tag());
+    }
+    r.method(1, m::ack(got[1], true)).await;
+    r.method(1, m::nack(got[1], true, true)).await;
+    let (code, text, class, method) = r.expect_channel_close(1).await;
+    assert_eq!(
+        (code, text, class, method),
+        (406, format!("PRECONDITION_FAILED - unknown delivery tag {}", got[1]), 60, 120)
+    );
+    r.open_channel(1).await;
+    assert_eq!(r.counts(1, "accm").await.0, 1, "two acked, the third requeued");
+}
+
 #[tokio::test]
 async fn unacked_are_requeued_on_channel_close_and_recover() {
     let s = start().await;

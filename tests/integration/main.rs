@@ -26,5 +26,6 @@ mod perf;
 mod policies;
 mod queue_features;
 mod queues;
+mod rabbit_parity;
 mod reply_to_and_dead_letter;
 mod tls;
