@@ -458,6 +458,7 @@ impl VHost {
             )));
         }
         let parsed = args::parse(&d.arguments, &name, &self.name)?;
+        args::check_classic_keys(&d.arguments, &name, &self.name)?;
         let owner = d.exclusive.then_some(d.conn_id);
         // Exclusive and auto-delete queues never outlive a restart.
         let persisted = d.durable && !d.exclusive && !d.auto_delete;

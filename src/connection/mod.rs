@@ -602,13 +602,17 @@ impl Conn {
         let Some(mut deliveries) = taken else { return };
         self.broker.counters.channels.fetch_sub(1, Ordering::Relaxed);
         self.broker.counters.channels_closed.fetch_add(1, Ordering::Relaxed);
-        let unacked = deliveries.take_all();
+        // Unacked deliveries go back before the channel's consumers leave,
+        // as RabbitMQ's queue handles a channel's exit: a single active
+        // consumer that takes over gets them first, in their old places,
+        // ahead of what was never delivered. (The closing channel's own
+        // consumers refuse deliveries meanwhile: it is gone from the outbox.)
+        requeue_all(deliveries.take_all());
         for (tag, entry) in deliveries.consumers.drain() {
             if entry.queue.remove_consumer(self.id, ch, &tag) {
                 self.vhost.remove_queue(&entry.queue);
             }
         }
-        requeue_all(unacked);
     }
 
     fn release_all_channels(&mut self) {

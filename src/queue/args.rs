@@ -201,6 +201,32 @@ pub fn parse(arguments: &FieldTable, name: &str, vhost: &str) -> AmqpResult<Queu
     Ok(a)
 }
 
+/// Refuses, on a new queue's declare, the arguments of RabbitMQ's other
+/// queue types (`rabbit_amqqueue:check_arguments_key/4`), except
+/// `x-delivery-limit`, which Warren's queues honour (README). Not part of
+/// `parse`, which also reads queues recovered from disk.
+pub fn check_classic_keys(arguments: &FieldTable, name: &str, vhost: &str) -> AmqpResult<()> {
+    match arguments.inner().keys().map(|k| k.as_str()).find(|k| NOT_CLASSIC.contains(k)) {
+        Some(key) => Err(AmqpError::precondition(format!(
+            "invalid arg '{key}' for queue '{name}' in vhost '{vhost}' of queue type rabbit_classic_queue"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Queue arguments of RabbitMQ 3.13's quorum and stream queues that its
+/// classic queues do not take (`capabilities/0` of each queue type).
+const NOT_CLASSIC: &[&str] = &[
+    "x-dead-letter-strategy",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-quorum-initial-group-size",
+    "x-queue-leader-locator",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+];
+
 /// RabbitMQ's check that a redeclare matches the existing queue's arguments.
 pub fn check_equivalent(
     current: &FieldTable,
@@ -270,6 +296,13 @@ mod tests {
         assert!(e.explanation.ends_with(": \"unsupported queue mode 'bogus'\""), "{}", e.explanation);
         let e = parse(&t("x-queue-type", AMQPValue::LongString("bogus".into())), "q", "/").unwrap_err();
         assert!(e.explanation.ends_with(": \"unsupported queue type 'bogus'\""), "{}", e.explanation);
+        let e =
+            check_classic_keys(&t("x-max-age", AMQPValue::LongString("1D".into())), "q", "/").unwrap_err();
+        assert_eq!(
+            e.explanation,
+            "invalid arg 'x-max-age' for queue 'q' in vhost '/' of queue type rabbit_classic_queue"
+        );
+        assert!(check_classic_keys(&t("x-delivery-limit", AMQPValue::LongInt(3)), "q", "/").is_ok());
         let a = parse(&t("x-message-ttl", AMQPValue::ShortShortUInt(5)), "q", "/").unwrap();
         assert_eq!(a.message_ttl, Some(5));
     }

@@ -219,3 +219,30 @@ async fn argument_type_errors_use_rabbitmq_texts() {
         "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'ttl-q' in vhost '/': received '2000' but current is '1000'"
     );
 }
+
+/// Single active consumer: when the active consumer's channel closes with a
+/// delivery unacked, the consumer that takes over gets that delivery again
+/// first (redelivered), then the message never delivered; RabbitMQ's queue
+/// requeues a channel's deliveries as it removes its consumers.
+#[tokio::test]
+async fn single_active_consumer_takes_over_the_unacked_first() {
+    let s = start().await;
+    let mut a = Raw::open(s.addr()).await;
+    let mut b = Raw::open(s.addr()).await;
+    let args = table(&[("x-single-active-consumer", AMQPValue::Boolean(true))]);
+    declare_ok(a.call(1, m::qdecl("sac-q", false, false, false, false, args)).await);
+    a.call(1, m::qos(1, false)).await;
+    a.call(1, m::consume("sac-q", "A", false, false, FieldTable::default())).await;
+    b.call(1, m::consume("sac-q", "B", false, false, FieldTable::default())).await;
+    a.send_to(1, "sac-q", b"m1").await;
+    let first = a.next_message().await;
+    assert_eq!(first.body, b"m1");
+    a.send_to(1, "sac-q", b"m2").await;
+    assert_eq!(a.counts(1, "sac-q").await.0, 1, "m2 waits: A has its one unacked");
+    a.call(1, m::ch_close()).await;
+    let again = b.next_message().await;
+    assert_eq!((again.body.as_slice(), again.redelivered()), (&b"m1"[..], true));
+    b.method(1, m::ack(again.delivery_tag(), false)).await;
+    let next = b.next_message().await;
+    assert_eq!((next.body.as_slice(), next.redelivered()), (&b"m2"[..], false));
+}
