@@ -713,7 +713,16 @@ impl VHost {
         let (Ok(x), Ok(q)) = (self.exchange(exchange), self.queue(queue)) else {
             return Ok(());
         };
-        self.check_exclusive(&q, conn_id)?;
+        if let Err(locked) = self.check_exclusive(&q, conn_id) {
+            // RabbitMQ looks for the binding first: removing one that is not
+            // there succeeds even on another connection's exclusive queue.
+            let dest = Destination::Queue(q.clone());
+            let exists = x
+                .bindings()
+                .iter()
+                .any(|b| b.destination.same(&dest) && b.routing_key == key && &b.arguments == arguments);
+            return if exists { Err(locked) } else { Ok(()) };
+        }
         self.unbind(&x, Destination::Queue(q), key, arguments)
     }
 

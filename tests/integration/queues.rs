@@ -188,6 +188,14 @@ async fn exclusive_queue_is_locked_to_its_connection_and_deleted_with_it() {
         assert_eq!((code, text.as_str()), (405, LOCKED));
         other.open_channel(1).await;
     }
+    // Unbinding: RabbitMQ looks for the binding first, so removing one that
+    // does not exist succeeds; removing one that does is refused.
+    owner.call(1, m::qbind("mine", "amq.fanout", "k", FieldTable::default())).await;
+    let ok = other.call(1, m::qunbind("mine", "amq.fanout", "not-bound")).await;
+    assert!(matches!(ok, AMQPClass::Queue(queue::AMQPMethod::UnbindOk(_))), "{ok:?}");
+    other.method(1, m::qunbind("mine", "amq.fanout", "k")).await;
+    let (code, text, _, _) = other.expect_channel_close(1).await;
+    assert_eq!((code, text.as_str()), (405, LOCKED));
     // The owner redeclaring it non-exclusive is also refused.
     owner.method(1, m::q("mine")).await;
     assert_eq!(owner.expect_channel_close(1).await.0, 405);
