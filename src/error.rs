@@ -143,6 +143,97 @@ pub fn rs(kind: &str, name: &str, vhost: &str) -> String {
     format!("{kind} '{name}' in vhost '{vhost}'")
 }
 
+/// A binary as Erlang's `~w` prints it: `<<0,60,0,40>>`. RabbitMQ's
+/// "cannot decode" texts use this form (`rabbit_misc:frame_error/2`). At most
+/// `LIMIT` octets are written: more cannot fit a 255-byte reply text anyway.
+pub fn erl_binary_w(bytes: &[u8]) -> String {
+    const LIMIT: usize = 128;
+    let mut out = String::from("<<");
+    for (i, b) in bytes.iter().take(LIMIT).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&b.to_string());
+    }
+    out.push_str(">>");
+    out
+}
+
+/// A binary as Erlang's `~tp` prints it: `<<"xx">>` when every character is
+/// printable (`io_lib:printable_list/1`, Latin-1 range), `<<"é"/utf8>>` for
+/// such text in UTF-8 beyond ASCII, else the `~w` form. RabbitMQ's frame-error texts print the
+/// first 16 octets of the frame's payload this way
+/// (`rabbit_reader:frame_error/5`).
+pub fn erl_binary_p(bytes: &[u8]) -> String {
+    fn escaped(c: char) -> Option<&'static str> {
+        Some(match c {
+            '"' => "\\\"",
+            '\\' => "\\\\",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            '\t' => "\\t",
+            '\u{b}' => "\\v",
+            '\u{8}' => "\\b",
+            '\u{c}' => "\\f",
+            '\u{1b}' => "\\e",
+            _ => return None,
+        })
+    }
+    fn printable(c: char) -> bool {
+        // Erlang's default printable range is Latin-1 (`io:printable_range/0`).
+        escaped(c).is_some() || (' '..='~').contains(&c) || ('\u{a0}'..='\u{ff}').contains(&c)
+    }
+    let text: Option<(String, bool)> = match std::str::from_utf8(bytes) {
+        Ok(s) if s.chars().all(printable) => Some((s.to_string(), s.chars().any(|c| c > '~'))),
+        // Not UTF-8: Erlang falls back to reading the octets as Latin-1.
+        Err(_) if bytes.iter().all(|&b| printable(b as char)) => Some((bytes.iter().map(|&b| b as char).collect(), false)),
+        _ => None,
+    };
+    match text {
+        Some((s, _)) if s.is_empty() => "<<>>".to_string(),
+        Some((s, utf8)) => {
+            let mut out = String::from("<<\"");
+            for c in s.chars() {
+                match escaped(c) {
+                    Some(e) => out.push_str(e),
+                    None => out.push(c),
+                }
+            }
+            out.push('"');
+            if utf8 {
+                out.push_str("/utf8");
+            }
+            out.push_str(">>");
+            out
+        }
+        None => erl_binary_w(bytes),
+    }
+}
+
+/// A `{tag,value}` term as Erlang's `~p` prints it when it starts at
+/// column `col` (0-based) of a format: on one line if it ends before column
+/// 79 (`io_lib_pretty`: length < 80 - 1-based column), else broken after
+/// the tag with the value aligned under it. RabbitMQ's `invalid expiration`
+/// text is such a format, so long values wrap there.
+pub fn erl_pretty_pair(col: usize, term: &str) -> String {
+    match term.split_once(',') {
+        Some((tag, value)) if term.starts_with('{') && col + term.chars().count() >= 79 => {
+            format!("{tag},\n{}{value}", " ".repeat(col + 1))
+        }
+        _ => term.to_string(),
+    }
+}
+
+/// `type T, all octets = <<...>>` (or `first 16 octets`): how RabbitMQ names
+/// a frame in its frame errors (`rabbit_reader:payload_snippet/1`).
+pub fn frame_octets(kind: u8, payload: &[u8]) -> String {
+    if payload.len() <= 16 {
+        format!("type {kind}, all octets = {}", erl_binary_p(payload))
+    } else {
+        format!("type {kind}, first 16 octets = {}", erl_binary_p(&payload[..16]))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +248,24 @@ mod tests {
         assert_eq!(t.len(), 255);
         assert!(t.ends_with("..."));
         assert_eq!(AmqpError::frame_error("x").scope, Scope::Connection);
+    }
+
+    #[test]
+    fn binaries_print_as_erlang_does() {
+        assert_eq!(erl_binary_w(&[0, 0, 255, 97]), "<<0,0,255,97>>");
+        assert_eq!(erl_binary_w(b""), "<<>>");
+        assert_eq!(erl_binary_p(b"xx"), "<<\"xx\">>");
+        assert_eq!(erl_binary_p(b""), "<<>>");
+        assert_eq!(erl_binary_p(&[0, 60, 0, 40]), "<<0,60,0,40>>");
+        assert_eq!(erl_binary_p(b"a\"b\\c\n"), "<<\"a\\\"b\\\\c\\n\">>");
+        assert_eq!(erl_binary_p("é".as_bytes()), "<<\"é\"/utf8>>");
+        assert_eq!(erl_binary_p(&[0xe9]), "<<\"é\">>");
+        assert_eq!(erl_binary_p(&[97, 127]), "<<97,127>>");
+        assert_eq!(erl_binary_p("中".as_bytes()), "<<228,184,173>>");
+        assert_eq!(erl_pretty_pair(42, "{value_too_large,9999999999999999999}"), format!("{{value_too_large,\n{}9999999999999999999}}", " ".repeat(43)));
+        assert_eq!(erl_pretty_pair(42, "{value_too_large,9999999999999999}"), "{value_too_large,9999999999999999}");
+        assert_eq!(erl_pretty_pair(70, "no_integer"), "no_integer");
+        assert_eq!(frame_octets(9, b"xx"), "type 9, all octets = <<\"xx\">>");
+        assert_eq!(frame_octets(3, &[1u8; 20]), format!("type 3, first 16 octets = <<{}>>", ["1"; 16].join(",")));
     }
 }

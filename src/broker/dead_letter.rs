@@ -8,6 +8,7 @@ use crate::protocol::properties;
 use crate::protocol::{AMQPValue, FieldArray, FieldTable, LongString};
 use crate::queue::{Queue, Reason};
 use amq_protocol::protocol::basic::{AMQPProperties, gen_properties, parse_properties};
+use amq_protocol::types::generation::{gen_field_table, gen_short_string, gen_value};
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -109,7 +110,10 @@ pub fn dead_letter(vhost: &VHost, queue: &Queue, msg: &Message, reason: Reason) 
     };
     let new_props = rebuild_without_expiration(&props, headers.clone());
     let raw = match cookie_factory::gen_simple(gen_properties(&new_props), Vec::new()) {
-        Ok(v) => Bytes::from(v),
+        Ok(mut v) => {
+            order_death_entries(&mut v, &new_props, &headers);
+            Bytes::from(v)
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot encode dead-lettered properties; message dropped");
             return;
@@ -137,6 +141,69 @@ pub fn dead_letter(vhost: &VHost, queue: &Queue, msg: &Message, reason: Reason) 
         }
         q.publish(dead.clone(), None);
     }
+}
+
+/// The keys of an x-death entry in the order RabbitMQ 3.13 writes them
+/// (`mc_amqpl:death_table/7`); any other keys follow, sorted.
+const DEATH_KEY_ORDER: [&str; 7] =
+    ["original-expiration", "count", "reason", "queue", "time", "exchange", "routing-keys"];
+
+/// `FieldTable` keeps its keys sorted, so the encoded headers carry each
+/// x-death entry's keys alphabetically. RabbitMQ sorts the headers table
+/// too (`rabbit_misc:set_table_value/4`) but not the entries inside x-death.
+/// The same entries in another order encode to the same number of octets,
+/// so the headers table is rewritten in place within the encoded
+/// properties: after the 2-octet flags and the content-type and
+/// content-encoding short strings, where `gen_properties` puts it.
+fn order_death_entries(raw: &mut [u8], props: &AMQPProperties, headers: &FieldTable) {
+    let Ok(sorted) = cookie_factory::gen_simple(gen_field_table(headers), Vec::new()) else {
+        return;
+    };
+    let mut ordered = Vec::with_capacity(sorted.len());
+    if encode_headers_ordered(headers, &mut ordered).is_err() || ordered.len() != sorted.len() {
+        return;
+    }
+    let short = |s: Option<&crate::protocol::ShortString>| s.map_or(0, |s| 1 + s.as_str().len());
+    let at = 2 + short(props.content_type().as_ref()) + short(props.content_encoding().as_ref());
+    if raw.get(at..at + sorted.len()) == Some(&sorted[..]) {
+        raw[at..at + ordered.len()].copy_from_slice(&ordered);
+    }
+}
+
+fn encode_headers_ordered(headers: &FieldTable, out: &mut Vec<u8>) -> Result<(), cookie_factory::GenError> {
+    let mut body = Vec::new();
+    for (k, v) in headers.inner() {
+        body = cookie_factory::gen_simple(gen_short_string(k.as_str()), body)?;
+        match v {
+            AMQPValue::FieldArray(deaths) if k.as_str() == "x-death" => {
+                let mut arr = Vec::new();
+                for d in deaths.as_slice() {
+                    match d {
+                        AMQPValue::FieldTable(t) => {
+                            arr.push(b'F');
+                            let mut entry = Vec::new();
+                            let known = DEATH_KEY_ORDER.iter().filter_map(|key| t.inner().get_key_value(*key));
+                            let rest = t.inner().iter().filter(|(key, _)| !DEATH_KEY_ORDER.contains(&key.as_str()));
+                            for (key, value) in known.chain(rest) {
+                                entry = cookie_factory::gen_simple(gen_short_string(key.as_str()), entry)?;
+                                entry = cookie_factory::gen_simple(gen_value(value), entry)?;
+                            }
+                            arr.extend_from_slice(&(entry.len() as u32).to_be_bytes());
+                            arr.extend_from_slice(&entry);
+                        }
+                        other => arr = cookie_factory::gen_simple(gen_value(other), arr)?,
+                    }
+                }
+                body.push(b'A');
+                body.extend_from_slice(&(arr.len() as u32).to_be_bytes());
+                body.extend_from_slice(&arr);
+            }
+            other => body = cookie_factory::gen_simple(gen_value(other), body)?,
+        }
+    }
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(())
 }
 
 /// RabbitMQ's cycle rule: drop for target `q` if it already appears in
@@ -211,5 +278,45 @@ impl RemoveKey for FieldTable {
             }
         }
         *self = t;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn position(hay: &[u8], needle: &str) -> usize {
+        hay.windows(needle.len()).position(|w| w == needle.as_bytes()).expect(needle)
+    }
+
+    #[test]
+    fn death_entries_keep_rabbitmqs_key_order() {
+        let mut entry = FieldTable::default();
+        entry.insert("count".into(), AMQPValue::LongLongInt(1));
+        entry.insert("reason".into(), ls("expired"));
+        entry.insert("queue".into(), ls("q"));
+        entry.insert("time".into(), AMQPValue::Timestamp(1_700_000_000));
+        entry.insert("exchange".into(), ls(""));
+        entry.insert("routing-keys".into(), AMQPValue::FieldArray(FieldArray::from(vec![ls("q")])));
+        entry.insert("original-expiration".into(), ls("100"));
+        entry.insert("zz-extra".into(), AMQPValue::Boolean(true));
+        let mut headers = FieldTable::default();
+        headers.insert("a".into(), ls("first"));
+        headers.insert("x-death".into(), AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(entry)])));
+        headers.insert("x-first-death-queue".into(), ls("q"));
+        let props = AMQPProperties::default()
+            .with_content_type("text/plain".into())
+            .with_headers(headers.clone())
+            .with_delivery_mode(2);
+        let mut raw = cookie_factory::gen_simple(gen_properties(&props), Vec::new()).unwrap();
+        let before = raw.clone();
+        order_death_entries(&mut raw, &props, &headers);
+        assert_ne!(raw, before, "the entry was alphabetical before");
+        let order: Vec<usize> = DEATH_KEY_ORDER.iter().map(|k| position(&raw, k)).collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+        assert!(position(&raw, "routing-keys") < position(&raw, "zz-extra"));
+        // The same properties, only the order inside the entry differs.
+        let (_, parsed) = parse_properties(&raw[..]).unwrap();
+        assert_eq!(parsed, props);
     }
 }

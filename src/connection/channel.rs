@@ -27,6 +27,12 @@ enum Content {
     Idle,
     Header(fast::Publish),
     Body(Box<BodyState>),
+    /// More body octets arrived than the header announced. RabbitMQ's
+    /// assembler then waits for a remaining size that never reaches zero
+    /// (`rabbit_command_assembler:process/2`): the message is never
+    /// published, and the next frame on the channel that is not a body is
+    /// a 505. Further body frames are dropped here, not kept.
+    Overflowed,
 }
 
 /// A publish whose body frames are still arriving.
@@ -153,6 +159,12 @@ impl Channel {
     }
 }
 
+/// 503 `unimplemented method`, a connection error: what RabbitMQ answers
+/// to a method it has no handler for on a channel.
+fn unimplemented_method() -> AmqpError {
+    AmqpError::command_invalid("unimplemented method")
+}
+
 fn ok_or_nowait(nowait: bool, m: AMQPClass) -> Option<AMQPClass> {
     (!nowait).then_some(m)
 }
@@ -233,17 +245,26 @@ impl Conn {
     }
 
     pub(super) fn channel_method(&mut self, ch: u16, payload: Bytes) -> AmqpResult<()> {
-        if !matches!(self.chan(ch).content, Content::Idle) {
-            return Err(AmqpError::unexpected_frame(
-                "expected content header for class 60, got non content header frame instead",
-            )
-            .on(CLASS_BASIC, BASIC_PUBLISH));
+        match self.chan(ch).content {
+            Content::Idle => {}
+            Content::Header(_) => {
+                return Err(AmqpError::unexpected_frame(
+                    "expected content header for class 60, got non content header frame instead",
+                )
+                .on(CLASS_BASIC, BASIC_PUBLISH));
+            }
+            Content::Body(_) | Content::Overflowed => {
+                return Err(AmqpError::unexpected_frame(
+                    "expected content body, got non content body frame instead",
+                )
+                .on(CLASS_BASIC, BASIC_PUBLISH));
+            }
         }
         // The per-message methods skip amq-protocol.
         if let Some((CLASS_BASIC, id)) = fast::method_ids(&payload) {
             if id == BASIC_PUBLISH {
                 let p = fast::parse_publish(&payload).ok_or_else(|| {
-                    AmqpError::frame_error("cannot decode method class 60, method 40").on(60, 40)
+                    crate::protocol::cannot_decode(&payload).on(60, 40)
                 })?;
                 if p.immediate {
                     return Err(AmqpError::not_implemented("immediate=true").on(60, 40));
@@ -261,7 +282,7 @@ impl Conn {
             }
             if id == BASIC_ACK {
                 let a = fast::parse_ack(&payload).ok_or_else(|| {
-                    AmqpError::frame_error("cannot decode method class 60, method 80").on(60, 80)
+                    crate::protocol::cannot_decode(&payload).on(60, 80)
                 })?;
                 return self.settle(ch, a.delivery_tag, a.multiple, Settle::Ack).map_err(|e| e.on(60, 80));
             }
@@ -296,16 +317,9 @@ impl Conn {
                     amq_protocol::protocol::access::RequestOk {},
                 )))
             }
-            AMQPClass::Connection(_) => {
-                return Err(AmqpError::command_invalid("connection methods are only valid on channel 0"));
-            }
-            other => {
-                return Err(AmqpError::command_invalid(format!(
-                    "method {}.{} cannot be sent by a client",
-                    other.get_amqp_class_id(),
-                    other.get_amqp_method_id()
-                )));
-            }
+            // Connection methods on a channel, and methods only a server
+            // sends, reach `rabbit_channel:handle_method/3`'s last clause.
+            _ => return Err(unimplemented_method()),
         };
         if let Some(r) = reply {
             self.send_method(ch, &r);
@@ -321,15 +335,16 @@ impl Conn {
                 self.channels.remove(ch);
                 Ok(Some(AMQPClass::Channel(chm::AMQPMethod::CloseOk(chm::CloseOk {}))))
             }
-            chm::AMQPMethod::CloseOk(_) => Ok(None),
+            // close-ok is only awaited on a closing channel (handled before
+            // here); on an open one RabbitMQ has no clause for it, nor for
+            // flow-ok (it never sends channel.flow).
             chm::AMQPMethod::Flow(f) => {
                 if !f.active {
                     return Err(AmqpError::not_implemented("active=false"));
                 }
                 Ok(Some(AMQPClass::Channel(chm::AMQPMethod::FlowOk(chm::FlowOk { active: true }))))
             }
-            chm::AMQPMethod::FlowOk(_) => Ok(None),
-            _ => Err(AmqpError::command_invalid("method cannot be sent by a client")),
+            _ => Err(unimplemented_method()),
         }
     }
 
@@ -395,7 +410,7 @@ impl Conn {
                     AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
                 ))
             }
-            _ => Err(AmqpError::command_invalid("method cannot be sent by a client")),
+            _ => Err(unimplemented_method()),
         }
     }
 
@@ -509,7 +524,7 @@ impl Conn {
                 }
                 Ok(None)
             }
-            _ => Err(AmqpError::command_invalid("method cannot be sent by a client")),
+            _ => Err(unimplemented_method()),
         }
     }
 
@@ -595,7 +610,7 @@ impl Conn {
                 self.recover(ch);
                 Ok(None)
             }
-            _ => Err(AmqpError::command_invalid("method cannot be sent by a client")),
+            _ => Err(unimplemented_method()),
         }
     }
 
@@ -793,7 +808,7 @@ impl Conn {
                 c.tx = Some(TxState::default());
                 Ok(Some(AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {}))))
             }
-            _ => Err(AmqpError::command_invalid("method cannot be sent by a client")),
+            _ => Err(unimplemented_method()),
         }
     }
 
@@ -807,7 +822,7 @@ impl Conn {
                     "expected method frame, got non method frame instead",
                 ));
             }
-            Content::Body(_) => {
+            Content::Body(_) | Content::Overflowed => {
                 return Err(AmqpError::unexpected_frame(
                     "expected content body, got non content body frame instead",
                 )
@@ -853,6 +868,9 @@ impl Conn {
 
     pub(super) fn content_body(&mut self, ch: u16, payload: Bytes) -> AmqpResult<()> {
         let c = self.chan(ch);
+        if matches!(c.content, Content::Overflowed) {
+            return Ok(());
+        }
         let Content::Body(state) = &mut c.content else {
             return Err(match c.content {
                 Content::Header(_) => AmqpError::unexpected_frame(
@@ -866,11 +884,8 @@ impl Conn {
         let have = first.as_ref().map(|b| b.len()).unwrap_or(0) + rest.len();
         let total = have + payload.len();
         if total as u64 > *size {
-            return Err(AmqpError::frame_error(format!(
-                "received {} bytes of content body, expected {size}",
-                total
-            ))
-            .on(CLASS_BASIC, BASIC_PUBLISH));
+            c.content = Content::Overflowed;
+            return Ok(());
         }
         if first.is_none() && rest.is_empty() {
             *first = Some(payload);
@@ -1134,7 +1149,9 @@ fn settle_all(taken: Vec<Unacked>) {
 /// RabbitMQ's check of the `expiration` property (`rabbit_basic:parse_expiration`).
 fn validate_expiration(raw: &[u8]) -> AmqpResult<()> {
     message::parse_expiration(raw).map(|_| ()).map_err(|why| {
-        AmqpError::precondition(format!("invalid expiration '{}': {why}", String::from_utf8_lossy(raw)))
+        let text = format!("invalid expiration '{}': ", String::from_utf8_lossy(raw));
+        let why = crate::error::erl_pretty_pair(text.chars().count(), &why);
+        AmqpError::precondition(format!("{text}{why}"))
     })
 }
 

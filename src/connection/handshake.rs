@@ -134,7 +134,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         version_major: 0,
         version_minor: 9,
         server_properties: server_properties(broker),
-        mechanisms: LongString::from(b"AMQPLAIN PLAIN".to_vec()),
+        mechanisms: LongString::from(b"PLAIN AMQPLAIN".to_vec()),
         locales: LongString::from(b"en_US".to_vec()),
     }));
     write_method(sock, &start).await.map_err(|_| Failed::Silent)?;

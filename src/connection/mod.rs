@@ -434,11 +434,27 @@ impl Conn {
             }
             return Flow::Continue;
         }
+        // As `rabbit_reader:handle_frame/4` with
+        // `rabbit_command_assembler:analyze_frame/3`: a frame whose type is
+        // unknown or whose payload cannot be that type is `unknown_frame`;
+        // a well-formed frame in the wrong place is unexpected.
+        let malformed = match f.kind {
+            FRAME_METHOD => f.payload.len() < 4,
+            FRAME_HEADER => f.payload.len() < 12,
+            FRAME_BODY => false,
+            FRAME_HEARTBEAT => !f.payload.is_empty(),
+            _ => true,
+        };
         let result = match (f.kind, f.channel) {
+            _ if malformed => Err(AmqpError::frame_error(format!(
+                "{}: unknown_frame",
+                crate::error::frame_octets(f.kind, &f.payload)
+            ))),
             (FRAME_HEARTBEAT, 0) => Ok(Flow::Continue),
-            (FRAME_HEARTBEAT, _) => Err(AmqpError::unexpected_frame("heartbeat frame on non-zero channel")),
             (FRAME_METHOD, 0) => self.connection_method(&f),
-            (_, 0) => Err(AmqpError::unexpected_frame("content frame on channel 0")),
+            (FRAME_HEARTBEAT, _) | (_, 0) => {
+                Err(AmqpError::unexpected_frame(crate::error::frame_octets(f.kind, &f.payload)))
+            }
             (_, ch) => self.channel_frame(ch, f),
         };
         match result {

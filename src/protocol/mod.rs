@@ -49,8 +49,14 @@ pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
     }
     match parse_class(payload) {
         Ok(([], method)) => Ok(method),
-        _ => Err(AmqpError::frame_error(format!("cannot decode method class {c}, method {m}")).on(c, m)),
+        _ => Err(cannot_decode(payload).on(c, m)),
     }
+}
+
+/// 501 `cannot decode <<fields>>`: RabbitMQ's text for method arguments that
+/// do not parse (`rabbit_misc:frame_error/2`), the octets after the ids.
+pub fn cannot_decode(payload: &[u8]) -> AmqpError {
+    AmqpError::frame_error(format!("cannot decode {}", crate::error::erl_binary_w(payload.get(4..).unwrap_or(&[]))))
 }
 
 /// Runs every decoder a peer's bytes reach over `data`, as the reader does:
