@@ -87,6 +87,7 @@ impl Broker {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let (mut deliver, mut deliver_no_ack, mut get, mut get_no_ack) = (0, 0, 0, 0);
         let (mut ack, mut redeliver, mut ready, mut unacked) = (0, 0, 0, 0);
+        let (mut disk_reads, mut disk_writes) = (0, 0);
         let mut churn = [0u64; 3];
         for v in self.vhosts.iter() {
             for (i, n) in v.churn.iter().enumerate() {
@@ -100,6 +101,8 @@ impl Broker {
                 get_no_ack += l(&s.get_no_ack);
                 ack += l(&s.acked);
                 redeliver += l(&s.redelivered);
+                disk_reads += l(&s.disk_reads);
+                disk_writes += l(&s.disk_writes);
                 if !q.name.starts_with(crate::exchange::DELAY_QUEUE_PREFIX) {
                     let (r, u, _, _) = q.counts();
                     ready += r;
@@ -120,8 +123,8 @@ impl Broker {
             l(&c.published),
             redeliver,
             l(&c.unroutable_returned),
-            0,
-            0,
+            disk_reads,
+            disk_writes,
             ready + unacked,
             ready,
             unacked,

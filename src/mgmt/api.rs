@@ -172,6 +172,7 @@ impl<'a> QueueItem<'a> {
     pub fn new(q: &'a Queue, node: &'a str, now: &'a str) -> Self {
         let (ready, unacked, consumers, _) = q.counts();
         let (ready_bytes, unacked_bytes) = q.message_bytes();
+        let (persistent, paged) = q.storage();
         let s = &q.stats;
         let rates = s.rates.get();
         let rate = |k: &str| r(rate_of(&QUEUE_RATES, &rates, k));
@@ -207,11 +208,11 @@ impl<'a> QueueItem<'a> {
             exclusive_consumer_tag: None,
             head_message_timestamp: None,
             idle_since: now,
-            memory: 1024 + ready_bytes,
+            memory: 1024 + ready_bytes.saturating_sub(paged.bytes),
             message_bytes: ready_bytes + unacked_bytes,
-            message_bytes_paged_out: 0,
-            message_bytes_persistent: 0,
-            message_bytes_ram: ready_bytes + unacked_bytes,
+            message_bytes_paged_out: paged.bytes,
+            message_bytes_persistent: persistent.bytes,
+            message_bytes_ram: (ready_bytes + unacked_bytes).saturating_sub(paged.bytes),
             message_bytes_ready: ready_bytes,
             message_bytes_unacknowledged: unacked_bytes,
             message_stats: QueueMessageStats {
@@ -234,12 +235,12 @@ impl<'a> QueueItem<'a> {
             },
             messages: ready + unacked,
             messages_details: rate("messages"),
-            messages_paged_out: 0,
-            messages_persistent: 0,
-            messages_ram: ready + unacked,
+            messages_paged_out: paged.count,
+            messages_persistent: persistent.count,
+            messages_ram: (ready + unacked).saturating_sub(paged.count),
             messages_ready: ready,
             messages_ready_details: rate("messages_ready"),
-            messages_ready_ram: ready,
+            messages_ready_ram: ready.saturating_sub(paged.count),
             messages_unacknowledged: unacked,
             messages_unacknowledged_details: rate("messages_unacknowledged"),
             messages_unacknowledged_ram: unacked,

@@ -524,7 +524,7 @@ pub async fn queue_get(
     for _ in 0..count {
         let Some((qm, remaining)) = q.fetch() else { break };
         if let Some(m) = &qm.msg {
-            out.push(message_json(m, qm.redelivered, remaining, &encoding, truncate.map(|t| t as usize)));
+            out.push(message_json(m, qm.redelivered(), remaining, &encoding, truncate.map(|t| t as usize)));
         }
         taken.push(qm);
     }

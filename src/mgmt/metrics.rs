@@ -57,6 +57,22 @@ impl Family<'_> {
     }
 }
 
+/// One queue's figures for the per-object families.
+struct Row {
+    vhost: String,
+    queue: String,
+    ready: u64,
+    unacked: u64,
+    consumers: u64,
+    ready_bytes: u64,
+    unacked_bytes: u64,
+    published: u64,
+    persistent: crate::queue::Tally,
+    paged: crate::queue::Tally,
+    disk_reads: u64,
+    disk_writes: u64,
+}
+
 /// Label values escaped as the exposition format requires.
 fn esc(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -80,7 +96,23 @@ fn render(b: &Broker, per_object: bool) -> String {
             unacked += u;
             consumers += cs;
             published += p;
-            rows.push((v.name.clone(), q.name.clone(), r, u, cs, ready_bytes, p, unacked_bytes));
+            if per_object {
+                let (persistent, paged) = q.storage();
+                rows.push(Row {
+                    vhost: v.name.clone(),
+                    queue: q.name.clone(),
+                    ready: r,
+                    unacked: u,
+                    consumers: cs,
+                    ready_bytes,
+                    unacked_bytes,
+                    published: p,
+                    persistent,
+                    paged,
+                    disk_reads: q.stats.disk_reads.load(Ordering::Relaxed),
+                    disk_writes: q.stats.disk_writes.load(Ordering::Relaxed),
+                });
+            }
         }
     }
     let mut f = Family { out: &mut out };
@@ -213,27 +245,40 @@ fn render(b: &Broker, per_object: bool) -> String {
         );
         return out;
     }
-    type Pick = fn(&(String, String, u64, u64, u64, u64, u64, u64)) -> f64;
-    let families: [(&str, &str, &str, Pick); 8] = [
-        ("queue_messages_ready", g, "Messages ready to be delivered to consumers", |r| r.2 as f64),
-        ("queue_messages_unacked", g, "Messages delivered to consumers but not yet acknowledged", |r| {
-            r.3 as f64
-        }),
+    type Pick = fn(&Row) -> u64;
+    // RabbitMQ 3.13's per-queue families (`prometheus_rabbitmq_core_metrics_collector`).
+    let families: [(&str, &str, &str, Pick); 18] = [
+        ("queue_messages_ready", g, "Messages ready to be delivered to consumers", |r| r.ready),
+        ("queue_messages_unacked", g, "Messages delivered to consumers but not yet acknowledged", |r| r.unacked),
         ("queue_messages", g, "Sum of ready and unacknowledged messages - total queue depth", |r| {
-            (r.2 + r.3) as f64
+            r.ready + r.unacked
         }),
-        ("queue_consumers", g, "Consumers on a queue", |r| r.4 as f64),
+        ("queue_consumers", g, "Consumers on a queue", |r| r.consumers),
+        ("queue_messages_ram", g, "Ready and unacknowledged messages stored in memory", |r| {
+            (r.ready + r.unacked).saturating_sub(r.paged.count)
+        }),
+        ("queue_messages_ram_bytes", g, "Size of ready and unacknowledged messages stored in memory", |r| {
+            (r.ready_bytes + r.unacked_bytes).saturating_sub(r.paged.bytes)
+        }),
+        ("queue_messages_ready_ram", g, "Ready messages stored in memory", |r| r.ready.saturating_sub(r.paged.count)),
+        ("queue_messages_unacked_ram", g, "Unacknowledged messages stored in memory", |r| r.unacked),
+        ("queue_messages_persistent", g, "Persistent messages", |r| r.persistent.count),
+        ("queue_messages_persistent_bytes", g, "Size in bytes of persistent messages", |r| r.persistent.bytes),
         ("queue_messages_bytes", g, "Size in bytes of ready and unacknowledged messages", |r| {
-            (r.5 + r.7) as f64
+            r.ready_bytes + r.unacked_bytes
         }),
-        ("queue_messages_ready_bytes", g, "Size in bytes of ready messages", |r| r.5 as f64),
-        ("queue_messages_unacked_bytes", g, "Size in bytes of all unacknowledged messages", |r| r.7 as f64),
-        ("queue_messages_published_total", t, "Total number of messages published to queues", |r| r.6 as f64),
+        ("queue_messages_ready_bytes", g, "Size in bytes of ready messages", |r| r.ready_bytes),
+        ("queue_messages_unacked_bytes", g, "Size in bytes of all unacknowledged messages", |r| r.unacked_bytes),
+        ("queue_messages_paged_out", g, "Messages paged out to disk", |r| r.paged.count),
+        ("queue_messages_paged_out_bytes", g, "Size in bytes of messages paged out to disk", |r| r.paged.bytes),
+        ("queue_disk_reads_total", t, "Total number of times queue read messages from disk", |r| r.disk_reads),
+        ("queue_disk_writes_total", t, "Total number of times queue wrote messages to disk", |r| r.disk_writes),
+        ("queue_messages_published_total", t, "Total number of messages published to queues", |r| r.published),
     ];
     for (name, kind, help, pick) in families {
         f.header(name, kind, help);
         for r in &rows {
-            f.sample(name, &format!("vhost=\"{}\",queue=\"{}\"", esc(&r.0), esc(&r.1)), pick(r));
+            f.sample(name, &format!("vhost=\"{}\",queue=\"{}\"", esc(&r.vhost), esc(&r.queue)), pick(r) as f64);
         }
     }
     out

@@ -14,6 +14,7 @@ use crate::store::{Durable, MessageStore, NO_LOC, footprint};
 use args::QueueArgs;
 use bytes::Bytes;
 use parking_lot::Mutex;
+pub use ready::Tally;
 use ready::{QueuedMessage, ReadyList};
 use sink::{ConsumerCredit, Outbox, Refused};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -76,6 +77,8 @@ struct QueueState {
     /// Body bytes of the unacked deliveries (management's
     /// `message_bytes_unacknowledged`).
     unacked_bytes: u64,
+    /// The persistent ones among the unacked deliveries.
+    unacked_persistent: Tally,
     next_seq: u64,
     /// Auto-delete only happens once a consumer has existed.
     had_consumer: bool,
@@ -105,6 +108,10 @@ pub struct QueueStats {
     pub redelivered: AtomicU64,
     pub expired: AtomicU64,
     pub dropped: AtomicU64,
+    /// Messages written to the log (persistent, or paged out on arrival)
+    /// and read back from it: management's `disk_writes` and `disk_reads`.
+    pub disk_writes: AtomicU64,
+    pub disk_reads: AtomicU64,
     /// Sampled rates (management), see `broker::rates`.
     pub rates: crate::broker::rates::QueueRates,
 }
@@ -215,6 +222,7 @@ impl Queue {
                 consumers: Vec::new(),
                 unacked: 0,
                 unacked_bytes: 0,
+                unacked_persistent: Tally::default(),
                 next_seq: 0,
                 had_consumer: false,
                 deleted: false,
@@ -405,6 +413,7 @@ impl Queue {
         let durable = self.persisted && msg.persistent();
         let page = !st.ready.is_empty() && self.store.over_budget();
         let loc = if durable || page {
+            self.stats.disk_writes.fetch_add(1, Ordering::Relaxed);
             self.store.append(
                 self.store_id,
                 &msg,
@@ -421,7 +430,8 @@ impl Queue {
         } else {
             self.store.resident_add(footprint(size as u32));
             QueuedMessage::in_memory(st.next_seq, msg, loc)
-        };
+        }
+        .with_persistent(durable);
         qm.deadline = deadline;
         // Expire what is due before this message joins, so that a TTL-0
         // message can still go to a consumer that takes it right now.
@@ -473,17 +483,21 @@ impl Queue {
             }
             let mut read = self.store.read_run(&locs).into_iter();
             let mut head_failed = None;
+            let (mut count, mut bytes) = (0, 0);
             for (i, qm) in st.ready.head_run_mut().take(locs.len()).enumerate() {
                 match read.next() {
                     Some(Ok(m)) => {
                         qm.msg = Some(Arc::new(m));
                         self.store.resident_add(footprint(qm.body_size));
+                        (count, bytes) = (count + 1, bytes + qm.body_size as u64);
                     }
                     // Behind the head, a failed read is retried when its turn comes.
                     Some(Err(e)) if i == 0 => head_failed = Some(e),
                     _ => {}
                 }
             }
+            st.ready.paged_in(count, bytes);
+            self.stats.disk_reads.fetch_add(count, Ordering::Relaxed);
             let Some(e) = head_failed else { return true };
             tracing::error!(queue = %self.name, error = %e, "cannot read a paged-out message; dropped");
             if let Some(qm) = st.ready.pop() {
@@ -555,12 +569,12 @@ impl Queue {
                 }
             }
             let Some(i) = taken else { break };
-            let mut size = 0;
+            let (mut size, mut persistent) = (0, false);
             if let Some(qm) = self.pop_ready(st) {
-                if qm.redelivered {
+                if qm.redelivered() {
                     self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
                 }
-                size = qm.body_size as u64;
+                (size, persistent) = (qm.body_size as u64, qm.persistent());
                 self.after_delivery(&qm, st.consumers[i].no_ack);
             }
             let s = &self.stats;
@@ -569,6 +583,9 @@ impl Queue {
             if !st.consumers[i].no_ack {
                 st.unacked += 1;
                 st.unacked_bytes += size;
+                if persistent {
+                    st.unacked_persistent.add(1, size);
+                }
             }
             if !single {
                 // Round robin among consumers of equal priority.
@@ -583,7 +600,7 @@ impl Queue {
     fn after_delivery(&self, qm: &QueuedMessage, no_ack: bool) {
         if no_ack {
             self.store.settle(qm.loc);
-        } else if !qm.redelivered {
+        } else if !qm.redelivered() {
             self.store.delivered(qm.loc);
         }
     }
@@ -613,8 +630,10 @@ impl Queue {
             let mut qm = match r.message {
                 Some(m) => QueuedMessage::in_memory(seq, Arc::new(m), r.loc),
                 None => QueuedMessage::paged(seq, r.loc, r.body_size, r.priority),
-            };
-            qm.redelivered = r.delivered;
+            }
+            // Only persistent messages come back from the log.
+            .with_persistent(true);
+            qm.set_redelivered(r.delivered);
             qm.deadline = r.deadline;
             st.ready.push(qm);
         }
@@ -711,7 +730,7 @@ impl Queue {
         self.stamp_delivery_count(&mut st);
         let Some(qm) = self.pop_ready(&mut st) else { return false };
         let remaining = st.ready.len() as u32;
-        let (l, first, size) = (qm.loc, !qm.redelivered, qm.body_size as u64);
+        let (l, first, size, persistent) = (qm.loc, !qm.redelivered(), qm.body_size as u64, qm.persistent());
         match outbox.get_ok(channel, no_ack, self, qm, remaining) {
             Ok(()) => {
                 if no_ack {
@@ -719,6 +738,9 @@ impl Queue {
                 } else {
                     st.unacked += 1;
                     st.unacked_bytes += size;
+                    if persistent {
+                        st.unacked_persistent.add(1, size);
+                    }
                     if first {
                         self.store.delivered(l);
                     }
@@ -751,7 +773,7 @@ impl Queue {
         }
         self.stamp_delivery_count(&mut st);
         let mut qm = self.pop_ready(&mut st)?;
-        if qm.redelivered {
+        if qm.redelivered() {
             self.stats.redelivered.fetch_add(1, Ordering::Relaxed);
         } else {
             self.store.delivered(qm.loc);
@@ -759,6 +781,9 @@ impl Queue {
         qm.deliveries = qm.deliveries.saturating_add(1);
         st.unacked += 1;
         st.unacked_bytes += qm.body_size as u64;
+        if qm.persistent() {
+            st.unacked_persistent.add(1, qm.body_size as u64);
+        }
         self.stats.get.fetch_add(1, Ordering::Relaxed);
         Some((qm, st.ready.len() as u32))
     }
@@ -793,6 +818,8 @@ impl Queue {
         let mut st = self.state.lock();
         st.unacked = st.unacked.saturating_sub(n);
         st.unacked_bytes = st.unacked_bytes.saturating_sub(body_bytes(msgs));
+        let (count, bytes) = persistent_tally(msgs);
+        st.unacked_persistent.sub(count, bytes);
         self.stats.acked.fetch_add(n, Ordering::Relaxed);
         self.dispatch_locked(&mut st);
     }
@@ -803,13 +830,15 @@ impl Queue {
         let mut st = self.state.lock();
         st.unacked = st.unacked.saturating_sub(msgs.len() as u64);
         st.unacked_bytes = st.unacked_bytes.saturating_sub(body_bytes(&msgs));
+        let (count, bytes) = persistent_tally(&msgs);
+        st.unacked_persistent.sub(count, bytes);
         if st.deleted {
             drop(st);
             self.forget(&msgs);
             return;
         }
         for mut qm in msgs {
-            qm.redelivered = true;
+            qm.set_redelivered(true);
             if let Some(limit) = st.args.delivery_limit
                 && qm.deliveries as u64 > limit
             {
@@ -863,6 +892,15 @@ impl Queue {
         (st.ready.bytes(), st.unacked_bytes)
     }
 
+    /// Persistent messages (ready and unacked) and ready messages paged out
+    /// to the log, each with their body bytes.
+    pub fn storage(&self) -> (Tally, Tally) {
+        let st = self.state.lock();
+        let mut persistent = st.ready.persistent();
+        persistent.add(st.unacked_persistent.count, st.unacked_persistent.bytes);
+        (persistent, st.ready.paged())
+    }
+
     pub fn is_deleted(&self) -> bool {
         self.gone.load(Ordering::Acquire)
     }
@@ -882,4 +920,9 @@ impl Queue {
 /// The body bytes of `msgs`.
 fn body_bytes(msgs: &[QueuedMessage]) -> u64 {
     msgs.iter().map(|m| m.body_size as u64).sum()
+}
+
+/// How many of `msgs` are persistent, and their body bytes.
+fn persistent_tally(msgs: &[QueuedMessage]) -> (u64, u64) {
+    msgs.iter().filter(|m| m.persistent()).fold((0, 0), |(n, b), m| (n + 1, b + m.body_size as u64))
 }

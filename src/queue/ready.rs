@@ -8,6 +8,9 @@ use crate::store::{Loc, NO_LOC};
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
+const REDELIVERED: u8 = 1;
+const PERSISTENT: u8 = 2;
+
 /// One message in one queue.
 #[derive(Debug, Clone)]
 pub struct QueuedMessage {
@@ -18,7 +21,8 @@ pub struct QueuedMessage {
     pub loc: Loc,
     pub body_size: u32,
     pub priority: u8,
-    pub redelivered: bool,
+    /// `REDELIVERED` and `PERSISTENT`: two bools would not fit in 40 bytes.
+    flags: u8,
     /// Times it was handed out (for `x-delivery-limit`).
     pub deliveries: u16,
     /// When it expires (ms since the epoch); 0 = never. Fixed at enqueue.
@@ -33,7 +37,7 @@ impl QueuedMessage {
             priority: msg.priority(),
             msg: Some(msg),
             loc,
-            redelivered: false,
+            flags: 0,
             deliveries: 0,
             deadline: 0,
         }
@@ -46,10 +50,32 @@ impl QueuedMessage {
             loc,
             body_size,
             priority,
-            redelivered: false,
+            flags: 0,
             deliveries: 0,
             deadline: 0,
         }
+    }
+
+    /// Delivered before (the `redelivered` flag of its next delivery).
+    pub fn redelivered(&self) -> bool {
+        self.flags & REDELIVERED != 0
+    }
+
+    pub fn set_redelivered(&mut self, yes: bool) {
+        self.flags = if yes { self.flags | REDELIVERED } else { self.flags & !REDELIVERED };
+    }
+
+    /// Persistent in RabbitMQ's sense: `delivery_mode` 2 in a durable queue,
+    /// so its record in the log survives a restart.
+    pub fn persistent(&self) -> bool {
+        self.flags & PERSISTENT != 0
+    }
+
+    pub fn with_persistent(mut self, yes: bool) -> Self {
+        if yes {
+            self.flags |= PERSISTENT;
+        }
+        self
     }
 
     pub fn has_record(&self) -> bool {
@@ -64,7 +90,7 @@ impl QueuedMessage {
             loc: NO_LOC,
             body_size: 0,
             priority: 0,
-            redelivered: false,
+            flags: 0,
             deliveries: u16::MAX,
             deadline: 0,
         }
@@ -75,12 +101,36 @@ impl QueuedMessage {
     }
 }
 
+/// A count of messages and their body bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+impl Tally {
+    pub fn add(&mut self, count: u64, bytes: u64) {
+        self.count += count;
+        self.bytes += bytes;
+    }
+
+    pub fn sub(&mut self, count: u64, bytes: u64) {
+        self.count = self.count.saturating_sub(count);
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
+}
+
 #[derive(Debug)]
 pub struct ReadyList {
     /// Index = priority level; a queue without `x-max-priority` has one level.
     levels: Vec<VecDeque<QueuedMessage>>,
     len: usize,
     bytes: u64,
+    /// How many of them (and their body bytes) are persistent, and how many
+    /// are paged out to the log: management's `messages_persistent` and
+    /// `messages_paged_out`.
+    persistent: Tally,
+    paged: Tally,
     /// Messages with a deadline, soonest first: (deadline, seq, level). Lets
     /// a message expire wherever it sits, not only at the head.
     expiry: BTreeSet<(u64, u64, u8)>,
@@ -93,6 +143,8 @@ impl ReadyList {
             levels: (0..n).map(|_| VecDeque::new()).collect(),
             len: 0,
             bytes: 0,
+            persistent: Tally::default(),
+            paged: Tally::default(),
             expiry: BTreeSet::new(),
         }
     }
@@ -109,6 +161,43 @@ impl ReadyList {
         self.bytes
     }
 
+    /// Persistent ready messages and their body bytes.
+    pub fn persistent(&self) -> Tally {
+        self.persistent
+    }
+
+    /// Ready messages paged out to the log and their body bytes.
+    pub fn paged(&self) -> Tally {
+        self.paged
+    }
+
+    /// A message in the list had its body read back from the log.
+    pub fn paged_in(&mut self, count: u64, bytes: u64) {
+        self.paged.sub(count, bytes);
+    }
+
+    fn tally_in(&mut self, qm: &QueuedMessage) {
+        self.len += 1;
+        self.bytes += qm.body_size as u64;
+        if qm.persistent() {
+            self.persistent.add(1, qm.body_size as u64);
+        }
+        if qm.msg.is_none() {
+            self.paged.add(1, qm.body_size as u64);
+        }
+    }
+
+    fn tally_out(&mut self, qm: &QueuedMessage) {
+        self.len -= 1;
+        self.bytes -= qm.body_size as u64;
+        if qm.persistent() {
+            self.persistent.sub(1, qm.body_size as u64);
+        }
+        if qm.msg.is_none() {
+            self.paged.sub(1, qm.body_size as u64);
+        }
+    }
+
     fn level(&self, priority: u8) -> usize {
         (priority as usize).min(self.levels.len() - 1)
     }
@@ -118,8 +207,7 @@ impl ReadyList {
         if qm.deadline != 0 {
             self.expiry.insert((qm.deadline, qm.seq, l as u8));
         }
-        self.len += 1;
-        self.bytes += qm.body_size as u64;
+        self.tally_in(&qm);
         self.levels[l].push_back(qm);
     }
 
@@ -129,8 +217,7 @@ impl ReadyList {
         if qm.deadline != 0 {
             self.expiry.insert((qm.deadline, qm.seq, l as u8));
         }
-        self.len += 1;
-        self.bytes += qm.body_size as u64;
+        self.tally_in(&qm);
         let level = &mut self.levels[l];
         match level.back() {
             Some(last) if last.seq > qm.seq => {
@@ -176,8 +263,7 @@ impl ReadyList {
     }
 
     fn taken(&mut self, qm: &QueuedMessage, level: usize) {
-        self.len -= 1;
-        self.bytes -= qm.body_size as u64;
+        self.tally_out(qm);
         if qm.deadline != 0 {
             self.expiry.remove(&(qm.deadline, qm.seq, level as u8));
         }
@@ -206,8 +292,7 @@ impl ReadyList {
                 continue;
             }
             let qm = std::mem::replace(slot, QueuedMessage::tombstone(seq));
-            self.len -= 1;
-            self.bytes -= qm.body_size as u64;
+            self.tally_out(&qm);
             out.push(qm);
         }
         out
@@ -221,6 +306,8 @@ impl ReadyList {
         }
         self.len = 0;
         self.bytes = 0;
+        self.persistent = Tally::default();
+        self.paged = Tally::default();
         self.expiry.clear();
         out
     }
@@ -281,6 +368,32 @@ mod tests {
         let order: Vec<u64> = std::iter::from_fn(|| r.pop()).map(|m| m.seq).collect();
         assert_eq!(order, vec![4, 2, 1]);
         assert_eq!(r.next_deadline(), None);
+    }
+
+    #[test]
+    fn persistent_and_paged_tallies_follow_the_list() {
+        let mut r = ReadyList::new(None);
+        r.push(qm(1, None).with_persistent(true));
+        r.push(QueuedMessage::paged(2, 7, 10, 0).with_persistent(true));
+        let mut expiring = QueuedMessage::paged(3, 8, 20, 0);
+        expiring.deadline = 5;
+        r.push(expiring);
+        assert_eq!(r.persistent(), Tally { count: 2, bytes: 11 });
+        assert_eq!(r.paged(), Tally { count: 2, bytes: 30 });
+        assert_eq!(r.take_expired(10).len(), 1);
+        assert_eq!(r.paged(), Tally { count: 1, bytes: 10 });
+        let head = r.pop().unwrap();
+        assert!(head.persistent() && !head.redelivered());
+        assert_eq!(r.persistent(), Tally { count: 1, bytes: 10 });
+        r.paged_in(1, 10);
+        assert_eq!(r.paged(), Tally::default());
+        let mut back = head;
+        back.set_redelivered(true);
+        r.requeue(back);
+        assert_eq!(r.persistent(), Tally { count: 2, bytes: 11 });
+        assert!(r.peek().unwrap().redelivered() && r.peek().unwrap().persistent());
+        r.drain();
+        assert_eq!((r.persistent(), r.paged()), (Tally::default(), Tally::default()));
     }
 
     #[test]

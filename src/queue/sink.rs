@@ -499,7 +499,7 @@ impl Outbox {
         let Some(m) = &qm.msg else {
             return Err(Refused::Busy);
         };
-        fast::encode_deliver(buf, channel, consumer_tag, tag, qm.redelivered, &m.exchange, &m.routing_key);
+        fast::encode_deliver(buf, channel, consumer_tag, tag, qm.redelivered(), &m.exchange, &m.routing_key);
         frame::encode_content_header(buf, channel, m.body_size(), &m.properties);
         frame::encode_body(buf, channel, &m.body, *frame_max);
         if no_ack {
@@ -507,7 +507,7 @@ impl Outbox {
         } else {
             ch.counters.deliver += 1;
         }
-        ch.counters.redeliver += qm.redelivered as u64;
+        ch.counters.redeliver += qm.redelivered() as u64;
         if !no_ack {
             credit.unacked.fetch_add(1, Ordering::Relaxed);
             ch.global_unacked += 1;
@@ -572,7 +572,7 @@ impl Outbox {
             let Some(m) = &qm.msg else { return Err(qm) };
             ch.next_tag += 1;
             let tag = ch.next_tag;
-            fast::encode_get_ok(buf, channel, tag, qm.redelivered, &m.exchange, &m.routing_key, remaining);
+            fast::encode_get_ok(buf, channel, tag, qm.redelivered(), &m.exchange, &m.routing_key, remaining);
             frame::encode_content_header(buf, channel, m.body_size(), &m.properties);
             frame::encode_body(buf, channel, &m.body, *frame_max);
             if no_ack {
@@ -580,7 +580,7 @@ impl Outbox {
             } else {
                 ch.counters.get += 1;
             }
-            ch.counters.redeliver += qm.redelivered as u64;
+            ch.counters.redeliver += qm.redelivered() as u64;
             if !no_ack {
                 ch.unacked.insert(
                     tag,

@@ -303,3 +303,93 @@ async fn message_bytes_count_ready_and_unacked_bodies() {
     .await;
     assert_eq!(bytes(&get(&s, "/api/queues/%2F/sized").await), [20, 20, 0, 20]);
 }
+
+/// Persistent messages (delivery mode 2 in a durable queue) and messages
+/// paged out to the log are counted as RabbitMQ counts them: in the queue's
+/// management JSON, in the per-queue Prometheus families, and as disk
+/// writes and reads in the overview.
+#[tokio::test]
+async fn persistent_and_paged_out_messages_are_counted() {
+    use amq_protocol::protocol::basic::AMQPProperties;
+    // No memory budget: every message behind the first is paged out.
+    let s = start_with(|c| c.memory.queue_budget = 0).await;
+    let mut r = Raw::open(s.addr()).await;
+    r.call(1, m::qdecl("pq", false, true, false, false, Default::default())).await;
+    let persistent = props(AMQPProperties::default().with_delivery_mode(2));
+    r.publish(1, "", "pq", false, &persistent, &[b'p'; 100]).await;
+    r.publish(1, "", "pq", false, &persistent, &[b'q'; 100]).await;
+    r.publish(1, "", "pq", false, &[], &[b't'; 50]).await;
+    assert_eq!(r.counts(1, "pq").await.0, 3);
+    let fields = |q: &Value, keys: &[&str]| -> Vec<u64> {
+        keys.iter().map(|k| q[*k].as_u64().unwrap_or_else(|| panic!("{k} in {q}"))).collect()
+    };
+    let keys = [
+        "messages_persistent",
+        "message_bytes_persistent",
+        "messages_paged_out",
+        "message_bytes_paged_out",
+        "messages_ram",
+        "message_bytes_ram",
+        "messages_ready_ram",
+    ];
+    let q = get(&s, "/api/queues/%2F/pq").await;
+    assert_eq!(fields(&q, &keys), [2, 200, 2, 150, 1, 100, 1], "{q}");
+    let addr = s.handle.as_ref().unwrap().metrics_addr;
+    let per = String::from_utf8(http(addr, "GET", "/metrics/per-object", None, None).await.body).unwrap();
+    let metric = |name: &str| {
+        per.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("queue=\"pq\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} for pq in\n{per}"))
+    };
+    assert_eq!(
+        [
+            "rabbitmq_queue_messages_persistent",
+            "rabbitmq_queue_messages_persistent_bytes",
+            "rabbitmq_queue_messages_paged_out",
+            "rabbitmq_queue_messages_paged_out_bytes",
+            "rabbitmq_queue_messages_ram",
+            "rabbitmq_queue_disk_writes_total",
+            "rabbitmq_queue_disk_reads_total",
+        ]
+        .map(metric),
+        [2.0, 200.0, 2.0, 150.0, 1.0, 3.0, 0.0]
+    );
+    // A transient message in a non-durable queue is neither.
+    r.declare(1, "tq").await;
+    r.publish(1, "", "tq", false, &persistent, b"x").await;
+    assert_eq!(r.counts(1, "tq").await.0, 1);
+    let tq = get(&s, "/api/queues/%2F/tq").await;
+    assert_eq!(fields(&tq, &keys[..4]), [0, 0, 0, 0], "{tq}");
+
+    // One delivery (prefetch 1): the head goes out unacked, still
+    // persistent; the two behind it are read back from the log together.
+    r.call(1, m::qos(1, false)).await;
+    r.call(1, m::consume("pq", "c", false, false, Default::default())).await;
+    let first = r.next_message().await;
+    assert_eq!(first.body, [b'p'; 100]);
+    eventually("the paged messages read back", Duration::from_secs(5), || {
+        s.broker().vhost("/").unwrap().queue("pq").unwrap().storage().1.count == 0
+    })
+    .await;
+    let q = get(&s, "/api/queues/%2F/pq").await;
+    assert_eq!(fields(&q, &keys), [2, 200, 0, 0, 3, 250, 2], "{q}");
+    let overview = get(&s, "/api/overview").await;
+    assert_eq!(
+        (overview["message_stats"]["disk_writes"].as_u64(), overview["message_stats"]["disk_reads"].as_u64()),
+        (Some(3), Some(2)),
+        "{overview}"
+    );
+    // Acked: gone from the persistent count.
+    r.method(1, m::ack(first.delivery_tag(), false)).await;
+    let second = r.next_message().await;
+    assert_eq!(second.body, [b'q'; 100]);
+    r.method(1, m::ack(second.delivery_tag(), false)).await;
+    let third = r.next_message().await;
+    assert_eq!(third.body, [b't'; 50]);
+    eventually("only the transient one left, unacked", Duration::from_secs(5), || {
+        s.broker().vhost("/").unwrap().queue("pq").unwrap().storage().0 == Default::default()
+    })
+    .await;
+}
