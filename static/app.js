@@ -1231,6 +1231,7 @@
         { key: 'total', label: 'Total', value: q.messages },
         { key: 'bytes', label: 'Message bytes', value: q.message_bytes, bytes: true },
         { key: 'persistent', label: 'Persistent', value: q.messages_persistent },
+        { key: 'paged', label: 'Paged out', value: q.messages_paged_out },
         { key: 'publish', label: 'Published (counter)', value: st.publish || 0 },
         { key: 'deliver_get', label: 'Delivered / got (counter)', value: st.deliver_get || 0 },
         { key: 'ack', label: 'Acknowledged (counter)', value: st.ack || 0 },

@@ -6,6 +6,7 @@
 mod channel;
 mod handshake;
 mod route_cache;
+mod socket;
 mod writer;
 
 use crate::broker::Broker;
@@ -92,26 +93,18 @@ struct AccessCache {
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     type Read: AsyncRead + Unpin + Send + 'static;
     type Write: AsyncWrite + Unpin + Send + 'static;
-    fn split(self) -> (Self::Read, Self::Write);
-    /// A second handle on the socket for writes from other threads
-    /// (`OutState::write_direct`); `None` where writes must go through the
-    /// session (TLS).
-    fn direct(&self) -> Option<std::net::TcpStream> {
-        None
-    }
+    /// The halves, and a handle on the socket for writes from other
+    /// threads (`OutState::write_direct`); `None` where writes must go
+    /// through the session (TLS).
+    fn split(self) -> (Self::Read, Self::Write, Option<Arc<TcpStream>>);
 }
 
 impl Transport for TcpStream {
-    type Read = tokio::net::tcp::OwnedReadHalf;
-    type Write = tokio::net::tcp::OwnedWriteHalf;
-    fn split(self) -> (Self::Read, Self::Write) {
-        self.into_split()
-    }
-    fn direct(&self) -> Option<std::net::TcpStream> {
-        use std::os::fd::AsFd;
-        // A duplicate descriptor of the same socket: it shares the
-        // non-blocking flag, so a write never blocks the caller.
-        self.as_fd().try_clone_to_owned().ok().map(std::net::TcpStream::from)
+    type Read = socket::SharedRead;
+    type Write = socket::SharedWrite;
+    fn split(self) -> (Self::Read, Self::Write, Option<Arc<TcpStream>>) {
+        let (rd, wr, direct) = socket::split(self);
+        (rd, wr, Some(direct))
     }
 }
 
@@ -120,8 +113,9 @@ impl Transport for TcpStream {
 impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
     type Read = tokio::io::ReadHalf<Self>;
     type Write = tokio::io::WriteHalf<Self>;
-    fn split(self) -> (Self::Read, Self::Write) {
-        tokio::io::split(self)
+    fn split(self) -> (Self::Read, Self::Write, Option<Arc<TcpStream>>) {
+        let (rd, wr) = tokio::io::split(self);
+        (rd, wr, None)
     }
 }
 
@@ -206,7 +200,7 @@ async fn run<S: Transport>(
         broker.config.amqp.write_buffer_high_water,
         [broker.counters.confirmed.clone(), neg.vhost.msg.confirm.clone()],
     );
-    let direct = sock.direct();
+    let (rd, wr, direct) = sock.split();
     outbox.with(|st| {
         st.frame_max = neg.frame_max;
         st.cancel_notify = neg.cancel_notify;
@@ -229,7 +223,6 @@ async fn run<S: Transport>(
         let _ = info.tls.set(session);
     }
     broker.registry.add(info.clone());
-    let (rd, wr) = sock.split();
     let writer = tokio::spawn(writer::run(outbox.clone(), wr, neg.heartbeat));
     let mut conn = Conn {
         broker: broker.clone(),

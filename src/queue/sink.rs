@@ -198,7 +198,7 @@ pub struct OutState {
     /// A second handle on a plain TCP socket, for writes from outside the
     /// writer task (see `OutState::write_direct`); `None` for TLS, and once
     /// the connection ends (so the socket closes when the reader drops it).
-    pub direct: Option<std::net::TcpStream>,
+    pub direct: Option<Arc<tokio::net::TcpStream>>,
 }
 
 #[derive(Debug)]
@@ -279,12 +279,12 @@ impl OutState {
     /// client gets the bytes without waiting for the writer task to be
     /// woken and run. Returns bytes written.
     pub fn write_direct(&mut self, from: usize) -> usize {
-        use std::io::Write;
         if from != 0 || self.writing || self.buf.is_empty() {
             return 0;
         }
         let Some(sock) = self.direct.as_ref() else { return 0 };
-        match (&*sock).write(&self.buf) {
+        // Non-blocking; callable from any thread.
+        match sock.try_write(&self.buf) {
             Ok(n) => {
                 let _ = self.buf.split_to(n);
                 n
@@ -691,20 +691,25 @@ mod tests {
     use super::*;
     use std::io::Read;
 
-    fn outbox_on_socket() -> (Arc<Outbox>, std::net::TcpStream) {
+    /// An outbox whose direct handle is the server end of a loopback
+    /// connection; the client end reads (blocking, with a timeout).
+    async fn outbox_on_socket() -> (Arc<Outbox>, std::net::TcpStream) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         server.set_nonblocking(true).unwrap();
+        let server = tokio::net::TcpStream::from_std(server).unwrap();
+        // Direct writes go by tokio's readiness, known once the driver saw it.
+        server.writable().await.unwrap();
         let outbox = Outbox::new(1, 1 << 20, [Arc::default(), Arc::default()]);
-        outbox.with(|st| st.direct = Some(server));
+        outbox.with(|st| st.direct = Some(Arc::new(server)));
         client.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
         (outbox, client)
     }
 
-    #[test]
-    fn direct_writes_only_when_nothing_is_ahead() {
-        let (outbox, mut client) = outbox_on_socket();
+    #[tokio::test]
+    async fn direct_writes_only_when_nothing_is_ahead() {
+        let (outbox, mut client) = outbox_on_socket().await;
         // Idle writer, empty buffer: the bytes go straight to the socket.
         let n = outbox.with(|st| {
             st.buf.extend_from_slice(b"abc");
@@ -746,9 +751,9 @@ mod tests {
         assert_eq!(outbox.with(|st| st.write_direct(0)), 0);
     }
 
-    #[test]
-    fn a_batch_writes_what_it_held_when_it_ends() {
-        let (outbox, mut client) = outbox_on_socket();
+    #[tokio::test]
+    async fn a_batch_writes_what_it_held_when_it_ends() {
+        let (outbox, mut client) = outbox_on_socket().await;
         {
             let _outer = Batch::begin();
             {

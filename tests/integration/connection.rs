@@ -51,7 +51,7 @@ async fn start_advertises_rabbitmq_identity_and_capabilities() {
         panic!("no start")
     };
     assert_eq!((st.version_major, st.version_minor), (0, 9));
-    assert_eq!(st.mechanisms.as_bytes(), b"PLAIN AMQPLAIN");
+    assert_eq!(st.mechanisms.as_bytes(), b"AMQPLAIN PLAIN");
     assert_eq!(st.locales.as_bytes(), b"en_US");
     let p = st.server_properties.inner();
     assert_eq!(p.get("product"), Some(&AMQPValue::LongString("RabbitMQ".into())));

@@ -296,6 +296,10 @@ uiTest('publishes and gets messages on the queue page', async () => {
   await expectOk('Message published and routed.');
   const count = (key) => page.locator(`[data-testid="queue-counts"] tr[data-key="${key}"] td[data-col="value"]`);
   await waitText(count('ready'), '2');
+  // Both are persistent (delivery mode 2 in a durable queue); neither was
+  // paged out of memory.
+  await waitText(count('persistent'), '2');
+  assert.equal((await count('paged').textContent()).trim(), '0');
 
   // Get one and requeue it: the queue still holds both.
   await page.selectOption('#get-ackmode', 'ack_requeue_true');
