@@ -35,6 +35,25 @@ enum Content {
     Overflowed,
 }
 
+impl Content {
+    /// The 505 for a frame this state does not expect: a method while a
+    /// publish waits for its header or body, or content with no publish
+    /// (`rabbit_command_assembler:process/2`'s texts).
+    fn unexpected(&self) -> AmqpError {
+        let (text, publish) = match self {
+            Content::Idle => ("expected method frame, got non method frame instead", false),
+            Content::Header(_) => {
+                ("expected content header for class 60, got non content header frame instead", true)
+            }
+            Content::Body(_) | Content::Overflowed => {
+                ("expected content body, got non content body frame instead", true)
+            }
+        };
+        let e = AmqpError::unexpected_frame(text);
+        if publish { e.on(CLASS_BASIC, BASIC_PUBLISH) } else { e }
+    }
+}
+
 /// A publish whose body frames are still arriving.
 struct BodyState {
     publish: fast::Publish,
@@ -245,20 +264,9 @@ impl Conn {
     }
 
     pub(super) fn channel_method(&mut self, ch: u16, payload: Bytes) -> AmqpResult<()> {
-        match self.chan(ch).content {
-            Content::Idle => {}
-            Content::Header(_) => {
-                return Err(AmqpError::unexpected_frame(
-                    "expected content header for class 60, got non content header frame instead",
-                )
-                .on(CLASS_BASIC, BASIC_PUBLISH));
-            }
-            Content::Body(_) | Content::Overflowed => {
-                return Err(AmqpError::unexpected_frame(
-                    "expected content body, got non content body frame instead",
-                )
-                .on(CLASS_BASIC, BASIC_PUBLISH));
-            }
+        let content = &self.chan(ch).content;
+        if !matches!(content, Content::Idle) {
+            return Err(content.unexpected());
         }
         // The per-message methods skip amq-protocol.
         if let Some((CLASS_BASIC, id)) = fast::method_ids(&payload) {
@@ -817,17 +825,7 @@ impl Conn {
         let c = self.chan(ch);
         let publish = match std::mem::replace(&mut c.content, Content::Idle) {
             Content::Header(p) => p,
-            Content::Idle => {
-                return Err(AmqpError::unexpected_frame(
-                    "expected method frame, got non method frame instead",
-                ));
-            }
-            Content::Body(_) | Content::Overflowed => {
-                return Err(AmqpError::unexpected_frame(
-                    "expected content body, got non content body frame instead",
-                )
-                .on(CLASS_BASIC, BASIC_PUBLISH));
-            }
+            other => return Err(other.unexpected()),
         };
         if payload.len() < 14 {
             return Err(AmqpError::frame_error("cannot decode content header").on(CLASS_BASIC, BASIC_PUBLISH));
@@ -872,13 +870,7 @@ impl Conn {
             return Ok(());
         }
         let Content::Body(state) = &mut c.content else {
-            return Err(match c.content {
-                Content::Header(_) => AmqpError::unexpected_frame(
-                    "expected content header for class 60, got non content header frame instead",
-                )
-                .on(CLASS_BASIC, BASIC_PUBLISH),
-                _ => AmqpError::unexpected_frame("expected method frame, got non method frame instead"),
-            });
+            return Err(c.content.unexpected());
         };
         let BodyState { size, first, rest, .. } = &mut **state;
         let have = first.as_ref().map(|b| b.len()).unwrap_or(0) + rest.len();

@@ -446,17 +446,7 @@ async fn payload_up_to_frame_max_is_accepted() {
     let mut r = Raw::open(s.addr()).await;
     r.declare(1, "fudge").await;
     let body = vec![7u8; 131072];
-    let mut out = bytes::BytesMut::new();
-    frame::encode_method(
-        &mut out,
-        1,
-        &AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-            exchange: "".into(),
-            routing_key: "fudge".into(),
-            mandatory: false,
-            immediate: false,
-        })),
-    );
+    let mut out = publish_method(1, "fudge");
     frame::encode_content_header(&mut out, 1, body.len() as u64, &[0, 0]);
     r.send(&out).await;
     r.send(&raw_frame(frame::FRAME_BODY, 1, &body, frame::FRAME_END)).await;
@@ -528,17 +518,7 @@ async fn content_without_publish_is_505() {
 
     // A method where the content header belongs.
     let mut r = Raw::open(s.addr()).await;
-    let mut out = bytes::BytesMut::new();
-    frame::encode_method(
-        &mut out,
-        1,
-        &AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-            exchange: "".into(),
-            routing_key: "q".into(),
-            mandatory: false,
-            immediate: false,
-        })),
-    );
+    let out = publish_method(1, "q");
     r.send(&out).await;
     r.method(1, m::q("q")).await;
     let (code, text, class, method) = r.expect_connection_close().await;
@@ -564,17 +544,7 @@ async fn content_without_publish_is_505() {
     // A method where the next body frame belongs.
     let mut r = Raw::open(s.addr()).await;
     r.declare(1, "q").await;
-    let mut out = bytes::BytesMut::new();
-    frame::encode_method(
-        &mut out,
-        1,
-        &AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-            exchange: "".into(),
-            routing_key: "q".into(),
-            mandatory: false,
-            immediate: false,
-        })),
-    );
+    let mut out = publish_method(1, "q");
     frame::encode_content_header(&mut out, 1, 10, &[0, 0]);
     out.extend_from_slice(&raw_frame(frame::FRAME_BODY, 1, b"12345", frame::FRAME_END));
     r.send(&out).await;
@@ -595,17 +565,7 @@ async fn body_longer_than_its_header_is_505_on_the_next_frame() {
     let mut r = Raw::open(s.addr()).await;
     r.declare(1, "long").await;
     r.open_channel(2).await;
-    let mut out = bytes::BytesMut::new();
-    frame::encode_method(
-        &mut out,
-        1,
-        &AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-            exchange: "".into(),
-            routing_key: "long".into(),
-            mandatory: false,
-            immediate: false,
-        })),
-    );
+    let mut out = publish_method(1, "long");
     frame::encode_content_header(&mut out, 1, 2, &[0, 0]);
     out.extend_from_slice(&raw_frame(frame::FRAME_BODY, 1, b"abcd", frame::FRAME_END));
     out.extend_from_slice(&raw_frame(frame::FRAME_BODY, 1, b"more", frame::FRAME_END));
@@ -766,4 +726,21 @@ async fn read_coalescing_defers_only_connections_nobody_waits_on() {
     }
     assert_eq!(reads_deferred(&s, &k), before, "manual-ack consumer");
     s.stop().await;
+}
+
+/// A `basic.publish` method frame to the default exchange, without its
+/// content: the tests add the header and body frames they need.
+fn publish_method(channel: u16, key: &str) -> bytes::BytesMut {
+    let mut out = bytes::BytesMut::new();
+    frame::encode_method(
+        &mut out,
+        channel,
+        &AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: key.into(),
+            mandatory: false,
+            immediate: false,
+        })),
+    );
+    out
 }
