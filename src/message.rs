@@ -40,8 +40,8 @@ impl Message {
         self.scanned.priority.unwrap_or(0)
     }
 
-    fn range(&self, r: Option<(usize, usize)>) -> Option<&[u8]> {
-        r.and_then(|(a, b)| self.properties.get(a..b))
+    fn range(&self, r: Option<properties::Span>) -> Option<&[u8]> {
+        Scanned::get(&self.properties, r)
     }
 
     pub fn expiration(&self) -> Option<&[u8]> {

@@ -56,7 +56,10 @@ pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, AmqpError> {
 /// 501 `cannot decode <<fields>>`: RabbitMQ's text for method arguments that
 /// do not parse (`rabbit_misc:frame_error/2`), the octets after the ids.
 pub fn cannot_decode(payload: &[u8]) -> AmqpError {
-    AmqpError::frame_error(format!("cannot decode {}", crate::error::erl_binary_w(payload.get(4..).unwrap_or(&[]))))
+    AmqpError::frame_error(format!(
+        "cannot decode {}",
+        crate::error::erl_binary_w(payload.get(4..).unwrap_or(&[]))
+    ))
 }
 
 /// Runs every decoder a peer's bytes reach over `data`, as the reader does:
@@ -74,8 +77,10 @@ pub fn decode_all(data: &[u8]) {
                 }
                 frame::FRAME_HEADER if f.payload.len() >= 12 => {
                     let raw = &f.payload[12..];
-                    if let Some(Scanned { headers: Some((a, b)), .. }) = properties::scan(raw) {
-                        let _ = properties::parse_table(&raw[a..b]);
+                    if let Some(Scanned { headers, .. }) = properties::scan(raw)
+                        && let Some(t) = Scanned::get(raw, headers)
+                    {
+                        let _ = properties::parse_table(t);
                     }
                 }
                 _ => {}

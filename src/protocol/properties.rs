@@ -18,20 +18,35 @@ const F_USER_ID: u16 = 1 << 4;
 const F_APP_ID: u16 = 1 << 3;
 const F_CLUSTER_ID: u16 = 1 << 2;
 
+/// A byte range `start..end` in the raw properties. `u32` is enough (they
+/// come in one frame, whose size is a `u32`) and halves what every queued
+/// message carries: this struct lives in each `Message`.
+pub type Span = (u32, u32);
+
 /// The fields the broker needs, as byte ranges into the raw properties.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scanned {
     pub delivery_mode: Option<u8>,
     pub priority: Option<u8>,
     /// Range of the headers table (without its length prefix).
-    pub headers: Option<(usize, usize)>,
-    pub expiration: Option<(usize, usize)>,
-    pub user_id: Option<(usize, usize)>,
-    pub reply_to: Option<(usize, usize)>,
+    pub headers: Option<Span>,
+    pub expiration: Option<Span>,
+    pub user_id: Option<Span>,
+    pub reply_to: Option<Span>,
+}
+
+impl Scanned {
+    /// The bytes of `span` in `raw` (the properties it was scanned from).
+    pub fn get(raw: &[u8], span: Option<Span>) -> Option<&[u8]> {
+        span.and_then(|(a, b)| raw.get(a as usize..b as usize))
+    }
 }
 
 /// Walks the property list once. `None` if the bytes are malformed.
 pub fn scan(raw: &[u8]) -> Option<Scanned> {
+    if raw.len() > u32::MAX as usize {
+        return None;
+    }
     let mut at = 0usize;
     let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
     at += 2;
@@ -39,13 +54,15 @@ pub fn scan(raw: &[u8]) -> Option<Scanned> {
         return None; // continuation flag words are not defined for class basic
     }
     let mut s = Scanned::default();
-    let short = |at: &mut usize| -> Option<(usize, usize)> {
+    // Offsets fit a u32: `raw` is no longer (checked above).
+    let span = |start: usize, end: usize| (start as u32, end as u32);
+    let short = |at: &mut usize| -> Option<Span> {
         let len = *raw.get(*at)? as usize;
         let start = *at + 1;
         let end = start + len;
         (end <= raw.len()).then(|| {
             *at = end;
-            (start, end)
+            span(start, end)
         })
     };
     if flags & F_CONTENT_TYPE != 0 {
@@ -61,7 +78,7 @@ pub fn scan(raw: &[u8]) -> Option<Scanned> {
         if end > raw.len() {
             return None;
         }
-        s.headers = Some((start, end));
+        s.headers = Some(span(start, end));
         at = end;
     }
     if flags & F_DELIVERY_MODE != 0 {
@@ -141,12 +158,9 @@ mod tests {
         let s = scan(&raw).unwrap();
         assert_eq!(s.delivery_mode, Some(2));
         assert_eq!(s.priority, Some(7));
-        let (a, b) = s.expiration.unwrap();
-        assert_eq!(&raw[a..b], b"1000");
-        let (a, b) = s.user_id.unwrap();
-        assert_eq!(&raw[a..b], b"guest");
-        let (a, b) = s.headers.unwrap();
-        let t = parse_table(&raw[a..b]).unwrap();
+        assert_eq!(Scanned::get(&raw, s.expiration), Some(&b"1000"[..]));
+        assert_eq!(Scanned::get(&raw, s.user_id), Some(&b"guest"[..]));
+        let t = parse_table(Scanned::get(&raw, s.headers).unwrap()).unwrap();
         assert_eq!(header(&t, "k"), Some(&AMQPValue::LongString("v".into())));
         assert_eq!(scan(&raw[..raw.len() - 1]), None);
         assert_eq!(scan(&[0, 0]), Some(Scanned::default()));
