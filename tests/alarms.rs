@@ -9,6 +9,9 @@
 // The alarm tests read machine-wide quantities (free space on the data
 // disk, resident memory), so they run in their own test binary: cargo runs
 // test binaries one after another, so no other test writes beside them.
+// Within this binary they take turns (`SERIAL`): the memory test's broker
+// removing its files when it stops frees space on the disk whose free space
+// the disk test's alarm watches, and cleared that alarm mid-test.
 #[path = "integration/common/mod.rs"]
 mod common;
 
@@ -22,6 +25,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren::protocol::frame;
 
 const GUEST: Option<(&str, &str)> = Some(("guest", "guest"));
+
+/// Held by each test for its whole run (see the note at the top).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn node(child: &Child) -> serde_json::Value {
     let r = http(child.mgmt, "GET", "/api/nodes", GUEST, None).await;
@@ -208,6 +214,7 @@ async fn blocked_until_drained(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_alarm_blocks_publishers_until_consumers_drain() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("warren.toml");
     // Messages stay in memory (a budget far above the test's volume).
@@ -237,6 +244,7 @@ async fn memory_alarm_blocks_publishers_until_consumers_drain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_alarm_blocks_publishers_until_consumers_drain() {
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("warren.toml");
     let base = "[storage]\nsegment_size = 4194304\n[alarms]\ncheck_interval_ms = 50\n";

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Notify;
 
 /// One channel's settings (counts come from the connection's outbox).
@@ -53,11 +53,30 @@ pub struct ConnectionInfo {
     close: Notify,
     /// Held by a resource alarm (management shows state "blocked").
     pub blocked: std::sync::atomic::AtomicBool,
+    /// Flow control: when the connection last waited for the persister (ms
+    /// since the epoch; `u64::MAX` while it waits, 0 never). Management
+    /// shows state "flow" during a wait and for a second after it, as
+    /// RabbitMQ's `credit_flow:state/0` does.
+    pub flow_at: AtomicU64,
     /// Set for AMQPS connections: (protocol version, cipher suite).
     pub tls: std::sync::OnceLock<(String, String)>,
 }
 
 impl ConnectionInfo {
+    /// Management's `state`: "blocked" by an alarm, "flow" (see `flow_at`),
+    /// or "running".
+    pub fn state(&self) -> &'static str {
+        if self.blocked.load(Ordering::Relaxed) {
+            return "blocked";
+        }
+        match self.flow_at.load(Ordering::Relaxed) {
+            0 => "running",
+            u64::MAX => "flow",
+            at if crate::queue::now_ms().saturating_sub(at) < 1000 => "flow",
+            _ => "running",
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: u64,
@@ -93,6 +112,7 @@ impl ConnectionInfo {
             close_reason: Mutex::new(None),
             close: Notify::new(),
             blocked: Default::default(),
+            flow_at: AtomicU64::new(0),
             tls: Default::default(),
         }
     }

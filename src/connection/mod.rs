@@ -328,8 +328,12 @@ impl Conn {
                 }
                 self.end_of_batch();
             }
-            if std::mem::take(&mut self.published) && !self.closing && self.broker.alarms.active() != 0 {
+            let published = std::mem::take(&mut self.published) && !self.closing;
+            if published && self.broker.alarms.active() != 0 {
                 self.stay_blocked(shutdown).await;
+            }
+            if published && self.broker.store.messages.congested() {
+                self.wait_for_persister(shutdown).await;
             }
             if self.closing && close_deadline.is_none() {
                 close_deadline = Some(tokio::time::Instant::now() + CLOSE_OK_TIMEOUT);
@@ -744,6 +748,26 @@ impl Conn {
                 self.send_method(0, &AMQPClass::Connection(conm::AMQPMethod::Unblocked(conm::Unblocked {})));
             }
         }
+    }
+
+    /// Flow control: this connection publishes and the persister has more
+    /// pages waiting than the flow limit. Stop reading its socket until the
+    /// persister catches up (RabbitMQ's credit flow: no `connection.blocked`,
+    /// management shows state "flow"). Deliveries keep flowing meanwhile.
+    async fn wait_for_persister(&mut self, shutdown: &mut watch::Receiver<bool>) {
+        self.info.flow_at.store(u64::MAX, Ordering::Relaxed);
+        let info = self.info.clone();
+        let store = self.broker.store.messages.clone();
+        tokio::select! {
+            _ = store.wait_for_room() => {}
+            reason = info.closed_by_broker() => {
+                self.close_connection(AmqpError::new(code::CONNECTION_FORCED, reason));
+            }
+            _ = shutdown.changed() => {
+                self.close_connection(AmqpError::new(code::CONNECTION_FORCED, "broker forced connection closure with reason 'shutdown'"));
+            }
+        }
+        self.info.flow_at.store(crate::queue::now_ms().max(1), Ordering::Relaxed);
     }
 
     /// Work deferred to the end of a read batch: coalesced confirms.

@@ -56,7 +56,7 @@ fn connection_json(b: &Broker, c: &ConnectionInfo) -> Value {
         "ssl_hash": Value::Null,
         "ssl_key_exchange": Value::Null,
         "ssl_protocol": Value::Null,
-        "state": if c.blocked.load(Ordering::Relaxed) { "blocked" } else { "running" },
+        "state": c.state(),
         "timeout": c.heartbeat,
         "type": "network",
         "user": c.user,

@@ -179,6 +179,17 @@ fn render(b: &Broker, per_object: bool) -> String {
         "",
         al.disk_free_limit.load(Ordering::Relaxed) as f64,
     );
+    // RabbitMQ's `rabbitmq_io_*` families: the message store's file I/O.
+    let io = b.store.messages.io();
+    for (name, help, v) in [
+        ("io_read_ops_total", "Total number of I/O read operations", &io.read_ops),
+        ("io_read_bytes_total", "Total number of I/O bytes read", &io.read_bytes),
+        ("io_write_ops_total", "Total number of I/O write operations", &io.write_ops),
+        ("io_write_bytes_total", "Total number of I/O bytes written", &io.write_bytes),
+        ("io_sync_ops_total", "Total number of I/O sync operations", &io.sync_ops),
+    ] {
+        f.one(name, t, help, "", v.load(Ordering::Relaxed) as f64);
+    }
     let on = |bit: u8| if active & bit != 0 { 1.0 } else { 0.0 };
     f.one(
         "alarms_memory_used_watermark",

@@ -60,6 +60,7 @@ fn node_json(b: &Broker) -> Value {
     let c = &b.counters;
     let al = &b.alarms;
     let active = al.active();
+    let io = b.store.messages.io();
     json!({
         "name": node(b),
         "type": "disc",
@@ -107,6 +108,16 @@ fn node_json(b: &Broker) -> Value {
         "connection_created_details": rate(),
         "connection_closed": c.connections_closed.load(Ordering::Relaxed),
         "connection_closed_details": rate(),
+        "io_read_count": io.read_ops.load(Ordering::Relaxed),
+        "io_read_count_details": rate(),
+        "io_read_bytes": io.read_bytes.load(Ordering::Relaxed),
+        "io_read_bytes_details": rate(),
+        "io_write_count": io.write_ops.load(Ordering::Relaxed),
+        "io_write_count_details": rate(),
+        "io_write_bytes": io.write_bytes.load(Ordering::Relaxed),
+        "io_write_bytes_details": rate(),
+        "io_sync_count": io.sync_ops.load(Ordering::Relaxed),
+        "io_sync_count_details": rate(),
     })
 }
 

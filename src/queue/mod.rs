@@ -420,6 +420,7 @@ impl Queue {
                 durable,
                 deadline,
                 if durable { waiter.cloned() } else { None },
+                page,
             )
         } else {
             NO_LOC

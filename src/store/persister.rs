@@ -46,6 +46,11 @@ pub(super) struct Persister {
     waiters: Vec<Arc<dyn super::Durable>>,
     /// The last write failed: waiters of this batch are nacked.
     failed: bool,
+    /// `buf` holds a durable record: the write is followed by an
+    /// fdatasync. Pages of transient messages alone are only written
+    /// (recovery drops them anyway, and a later sync of the file covers
+    /// them), so a backlog pages out without a disk flush per batch.
+    must_sync: bool,
 }
 
 impl Persister {
@@ -68,6 +73,7 @@ impl Persister {
             dirty_acks: Vec::new(),
             waiters: Vec::new(),
             failed: false,
+            must_sync: false,
         }
     }
 
@@ -84,19 +90,28 @@ impl Persister {
                 continue;
             }
             let mut stop = false;
+            // Footprint of the pages in this batch not yet written.
+            let mut pages = 0u64;
             for o in ops.drain(..) {
                 match o {
                     Op::Sync(reply) => syncs.push(reply),
                     Op::Stop => stop = true,
-                    other => self.apply(other),
+                    other => {
+                        if let Op::Append { paged, .. } = &other {
+                            pages += *paged as u64;
+                        }
+                        self.apply(other)
+                    }
                 }
                 // Very large batches are written as they grow.
                 if self.buf.len() >= MAX_BATCH_BYTES {
                     self.write_and_sync_current();
                     self.release_waiters();
+                    self.shared.paged_out(std::mem::take(&mut pages));
                 }
             }
             self.commit(!syncs.is_empty() || stop);
+            self.shared.paged_out(pages);
             for s in syncs.drain(..) {
                 let _ = s.send(());
             }
@@ -112,7 +127,7 @@ impl Persister {
 
     fn apply(&mut self, op: Op) {
         match op {
-            Op::Append { loc: l, queue_id, deadline, msg, waiter } => {
+            Op::Append { loc: l, queue_id, deadline, msg, waiter, .. } => {
                 let (seg, offset) = split(l);
                 *self.live.entry(seg).or_insert(0) += 1;
                 if self.shared.broken.load(Ordering::Acquire) == seg {
@@ -133,6 +148,7 @@ impl Persister {
                     return;
                 }
                 self.waiters.extend(waiter);
+                self.must_sync |= queue_id & super::TRANSIENT_BIT == 0;
                 segment::encode(
                     &mut self.buf,
                     segment::tag_of(seg),
@@ -192,7 +208,10 @@ impl Persister {
             return;
         }
         use std::os::unix::fs::FileExt;
-        match cur.file.write_all_at(&self.buf, cur.len).and_then(|_| cur.file.sync_data()) {
+        let sync = std::mem::take(&mut self.must_sync);
+        let io = &self.shared.io;
+        let written = cur.file.write_all_at(&self.buf, cur.len).inspect(|_| io.write(self.buf.len()));
+        match written.and_then(|_| if sync { cur.file.sync_data().inspect(|_| io.sync()) } else { Ok(()) }) {
             Ok(()) => {
                 cur.len += self.buf.len() as u64;
                 self.shared
@@ -226,7 +245,7 @@ impl Persister {
         if sync_acks {
             for seg in std::mem::take(&mut self.dirty_acks) {
                 if let Some(f) = self.ack_files.get(&seg)
-                    && let Err(e) = f.sync_data()
+                    && let Err(e) = f.sync_data().inspect(|_| self.shared.io.sync())
                 {
                     tracing::error!(error = %e, segment = seg, "message store: cannot sync ack file");
                 }
@@ -266,6 +285,7 @@ impl Persister {
             ),
         };
         f.write_all(bytes)?;
+        self.shared.io.write(bytes.len());
         if !self.dirty_acks.contains(&seg) {
             self.dirty_acks.push(seg);
         }
@@ -294,7 +314,7 @@ impl Persister {
             }
             gone.push(id);
         }
-        remove_ack_files(&self.shared.dir, &gone);
+        remove_ack_files(&self.shared.dir, &gone, &self.shared.io);
     }
 }
 
@@ -303,11 +323,11 @@ impl Persister {
 /// directory changes in any order, and a segment that outlived its ack file
 /// in a power loss would bring its settled messages back. If the sync fails
 /// the ack files stay; startup removes ack files without a segment.
-fn remove_ack_files(dir: &std::path::Path, ids: &[u64]) {
+fn remove_ack_files(dir: &std::path::Path, ids: &[u64], io: &super::IoStats) {
     if ids.is_empty() {
         return;
     }
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()).inspect(|_| io.sync()) {
         tracing::warn!(error = %e, "message store: cannot sync the log directory; ack files of removed segments are kept until restart");
         return;
     }
@@ -401,7 +421,8 @@ pub(super) fn recover(dir: &std::path::Path, budget: u64) -> std::io::Result<Fou
             live.insert(*id, n);
         }
     }
-    remove_ack_files(dir, &emptied);
+    // Recovery's I/O is not counted (the counters start with the broker).
+    remove_ack_files(dir, &emptied, &super::IoStats::default());
     // Ack files whose segment is gone (a crash or a failed directory sync
     // between the two removals): nothing can come back through them.
     for id in segment::list_acks(dir)? {

@@ -471,7 +471,11 @@ async fn unknown_frame_type_and_method_and_truncated_args() {
     // Payloads too short for their type are unknown frames too.
     for (kind, payload, text) in [
         (frame::FRAME_METHOD, &[0u8, 60][..], "FRAME_ERROR - type 1, all octets = <<0,60>>: unknown_frame"),
-        (frame::FRAME_HEADER, &[0, 60, 0, 0][..], "FRAME_ERROR - type 2, all octets = <<0,60,0,0>>: unknown_frame"),
+        (
+            frame::FRAME_HEADER,
+            &[0, 60, 0, 0][..],
+            "FRAME_ERROR - type 2, all octets = <<0,60,0,0>>: unknown_frame",
+        ),
         (frame::FRAME_HEARTBEAT, &b"hb"[..], "FRAME_ERROR - type 8, all octets = <<\"hb\">>: unknown_frame"),
     ] {
         let mut r = Raw::open(s.addr()).await;
@@ -495,12 +499,18 @@ async fn unknown_frame_type_and_method_and_truncated_args() {
     let mut r = Raw::open(s.addr()).await;
     r.send(&raw_frame(frame::FRAME_METHOD, 1, &[0, 50, 0, 10, 0, 0, 5, b'a'], frame::FRAME_END)).await;
     let (code, text, class, method) = r.expect_connection_close().await;
-    assert_eq!((code, text.as_str(), class, method), (501, "FRAME_ERROR - cannot decode <<0,0,5,97>>", 50, 10));
+    assert_eq!(
+        (code, text.as_str(), class, method),
+        (501, "FRAME_ERROR - cannot decode <<0,0,5,97>>", 50, 10)
+    );
     // The same for the hand-parsed basic.publish.
     let mut r = Raw::open(s.addr()).await;
     r.send(&raw_frame(frame::FRAME_METHOD, 1, &[0, 60, 0, 40, 0, 0, 255, b'a'], frame::FRAME_END)).await;
     let (code, text, class, method) = r.expect_connection_close().await;
-    assert_eq!((code, text.as_str(), class, method), (501, "FRAME_ERROR - cannot decode <<0,0,255,97>>", 60, 40));
+    assert_eq!(
+        (code, text.as_str(), class, method),
+        (501, "FRAME_ERROR - cannot decode <<0,0,255,97>>", 60, 40)
+    );
     let mut ok = Raw::open(s.addr()).await;
     ok.declare(1, "").await;
 }
@@ -743,4 +753,67 @@ fn publish_method(channel: u16, key: &str) -> bytes::BytesMut {
         })),
     );
     out
+}
+
+/// The state management shows for the connection whose client port is `port`.
+async fn connection_state(s: &TestServer, port: u16) -> String {
+    let r = http(mgmt(s), "GET", "/api/connections", GUEST, None).await;
+    assert_eq!(r.status, 200);
+    let all = r.json();
+    let c = all
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["peer_port"] == port))
+        .unwrap_or_else(|| panic!("no connection from port {port} in {all}"));
+    c["state"].as_str().unwrap_or_else(|| panic!("no state in {c}")).to_string()
+}
+
+async fn until_state(s: &TestServer, port: u16, want: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = connection_state(s, port).await;
+        if state == want {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "state still {state}, want {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Flow control (RabbitMQ's credit flow): while more pages than the flow
+/// limit wait for the persister, a connection that publishes is not read
+/// (management shows it in state "flow", with no `connection.blocked`); a
+/// connection that only reads from queues goes on; when the pages are
+/// written the publisher resumes, and "flow" clears a second later.
+#[tokio::test]
+async fn publishers_wait_in_flow_while_pages_wait_for_the_persister() {
+    let s = start().await;
+    let store = s.broker().store.messages.clone();
+    let mut p = Raw::open(s.addr()).await;
+    let p_port = p.sock.local_addr().expect("local addr").port();
+    p.declare(1, "fq").await;
+    let mut c = Raw::open(s.addr()).await;
+    assert_eq!(connection_state(&s, p_port).await, "running");
+
+    store.hold_pages(store.flow_limit());
+    assert!(store.congested());
+    // Routed, and after the read batch that carried it the reader waits.
+    p.send_to(1, "fq", b"one").await;
+    until_state(&s, p_port, "flow").await;
+    assert_eq!(c.counts(1, "fq").await, (1, 0));
+    // This one stays in the socket while the connection is in flow.
+    p.send_to(1, "fq", b"two").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.counts(1, "fq").await, (1, 0), "a publish was read during flow");
+    // The other connection consumes meanwhile.
+    c.call(1, m::consume("fq", "c1", true, false, FieldTable::default())).await;
+    assert_eq!(c.next_message().await.body, b"one");
+    assert_eq!(connection_state(&s, p_port).await, "flow");
+
+    store.release_pages(store.flow_limit());
+    assert!(!store.congested());
+    let second = c.next_message().await;
+    assert_eq!(second.body, b"two");
+    until_state(&s, p_port, "running").await;
+    // Its channel is still usable.
+    assert_eq!(p.counts(1, "fq").await, (0, 1));
 }

@@ -381,6 +381,27 @@ async fn persistent_and_paged_out_messages_are_counted() {
         (Some(3), Some(2)),
         "{overview}"
     );
+    // The store's file I/O, as RabbitMQ's node `io_*` fields and
+    // `rabbitmq_io_*_total` families: the three records written (two of
+    // them persistent, so synced), the two pages read back in one run; in
+    // bytes at least their bodies (100 + 100 + 50 written, 100 + 50 read).
+    let node = get(&s, "/api/nodes").await[0].clone();
+    let io = |k: &str| node[k].as_u64().unwrap_or_else(|| panic!("{k} in {node}"));
+    assert!(io("io_write_count") >= 1 && io("io_write_bytes") >= 250, "{node}");
+    assert!(io("io_sync_count") >= 1, "{node}");
+    assert!(io("io_read_count") >= 1 && io("io_read_bytes") >= 150, "{node}");
+    let metrics = String::from_utf8(http(addr, "GET", "/metrics", None, None).await.body).unwrap();
+    let total = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    assert!(total("rabbitmq_io_write_bytes_total") >= 250.0);
+    assert!(total("rabbitmq_io_sync_ops_total") >= 1.0);
+    assert!(total("rabbitmq_io_read_bytes_total") >= 150.0);
     // Acked: gone from the persistent count.
     r.method(1, m::ack(first.delivery_tag(), false)).await;
     let second = r.next_message().await;
