@@ -52,7 +52,7 @@ impl Spares {
         for e in std::fs::read_dir(dir)?.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with("spare-") && name.ends_with(".tmp") {
+            if name.starts_with("spare-") && (name.ends_with(".tmp") || name.ends_with(".new")) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -80,21 +80,37 @@ impl Spares {
                 slot.made += 1;
                 spare_path(&self.dir, slot.made)
             };
-            match self.prepare(&path) {
-                Ok(f) => {
-                    let mut slot = self.slot.lock();
-                    if slot.stop {
-                        let _ = std::fs::remove_file(&path);
-                        return;
-                    }
-                    slot.ready.push((path, f));
+            // Written under a `.new` name and given its spare name only
+            // once synced, under the lock that makes it ready: a
+            // `spare-<n>.tmp` on disk is always one the persister can take.
+            let partial = path.with_extension("new");
+            let prepared = self.prepare(&partial).and_then(|f| {
+                let mut slot = self.slot.lock();
+                if slot.stop {
+                    return Ok(None);
+                }
+                // No directory sync: a spare need not survive a crash
+                // (startup removes spares under either name).
+                std::fs::rename(&partial, &path)?;
+                // Settled segments recycled while this one was written go
+                // first: the pool is trimmed from the front and taken from
+                // the back, so a spare nobody waited for is the first to go
+                // when the log falls idle.
+                slot.ready.insert(0, (path, f));
+                Ok(Some(()))
+            });
+            match prepared {
+                Ok(Some(())) => {}
+                Ok(None) => {
+                    let _ = std::fs::remove_file(&partial);
+                    return;
                 }
                 Err(e) => {
+                    // A partly written spare (a full disk) is not kept.
+                    let _ = std::fs::remove_file(&partial);
                     // Without spares the persister appends to new files:
                     // slower syncs, same guarantees. Retry later.
                     tracing::warn!(error = %e, "message store: cannot prepare a spare segment");
-                    // A partly written spare (a full disk) is not kept.
-                    let _ = std::fs::remove_file(&path);
                     let mut slot = self.slot.lock();
                     self.changed.wait_for(&mut slot, std::time::Duration::from_secs(5));
                     if slot.stop {
@@ -105,6 +121,7 @@ impl Spares {
         }
     }
 
+    /// Creates `path` and fills it with a segment's worth of synced zeros.
     fn prepare(&self, path: &Path) -> std::io::Result<File> {
         let mut f = OpenOptions::new().create_new(true).read(true).write(true).open(path)?;
         let zeros = vec![0u8; 1 << 20];
@@ -189,5 +206,113 @@ impl Spares {
             let _ = std::fs::remove_file(path);
         }
         self.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn ready_names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(2)); // poll until the deadline
+        }
+    }
+
+    /// A zero-filled spare finished after a settled segment was recycled
+    /// is the one an idle trim removes: the recycled file stays the spare.
+    #[test]
+    fn an_idle_trim_keeps_the_recycled_spare_over_a_late_zero_filled_one() {
+        const SIZE: u64 = 32 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let spares = Spares::start(dir.path(), SIZE).unwrap();
+        wait_until("no first spare", || ready_names(dir.path()).len() == 1);
+        let zero_filled = ready_names(dir.path());
+        // The first segment takes it; the helper starts the next one.
+        let first = dir.path().join("1.seg");
+        assert!(spares.take(&first).is_some());
+        // Recycle while the helper writes the next spare (a large file, so
+        // that it is still writing); if it was done already, the order is
+        // the same one.
+        wait_until("the helper did not start the next spare", || {
+            std::fs::read_dir(dir.path()).unwrap().flatten().any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.ends_with(".new") || name.ends_with(".tmp")
+            })
+        });
+        // The segment settles at once and is recycled while the helper writes.
+        let before = ready_names(dir.path());
+        assert!(spares.recycle(&first));
+        let recycled: Vec<String> =
+            ready_names(dir.path()).into_iter().filter(|n| !before.contains(n)).collect();
+        assert_eq!(recycled.len(), 1, "{recycled:?}");
+        assert_ne!(recycled, zero_filled);
+        wait_until("no zero-filled spare after the recycled one", || ready_names(dir.path()).len() == 2);
+        spares.trim();
+        assert_eq!(ready_names(dir.path()), recycled, "the recycled spare stays");
+        // And it is the next one taken.
+        let second = dir.path().join("2.seg");
+        assert!(spares.take(&second).is_some());
+        assert!(second.exists());
+        spares.stop();
+    }
+
+    /// A settled segment recycled while a zero-filled spare is ready is
+    /// the one kept when the log falls idle, and the next one taken.
+    #[test]
+    fn an_idle_trim_keeps_the_recycled_spare_over_a_ready_zero_filled_one() {
+        const SIZE: u64 = 64 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let spares = Spares::start(dir.path(), SIZE).unwrap();
+        wait_until("no first spare", || ready_names(dir.path()).len() == 1);
+        let zero_filled = ready_names(dir.path());
+        let settled = dir.path().join("1.seg");
+        File::create(&settled).unwrap().set_len(SIZE).unwrap();
+        assert!(spares.recycle(&settled));
+        let recycled: Vec<String> =
+            ready_names(dir.path()).into_iter().filter(|n| !zero_filled.contains(n)).collect();
+        assert_eq!(recycled.len(), 1, "{recycled:?}");
+        spares.trim();
+        assert_eq!(ready_names(dir.path()), recycled, "the recycled spare stays");
+        // A file shorter than a segment (one appended to, not a spare) is not
+        // recycled.
+        let short = dir.path().join("2.seg");
+        File::create(&short).unwrap().set_len(SIZE - 1).unwrap();
+        assert!(!spares.recycle(&short));
+        spares.stop();
+    }
+
+    /// A spare being written has no spare name, and startup removes one
+    /// left half-written by a crash.
+    #[test]
+    fn partial_spares_are_not_named_ready_and_are_removed_at_startup() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("spare-7.new"), b"half").unwrap();
+        std::fs::write(dir.path().join("spare-3.tmp"), b"stale").unwrap();
+        let spares = Spares::start(dir.path(), 4096).unwrap();
+        wait_until("no spare", || ready_names(dir.path()).len() == 1);
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, vec!["spare-1.tmp".to_string()]);
+        assert_eq!(std::fs::metadata(dir.path().join("spare-1.tmp")).unwrap().len(), 4096);
+        spares.stop();
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "stop removes the spares");
     }
 }

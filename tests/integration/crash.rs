@@ -213,6 +213,18 @@ async fn recycled_segments_bring_back_no_settled_message_after_kill_dash_nine() 
     let child = Child::spawn_with(&data, &small);
     let mut r = Raw::open(child.amqp).await;
     r.call(1, m::qdecl(QUEUE, false, true, false, false, FieldTable::default())).await;
+    // Only a segment that was a spare is a segment long, and only those are
+    // recycled. The helper's first spare is written at startup; on a busy
+    // machine it may not be ready before the first publish, and then no
+    // old segment could ever be recycled. Wait for it (a spare gets its
+    // `.tmp` name only once it is ready).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_dir(&msgs)
+        .is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".tmp")))
+    {
+        assert!(std::time::Instant::now() < deadline, "no spare segment was prepared");
+        tokio::time::sleep(Duration::from_millis(5)).await; // poll until the deadline
+    }
     // Old and new messages have records of one size, so the records after
     // a recycled file's new tail start exactly where a new one would: only
     // their tag tells them apart.
@@ -247,7 +259,14 @@ async fn recycled_segments_bring_back_no_settled_message_after_kill_dash_nine() 
         if !found.is_empty() {
             break found;
         }
-        assert!(std::time::Instant::now() < deadline, "no settled segment was recycled");
+        if std::time::Instant::now() >= deadline {
+            let files: Vec<(String, u64)> = std::fs::read_dir(&msgs)
+                .unwrap()
+                .flatten()
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().map_or(0, |m| m.len())))
+                .collect();
+            panic!("no settled segment was recycled; files: {files:?}");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await; // poll until the deadline
     };
     // New messages, ten at a time with confirms, until the segment being
